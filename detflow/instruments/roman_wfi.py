@@ -1,0 +1,57 @@
+"""Roman Wide Field Instrument HxRG (H4RG-10) geometry, reference-file names and default recipe.
+
+Geometry is data: the full frame is ``nside x nside`` (4096 in flight, smaller in tests), a border of
+``NBORDER`` reference pixels on every side, ``NCHANNEL`` output channels of ``nside // NCHANNEL``
+columns, and the amp33 reference output with one channel's width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NSIDE = 4096
+NBORDER = 4
+NCHANNEL = 32
+# (0.11 arcsec)^2 in steradians: the reference pixel solid angle of the flat's area correction
+OMEGA_IDEAL = 2.8440360952308436e-13
+
+# the CALDIR entries the PIT gen_cal_image knows; the first group is required by the WFI recipe
+CALDIR_REQUIRED = ("dark", "gain", "linearitylegendre", "mask", "read", "saturation")
+CALDIR_OPTIONAL = ("flat", "ipc4d", "biascorr", "dark_decay")
+
+DEFAULT_RECIPE = ("dq_init", "saturation", "linearity", "dark_current", "ramp_fit")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    nside: int = NSIDE
+    nborder: int = NBORDER
+    nchannel: int = NCHANNEL
+
+    @property
+    def nactive(self) -> int:
+        return self.nside - 2 * self.nborder
+
+    @property
+    def channel_width(self) -> int:
+        return self.nside // self.nchannel
+
+    @property
+    def active(self) -> tuple[slice, slice]:
+        nb = self.nborder
+        return slice(nb, self.nside - nb), slice(nb, self.nside - nb)
+
+    @classmethod
+    def for_shape(cls, ny: int, nx: int) -> "Geometry":
+        if ny != nx:
+            raise ValueError(f"WFI frames are square, got {ny}x{nx}")
+        return cls(nside=ny)
+
+
+def reference_pixel_mask(geom: Geometry):
+    """Boolean (nside, nside) mask, True on the border reference pixels."""
+    import numpy as np
+
+    m = np.ones((geom.nside, geom.nside), dtype=bool)
+    m[geom.active] = False
+    return m

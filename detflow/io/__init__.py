@@ -1,0 +1,75 @@
+"""Readers (one per format), the zarr store writer and exporters."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import xarray as xr
+
+from .. import schema
+from ..errors import DetflowInputError
+
+SUFFIXES = {".asdf": "roman_asdf", ".fits": "fits_ramp", ".fit": "fits_ramp", ".fits.gz": "fits_ramp"}
+
+
+def expand_inputs(inputs) -> list[Path]:
+    """Files named by a path, a directory, a glob, or a list of these, in sorted order."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if _kind(q))
+            if not found:
+                raise DetflowInputError(p, "input", "a directory holding .asdf or .fits exposures", "none")
+            out.extend(found)
+        elif any(c in str(item) for c in "*?["):
+            found = sorted(Path(q) for q in glob.glob(str(item)))
+            if not found:
+                raise DetflowInputError(item, "input", "a glob matching at least one file", "no match")
+            out.extend(found)
+        else:
+            if not p.exists():
+                raise DetflowInputError(p, "input", "an existing file", "no such file")
+            out.append(p)
+    return out
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name.lower()
+    for suffix, kind in SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
+    return None
+
+
+def open_l1(inputs, chunks: dict | None = None) -> xr.Dataset:
+    """Open L1 exposures lazily: one dataset with dims (frame, read, y, x), frames in file order."""
+    from .fits_ramp import open_fits_ramp
+    from .roman_l1 import open_roman_l1
+
+    paths = expand_inputs(inputs)
+    parts = []
+    for p in paths:
+        kind = _kind(p)
+        if kind == "roman_asdf":
+            parts.append(open_roman_l1(p, chunks))
+        elif kind == "fits_ramp":
+            parts.append(open_fits_ramp(p, chunks))
+        else:
+            raise DetflowInputError(p, "file name", "an .asdf or .fits exposure", p.suffix or "no suffix")
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for p, ds in zip(paths[1:], parts[1:]):
+        for dim in (schema.READ, schema.Y, schema.X):
+            if ds.sizes[dim] != first.sizes[dim]:
+                raise DetflowInputError(p, f"dimension {dim}", f"{first.sizes[dim]} like {paths[0].name}",
+                                        ds.sizes[dim])  # fmt: skip
+    inputs_attr = [item for ds in parts for item in ds.attrs.get("inputs", [])]
+    out = xr.concat(parts, dim=schema.FRAME, combine_attrs="override", data_vars="all", coords="different",
+                    compat="equals", join="exact")  # fmt: skip
+    out = out.assign_coords({schema.FRAME: range(out.sizes[schema.FRAME])})
+    out.attrs["inputs"] = inputs_attr
+    return out

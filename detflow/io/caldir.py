@@ -1,0 +1,112 @@
+"""Roman WFI calibration reference files (the PIT ``CALDIR``) as one lazy xarray dataset.
+
+Each entry is an ASDF file with a ``roman`` node; arrays are full frame (N x N) unless noted:
+
+============ ======================================================================================
+mask         ``dq`` uint32
+saturation   ``data`` threshold in raw DN (NaN = no check), ``dq``
+linearity-   ``data`` (ncoef, N, N) Legendre coefficients, ``Smin``, ``Smax``, ``Sref``, ``dq``
+legendre
+dark         ``dark_slope`` in DN/s (N x N, or the active (N-8) x (N-8) region), ``data`` cube
+gain         ``data`` in e/DN
+read         ``data`` single-read noise in DN
+============ ======================================================================================
+
+The variables of the returned dataset are named ``<entry>_<field>`` (``saturation_data``...) and
+chunked like the science tiles, so steps combine them with the data without rechunking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .. import schema
+from ..errors import DetflowInputError
+from .asdf_lazy import lazy_array, node_get, open_asdf
+
+# entry -> [(field, required, kind)] ; kind "2d" = (N, N); "cube" = (k, N, N); "2d_or_active"
+WFI_FIELDS: dict[str, list[tuple[str, bool, str]]] = {
+    "mask": [("dq", True, "2d")],
+    "saturation": [("data", True, "2d"), ("dq", False, "2d")],
+    "linearitylegendre": [("data", True, "cube"), ("Smin", True, "2d"), ("Smax", True, "2d"),
+                          ("Sref", True, "2d"), ("dq", False, "2d")],  # fmt: skip
+    "dark": [("dark_slope", True, "2d_or_active")],
+    "gain": [("data", True, "2d")],
+    "read": [("data", True, "2d")],
+}
+
+
+def sha256(path: str | Path, blocksize: int = 2**22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(blocksize), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_caldir(caldir: dict, required, source: str | Path | None = None) -> dict[str, Path]:
+    """Resolve the CALDIR paths, with one error naming the entry for anything missing."""
+    out = {}
+    for name in required:
+        if name not in caldir or caldir[name] in (None, ""):
+            raise DetflowInputError(source, f"CALDIR.{name}", "a path to the reference file", "missing")
+    for name, value in caldir.items():
+        p = Path(value).expanduser()
+        if not p.is_file():
+            raise DetflowInputError(source, f"CALDIR.{name}", "an existing reference file", str(p))
+        out[name] = p
+    return out
+
+
+def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple[int, int]) -> xr.Dataset:
+    """Open the WFI references of ``caldir`` lazily, validated against an ``nside`` detector."""
+    ty, tx = tile
+    nb = 4
+    variables = {}
+    for name, fields in WFI_FIELDS.items():
+        if name not in caldir:
+            continue
+        path = caldir[name]
+        with open_asdf(path) as af:
+            try:
+                roman = node_get(af.tree, "roman")
+            except KeyError:
+                raise DetflowInputError(path, "roman", "a Roman reference file with a 'roman' node",
+                                        "missing")  # fmt: skip
+            for field, required, kind in fields:
+                if node_get(roman, field, None) is None:
+                    if required:
+                        raise DetflowInputError(path, f"roman.{field}", f"the {name} {field} array",
+                                                "missing")  # fmt: skip
+                    continue
+                shape = tuple(np.shape(node_get(roman, field)))
+                ok = {
+                    "2d": shape == (nside, nside),
+                    "cube": len(shape) == 3 and shape[1:] == (nside, nside),
+                    "2d_or_active": shape in ((nside, nside), (nside - 2 * nb, nside - 2 * nb)),
+                }[kind]
+                if not ok:
+                    want = {"2d": f"({nside}, {nside})", "cube": f"(k, {nside}, {nside})",
+                            "2d_or_active": f"({nside}, {nside}) or ({nside - 8}, {nside - 8})"}[kind]  # fmt: skip
+                    raise DetflowInputError(path, f"roman.{field}", f"shape {want}", f"shape {shape}")
+                if len(shape) == 3:
+                    arr = lazy_array(path, af, ("roman", field), (shape[0], ty, tx), name_hint=name)
+                    dims = (f"{name}_k", schema.Y, schema.X)
+                elif shape[0] != nside:
+                    arr = lazy_array(path, af, ("roman", field), -1, name_hint=name)
+                    arr = da.pad(arr, nb, mode="constant", constant_values=0).rechunk((ty, tx))
+                    dims = (schema.Y, schema.X)
+                else:
+                    arr = lazy_array(path, af, ("roman", field), (ty, tx), name_hint=name)
+                    dims = (schema.Y, schema.X)
+                variables[f"{name}_{field}"] = (dims, arr)
+    refs = xr.Dataset(variables, coords={schema.Y: np.arange(nside), schema.X: np.arange(nside)})
+    refs.attrs["reference_files"] = [
+        {"name": k, "path": str(v), "sha256": sha256(v)} for k, v in sorted(caldir.items())
+    ]
+    return refs

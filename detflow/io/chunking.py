@@ -1,0 +1,27 @@
+"""Chunk rules of the data model: the reduced axis whole, pixels tiled to bounded tasks.
+
+A tile holds every read of a pixel block; tiles are full-width row strips when that fits the target
+(contiguous reads from the files, regular zarr chunks), square tiles otherwise.
+"""
+
+from __future__ import annotations
+
+TARGET_TASK_BYTES = 64 * 2**20  # float32 working copy of one tile (the step kernels hold ~3 of these)
+
+
+def pixel_chunks(nreads: int, ny: int, nx: int, chunks: dict | None = None,
+                 target_bytes: int = TARGET_TASK_BYTES) -> tuple[int, int]:  # fmt: skip
+    """``(ty, tx)`` tile size for a (nreads, ny, nx) float32 stack, or the user's ``chunks``."""
+    if chunks:
+        ty = int(chunks.get("y", ny) or ny)
+        tx = int(chunks.get("x", nx) or nx)
+        return max(1, min(ty, ny)), max(1, min(tx, nx))
+    per_row = 4 * max(1, nreads) * nx
+    rows = max(1, target_bytes // per_row)
+    if rows >= 16 or rows >= ny:
+        rows = min(ny, rows)
+        if rows < ny and rows >= 16:
+            rows -= rows % 16
+        return rows, nx
+    side = max(16, int((target_bytes / (4 * max(1, nreads))) ** 0.5) // 16 * 16)
+    return min(side, ny), min(side, nx)

@@ -1,0 +1,74 @@
+"""Classical nonlinearity correction with a per-pixel Legendre model.
+
+The linearised signal is ``phi(S) = sum_l c_l P_l(z)`` with ``z = -1 + 2 (S - Smin) / (Smax - Smin)``.
+Outside ``|z| <= 1`` each Legendre polynomial is continued linearly from its end point
+(``P_l(+-1) = (+-1)^l``, ``P_l'(+-1) = (+-1)^(l+1) l (l+1) / 2``) and the pixel is flagged NO_LIN_CORR,
+except on resultants that are already saturated. Pixels whose model is flagged (NO_LIN_CORR) and
+reference pixels get ``S - Sref``. The first resultant can be exempted (clipped to the model range and
+never flagged) when it is the reset read.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..schema import DQ
+
+_NOLIN = np.uint32(DQ.NO_LIN_CORR)
+_REF = np.uint32(DQ.REFERENCE_PIXEL)
+_SAT = np.uint32(DQ.SATURATED)
+
+
+@numba.njit(nogil=True, cache=False)
+def legendre_linearize(z, coefs):
+    """``(phi, extrapolated)`` for one rescaled signal ``z`` and one pixel's coefficients."""
+    ex = abs(z) > 1.0
+    phi = float(coefs[0])
+    p_prev = 1.0
+    p = z
+    sgn = 1.0 if z >= 0 else -1.0
+    for order in range(1, coefs.shape[0]):
+        if ex:
+            term = sgn**order * (1.0 + order * (order + 1) / 2.0 * (abs(z) - 1.0))
+        else:
+            term = p
+        phi += coefs[order] * term
+        p_next = ((2 * order + 1) * z * p - order * p_prev) / (order + 1)
+        p_prev = p
+        p = p_next
+    return phi, ex
+
+
+@numba.guvectorize(
+    [
+        "void(float32[:], float32[:], float32, float32, float32, uint32, uint32[:], boolean,"
+        " float32[:], uint32[:])"
+    ],
+    "(n),(c),(),(),(),(),(n),()->(n),()",
+    target="cpu",
+    nopython=True,
+    cache=False,
+)
+def linearize_ramp(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, out, dq_out):
+    """Linearise one pixel's resultants ``raw`` (DN_raw) to DN_lin above the bias ``Sref``.
+
+    ``gdq`` are the group flags after saturation (saturated resultants are corrected but never
+    flagged); ``dq_out`` is ``lin_dq`` plus NO_LIN_CORR where an unsaturated resultant fell outside the
+    model range (checked on reference pixels too, as the PIT does).
+    """
+    n = raw.shape[0]
+    flags = lin_dq
+    direct = (lin_dq & (_NOLIN | _REF)) != 0
+    scale = 2.0 / (float(smax) - float(smin))
+    for g in range(n):
+        s = float(raw[g])
+        z = -1.0 + (s - float(smin)) * scale
+        first = g == 0 and exempt_first
+        if first:
+            z = min(max(z, -1.0), 1.0)
+        phi, ex = legendre_linearize(z, coefs)
+        out[g] = s - float(sref) if direct else phi
+        if ex and not first and (gdq[g] & _SAT) == 0:
+            flags |= _NOLIN
+    dq_out[0] = flags

@@ -1,0 +1,183 @@
+"""Job configuration: YAML validated by pydantic (unknown keys are errors that name key and file).
+
+Two spellings are accepted for a Roman WFI job:
+
+* detflow's own (``pipeline: roman_wfi``, ``input``, ``output``, ``caldir``, ``steps``...), and
+* the PIT ``gen_cal_image`` YAML as users already write it (``IN``, ``OUT``, ``CALDIR``,
+  ``RAMP_OPT_PARS``, ``JUMP_DETECT_PARS``, ``EXCLUDE_FIRST``, ``SATURATION_BACKUP``, ...), translated
+  key by key by :func:`from_pit`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import Field
+
+from ..errors import DetflowInputError
+
+
+class _Model(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class ClusterConfig(_Model):
+    scheduler: str | None = Field(None, description="address of a running dask scheduler")
+    n_workers: int | None = Field(None, ge=1, description="LocalCluster worker processes (default: cores)")
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = Field("auto", description="per-worker memory limit of the LocalCluster")
+    dashboard_address: str = Field("127.0.0.1:8787", description="LocalCluster dashboard (localhost only)")
+
+
+class WFIJob(_Model):
+    pipeline: Literal["roman_wfi"] = "roman_wfi"
+    input: str | list[str] = Field(..., description="L1 file, directory, glob, or a list of these")
+    output: Path = Field(..., description="output zarr store (.zarr)")
+    caldir: dict[str, Path] = Field(..., description="reference files: dark, gain, linearitylegendre, mask, read, saturation")
+    overwrite: bool = False
+    exclude_first: bool = Field(True, description="leave the first resultant out (PIT EXCLUDE_FIRST)")
+    recipe: list[str] | None = Field(None, description="step names in order (default: the WFI recipe)")
+    steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step")
+    chunks: dict[str, int] | None = Field(None, description="pixel tile, e.g. {y: 512, x: 4096}")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    not_applied: list[str] = Field(default_factory=list, description="PIT options this version records as SKIPPED")
+    source: str | None = Field(None, description="the file this job was read from")
+
+    @pydantic.field_validator("output")
+    @classmethod
+    def _zarr_suffix(cls, v: Path) -> Path:
+        if v.suffix == ".asdf":
+            raise ValueError("an ASDF L2 output comes with the exports (issue 3); name a .zarr store")
+        if v.suffix != ".zarr":
+            raise ValueError(f"a .zarr store path, got {v.name!r}")
+        return v
+
+    @pydantic.model_validator(mode="after")
+    def _steps_known(self) -> "WFIJob":
+        from ..steps.registry import all_steps
+
+        reg = all_steps()
+        names = self.recipe or []
+        for name in list(self.steps) + names:
+            if name not in reg:
+                raise ValueError(f"unknown step {name!r}; known: {', '.join(sorted(reg))}")
+        for name, params in self.steps.items():
+            reg[name].params(**params)  # raises with the offending key
+        return self
+
+
+PIT_KEYS_TRANSLATED = {"IN", "OUT", "CALDIR", "RAMP_OPT_PARS", "JUMP_DETECT_PARS", "EXCLUDE_FIRST",
+                       "SATURATION_BACKUP"}  # fmt: skip
+PIT_KEYS_LATER = {"FITSWCS": "WCS", "SKYORDER": "sky subtraction", "FITSOUT": "FITS export"}
+PIT_KEYS_OFF_ONLY = {"romancal_ramp_fit", "correct_wfi18_transient", "SLICEOUT"}
+PIT_CALDIR_LATER = {"flat": "flat field", "ipc4d": "IPC deconvolution", "biascorr": "bias correction",
+                    "dark_decay": "dark decay"}  # fmt: skip
+
+
+def is_pit(raw: dict) -> bool:
+    return isinstance(raw, dict) and "IN" in raw and "CALDIR" in raw
+
+
+def from_pit(raw: dict, source: str | None = None) -> dict:
+    """Translate a PIT ``gen_cal_image`` configuration into a detflow job dict."""
+    for key in raw:
+        if key not in PIT_KEYS_TRANSLATED | set(PIT_KEYS_LATER) | PIT_KEYS_OFF_ONLY:
+            raise DetflowInputError(source, key, "a gen_cal_image key (" + ", ".join(
+                sorted(PIT_KEYS_TRANSLATED | set(PIT_KEYS_LATER))) + ")", "unknown key")  # fmt: skip
+    for key in PIT_KEYS_OFF_ONLY:
+        if raw.get(key):
+            raise DetflowInputError(source, key, "false (this option is not supported by detflow)", raw[key])
+    if "OUT" not in raw:
+        raise DetflowInputError(source, "OUT", "the output path", "missing")
+    base = Path(source).parent if source else Path(".")
+    caldir = {k: _resolve(base, v) for k, v in dict(raw["CALDIR"] or {}).items()}
+    not_applied = [f"{k} ({what})" for k, what in PIT_KEYS_LATER.items() if raw.get(k) not in (None, False)]
+    not_applied += [f"CALDIR.{k} ({what})" for k, what in PIT_CALDIR_LATER.items() if k in caldir]
+    steps: dict[str, dict] = {}
+    ramp: dict[str, Any] = {}
+    if "RAMP_OPT_PARS" in raw:
+        rop = dict(raw["RAMP_OPT_PARS"])
+        unknown = set(rop) - {"slope", "gain", "sigma_read"}
+        if unknown:
+            raise DetflowInputError(source, f"RAMP_OPT_PARS.{sorted(unknown)[0]}", "slope, gain or sigma_read",
+                                    "unknown key")  # fmt: skip
+        ramp.update({k: float(v) for k, v in rop.items()})
+    if "JUMP_DETECT_PARS" in raw:
+        jdp = dict(raw["JUMP_DETECT_PARS"])
+        unknown = set(jdp) - {"SthreshA", "SthreshB", "IthreshA", "IthreshB"}
+        if unknown:
+            raise DetflowInputError(source, f"JUMP_DETECT_PARS.{sorted(unknown)[0]}",
+                                    "SthreshA, SthreshB, IthreshA or IthreshB", "unknown key")  # fmt: skip
+        ramp.update({k: float(v) for k, v in jdp.items()})
+    exclude_first = bool(raw.get("EXCLUDE_FIRST", True))
+    if ramp:
+        steps["ramp_fit"] = ramp
+    if "SATURATION_BACKUP" in raw:
+        steps["saturation"] = {"backup": int(raw["SATURATION_BACKUP"])}
+    return {
+        "pipeline": "roman_wfi",
+        "input": str(_resolve(base, raw["IN"])),
+        "output": str(_resolve(base, raw["OUT"])),
+        "caldir": {k: str(v) for k, v in caldir.items()},
+        "exclude_first": exclude_first,
+        "steps": steps,
+        "not_applied": not_applied,
+    }
+
+
+def _resolve(base: Path, value) -> Path:
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _format_validation(exc: pydantic.ValidationError, source) -> DetflowInputError:
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "<root>"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return DetflowInputError(source, loc, "a known key", "unknown key")
+    if kind == "missing":
+        return DetflowInputError(source, loc, "a value", "missing")
+    return DetflowInputError(source, loc, err["msg"].removeprefix("Value error, "),
+                             repr(err.get("input"))[:80])  # fmt: skip
+
+
+def load_job(job: str | Path | dict | WFIJob) -> WFIJob:
+    """Validate a job given as a YAML path, a dict (either spelling) or a :class:`WFIJob`."""
+    if isinstance(job, WFIJob):
+        return job
+    source = None
+    if isinstance(job, (str, Path)):
+        source = str(job)
+        path = Path(job)
+        if not path.is_file():
+            raise DetflowInputError(path, "job", "an existing YAML job file", "no such file")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise DetflowInputError(path, "YAML", "valid YAML", str(exc).splitlines()[0])
+    else:
+        raw = dict(job)
+    if not isinstance(raw, dict):
+        raise DetflowInputError(source, "<root>", "a mapping of job keys", type(raw).__name__)
+    if is_pit(raw):
+        raw = from_pit(raw, source)
+    elif source is not None:
+        base = Path(source).parent
+        for key in ("output",):
+            if key in raw and not Path(str(raw[key])).is_absolute():
+                raw[key] = str(base / str(raw[key]))
+        if isinstance(raw.get("caldir"), dict):
+            raw["caldir"] = {k: str(_resolve(base, v)) for k, v in raw["caldir"].items()}
+        if isinstance(raw.get("input"), str) and not Path(raw["input"]).is_absolute():
+            raw["input"] = str(base / raw["input"])
+        elif isinstance(raw.get("input"), list):
+            raw["input"] = [str(_resolve(base, v)) for v in raw["input"]]
+    raw.setdefault("source", source)
+    try:
+        return WFIJob(**raw)
+    except pydantic.ValidationError as exc:
+        raise _format_validation(exc, source) from None

@@ -1,0 +1,119 @@
+"""Build a job's lazy graph, compute it on a cluster, write the store, return the products.
+
+``build`` does no computation (tests prove it with ``raise_if_dask_computes``); ``run`` validates,
+builds, computes with progress, writes a complete store and returns it opened as a DataTree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import xarray as xr
+from distributed import Client, wait
+
+from .. import __version__, schema
+from ..instruments import roman_wfi
+from ..io import expand_inputs, open_l1
+from ..io.caldir import check_caldir, open_wfi_references, sha256
+from ..io.chunking import pixel_chunks
+from ..io.store import StoreWriter, open_store
+from ..steps.registry import get_step, record
+from ..steps.wfi import l2_product
+from .cluster import get_client
+from .config import WFIJob, load_job
+
+log = logging.getLogger("detflow")
+
+_VERSIONED = ("numpy", "dask", "distributed", "xarray", "zarr", "numba", "astropy", "asdf", "pydantic")
+
+
+def versions() -> dict[str, str]:
+    out = {"detflow": __version__, "python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def step_params(job: WFIJob, name: str) -> dict:
+    params = dict(job.steps.get(name, {}))
+    if name in ("dq_init", "ramp_fit"):
+        params.setdefault("exclude_first", job.exclude_first)
+    return params
+
+
+def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
+    """The lazy products of a job, by store group (for the WFI pipeline: ``{"l2": ...}``)."""
+    job = load_job(job)
+    files = expand_inputs(job.input)
+    l1 = open_l1(files, job.chunks)
+    ny, nx = l1.sizes[schema.Y], l1.sizes[schema.X]
+    roman_wfi.Geometry.for_shape(ny, nx)
+    caldir = check_caldir({k: str(v) for k, v in job.caldir.items()}, roman_wfi.CALDIR_REQUIRED, job.source)
+    tile = pixel_chunks(l1.sizes[schema.READ], ny, nx, job.chunks)
+    wfi_refs = {k: v for k, v in caldir.items() if k in roman_wfi.CALDIR_REQUIRED}
+    refs = open_wfi_references(wfi_refs, ny, tile)
+    ds = l1
+    recipe = job.recipe or list(roman_wfi.DEFAULT_RECIPE)
+    for name in recipe:
+        step = get_step(name)
+        ds = step(ds, refs, step_params(job, name))
+    for item in job.not_applied:
+        ds = record(ds, item.split(" ")[0], "SKIPPED", None, f"{item}: not available in detflow {__version__}")
+    l2 = l2_product(l1, ds)
+    l2.attrs["reference_files"] = refs.attrs["reference_files"] + [
+        {"name": k, "path": str(v), "sha256": sha256(v), "used": False}
+        for k, v in caldir.items() if k not in wfi_refs
+    ]  # fmt: skip
+    l2.attrs["inputs"] = [dict(item, sha256=sha256(item["path"])) for item in l1.attrs.get("inputs", [])]
+    l2.attrs["job"] = job.model_dump(mode="json")
+    l2.attrs["versions"] = versions()
+    return {"l2": l2}
+
+
+def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, scheduler: str | None = None,
+        progress: bool = True, console=None) -> xr.DataTree:  # fmt: skip
+    """Run a job end to end and return the written store as a DataTree.
+
+    ``client``: an existing dask client (else ``scheduler`` address, else the job's cluster config,
+    else an embedded LocalCluster). The output store appears only when every product is written.
+    """
+    job = load_job(job)
+    products = build(job)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    with get_client(job.cluster, client, scheduler) as c:
+        if console is not None and getattr(c, "dashboard_link", None):
+            console.print(f"dask dashboard: {c.dashboard_link}")
+        with StoreWriter(job.output, overwrite=job.overwrite) as writer:
+            delayed = [writer.add(name, ds) for name, ds in products.items()]
+            futures = c.compute(delayed)
+            if progress:
+                from .progress import RichProgressBar
+
+                RichProgressBar([f.key for f in futures], scheduler=c.scheduler.address, console=console,
+                                description=f"detflow {job.pipeline}")  # fmt: skip
+            wait(futures)
+            for f in futures:
+                f.result()  # re-raises the first task error; the writer then removes the partial store
+            first = next(iter(products.values()))
+            writer.set_root_attrs({
+                "detflow_version": __version__,
+                "pipeline": job.pipeline,
+                "products": list(products),
+                "job": job.model_dump(mode="json"),
+                "inputs": first.attrs.get("inputs", []),
+                "reference_files": first.attrs.get("reference_files", []),
+                "versions": versions(),
+                "started": started,
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "steps": first.attrs.get("steps", []),
+                "history": first.attrs.get("history", []),
+            })  # fmt: skip
+            writer.commit()
+    return open_store(job.output)

@@ -1,0 +1,306 @@
+"""Roman WFI up-the-ramp steps, L1 resultants to L2 slopes (the PIT ``gen_cal_image`` slice).
+
+Dataset in: the L1 dataset of :func:`detflow.io.open_l1` (``data`` (frame, read, y, x) raw DN).
+Between steps: ``data`` float32, ``groupdq`` (frame, read, y, x) and ``pixeldq`` (frame, y, x) uint32,
+and the resultant times ``tbar``/``tau`` as (frame, read) coordinates. ``refs`` is the dataset of
+:func:`detflow.io.caldir.open_wfi_references`. The last step, :func:`ramp_fit`, returns the L2 dataset.
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from pydantic import Field
+
+from .. import schema
+from ..instruments.roman_wfi import Geometry, reference_pixel_mask
+from ..kernels import linearity as klin
+from ..kernels import ramp as kramp
+from ..kernels import saturation as ksat
+from ..schema import DQ, FRAME, READ, X, Y
+from .registry import StepParams, record, register
+
+FAMILY = "roman_wfi"
+
+
+def _read_patterns(ds: xr.Dataset) -> list[list[list[int]]]:
+    first = ds["read_first"].values
+    count = ds["read_nframes"].values
+    return [[list(range(int(f), int(f) + int(c))) for f, c in zip(fr, cr)] for fr, cr in zip(first, count)]
+
+
+# ---- dq_init --------------------------------------------------------------------------------------
+class DQInitParams(StepParams):
+    exclude_first: bool = Field(True, description="flag the first resultant DO_NOT_USE (PIT EXCLUDE_FIRST)")
+    expand_gw: int = Field(1, ge=0, description="grow the guide window DO_NOT_USE region by this many pixels")
+
+
+@register("dq_init", DQInitParams, FAMILY)
+def dq_init(ds: xr.Dataset, refs: xr.Dataset | None, p: DQInitParams) -> xr.Dataset:
+    """Initialise DQ: mask reference OR'ed into every pixel, guide window, reference border; times."""
+    ny, nx = ds.sizes[Y], ds.sizes[X]
+    geom = Geometry.for_shape(ny, nx)
+    data = ds["data"].astype(np.float32)
+    if "reference_read" in ds:
+        data = data + ds["reference_read"].astype(np.float32)
+    data = data - ds["data_encoding_offset"].astype(np.float32)
+    data.attrs = {"units": "DN"}
+
+    # guide window (romancal dq_init): columns x_start:x_stop get GW_AFFECTED_DATA on every row, the
+    # window grown by expand_gw gets DO_NOT_USE | GW_AFFECTED_DATA; only for windows on the array
+    x = xr.DataArray(np.arange(nx), dims=X)
+    y = xr.DataArray(np.arange(ny), dims=Y)
+    x0, x1, y0, y1 = (ds[k] for k in ("gw_xstart", "gw_xstop", "gw_ystart", "gw_ystop"))
+    valid = (x0 >= 0) & (x0 < nx) & (y0 >= 0) & (y0 < ny)
+    e = p.expand_gw
+    cols = (x >= x0) & (x < x1) & valid
+    win = ((x >= (x0 - e).clip(0, nx)) & (x < (x1 + e).clip(0, nx)) &
+           (y >= (y0 - e).clip(0, ny)) & (y < (y1 + e).clip(0, ny)) & valid)  # fmt: skip
+    gw = schema.flag_where(cols, DQ.GW_AFFECTED_DATA) | schema.flag_where(win, DQ.DO_NOT_USE | DQ.GW_AFFECTED_DATA)
+    border = xr.DataArray(reference_pixel_mask(geom), dims=(Y, X)) * np.uint32(DQ.REFERENCE_PIXEL)
+    pixeldq = (gw.astype(np.uint32) | border.astype(np.uint32)).transpose(FRAME, Y, X)
+    if refs is not None and "mask_dq" in refs:
+        pixeldq = pixeldq | refs["mask_dq"].astype(np.uint32)
+    chunks = data.chunks
+    pixeldq = pixeldq.chunk({FRAME: 1, Y: chunks[2], X: chunks[3]}) if chunks else pixeldq
+
+    groupdq = xr.zeros_like(data, dtype=np.uint32)
+    if p.exclude_first:
+        first = xr.DataArray(np.arange(ds.sizes[READ]) == 0, dims=READ)
+        groupdq = groupdq | schema.flag_where(first, DQ.DO_NOT_USE)
+    groupdq = groupdq.astype(np.uint32).transpose(*data.dims)
+
+    rps = _read_patterns(ds)
+    tbar = np.zeros((ds.sizes[FRAME], ds.sizes[READ]), dtype=np.float64)
+    tau = np.zeros_like(tbar)
+    for i, rp in enumerate(rps):
+        tbar[i], tau[i], _ = kramp.resultant_times(rp, float(ds["frame_time"].values[i]))
+
+    out = ds.drop_vars([v for v in ("reference_read",) if v in ds])
+    out = out.assign(data=data, groupdq=groupdq, pixeldq=pixeldq)
+    out["pixeldq"].attrs = schema.dq_attrs()
+    out["groupdq"].attrs = schema.dq_attrs()
+    out = out.assign_coords(tbar=((FRAME, READ), tbar, {"units": "s", "long_name": "mean time of resultant"}),
+                            tau=((FRAME, READ), tau, {"units": "s", "long_name": "variance time of resultant"}))  # fmt: skip
+    out.attrs["exclude_first"] = p.exclude_first
+    status = "COMPLETE" if refs is not None and "mask_dq" in refs else "SKIPPED"
+    note = "" if status == "COMPLETE" else "no mask reference: border and guide window only"
+    return record(out, "dq_init", status, p, note)
+
+
+# ---- saturation -----------------------------------------------------------------------------------
+class SaturationParams(StepParams):
+    n_pix_grow_sat: int = Field(1, ge=0, description="grow SATURATED by this many pixels (square box)")
+    backup: int = Field(1, ge=0, description="resultants a multi-frame resultant takes SATURATED back from")
+    skip_reset: bool = Field(True, description="do not check the first resultant when it is the reset read [0]")
+    atod_limit: float = Field(65535.0, description="A/D limit; NaN or NO_SAT_CHECK thresholds become this + 1")
+
+
+def _saturation_block(data, gdq, thresh, check, *, frame_params, ngrow, backup, block_info=None):
+    fidx = block_info[0]["chunk-location"][0]
+    out = np.empty_like(gdq)
+    for f in range(data.shape[0]):
+        k0, dil, m0, l2, n1, multi = frame_params[fidx + f]
+        out[f, :k0] = gdq[f, :k0]
+        out[f, k0:] = ksat.flag_saturation(
+            np.ascontiguousarray(data[f, k0:], dtype=np.float32), np.ascontiguousarray(gdq[f, k0:]),
+            np.ascontiguousarray(thresh[0, 0], dtype=np.float32), np.ascontiguousarray(check[0, 0]),
+            dil, m0, l2, n1, ngrow, multi, backup)  # fmt: skip
+    return out
+
+
+def saturation_frame_params(rp: list[list[int]], skip_reset: bool):
+    """Per-exposure constants of the saturation kernel for one read pattern."""
+    k0 = 1 if (skip_reset and rp[0] == [0]) else 0
+    r = rp[k0:]
+    dil = np.array([np.mean(g) / g[-1] if g[-1] != 0 else 1.0 for g in r], dtype=np.float64)
+    m0 = float(np.mean(r[0]))
+    l2 = float(r[2][-1]) if len(r) > 2 else 0.0
+    n1 = len(r[1]) if len(r) > 2 else 0
+    multi = np.array([len(g) > 1 for g in r], dtype=np.bool_)
+    return k0, dil, m0, l2, n1, multi
+
+
+@register("saturation", SaturationParams, FAMILY)
+def saturation(ds: xr.Dataset, refs: xr.Dataset, p: SaturationParams) -> xr.Dataset:
+    """Flag saturated and A/D-floor resultants (stcal semantics, romancal backup, reset read skipped)."""
+    thresh = refs["saturation_data"].astype(np.float32)
+    sat_dq = refs["saturation_dq"].astype(np.uint32) if "saturation_dq" in refs else xr.zeros_like(
+        thresh, dtype=np.uint32)  # fmt: skip
+    nsc = thresh.isnull() | ((sat_dq & np.uint32(DQ.NO_SAT_CHECK)) != 0)
+    thresh_eff = xr.where(nsc, np.float32(p.atod_limit + 1), thresh).astype(np.float32)
+    sat_dq = sat_dq | schema.flag_where(thresh.isnull(), DQ.NO_SAT_CHECK)
+
+    data = ds["data"].transpose(FRAME, READ, Y, X)
+    gdq = ds["groupdq"].transpose(FRAME, READ, Y, X)
+    frame_params = [saturation_frame_params(rp, p.skip_reset) for rp in _read_patterns(ds)]
+    ddata = data.data
+    if not isinstance(ddata, da.Array):
+        ddata = da.from_array(ddata, chunks=(1, -1, -1, -1))
+    ddata = ddata.rechunk({0: 1, 1: -1})
+    dgdq = da.asarray(gdq.data).rechunk(ddata.chunks)
+    tchunks = ddata.chunks[2:]
+    dthr = da.asarray(thresh_eff.transpose(Y, X).data).rechunk(tchunks)[None, None]
+    dchk = da.asarray((~nsc).transpose(Y, X).data).rechunk(tchunks)[None, None]
+    depth = 2 * p.n_pix_grow_sat
+    flagged = da.map_overlap(
+        _saturation_block, ddata, dgdq, dthr, dchk,
+        depth=[{0: 0, 1: 0, 2: depth, 3: depth}] * 4, boundary="none", trim=True,
+        dtype=np.uint32, frame_params=frame_params, ngrow=p.n_pix_grow_sat, backup=p.backup,
+        align_arrays=False, allow_rechunk=False, meta=np.array((), dtype=np.uint32),
+    )  # fmt: skip
+    out = ds.copy()
+    out["groupdq"] = xr.DataArray(flagged, dims=(FRAME, READ, Y, X), coords=gdq.coords,
+                                  attrs=schema.dq_attrs())  # fmt: skip
+    out["pixeldq"] = (ds["pixeldq"] | sat_dq).astype(np.uint32)
+    out["pixeldq"].attrs = schema.dq_attrs()
+    return record(out, "saturation", "COMPLETE", p)
+
+
+# ---- linearity ------------------------------------------------------------------------------------
+class LinearityParams(StepParams):
+    exempt_reset: bool = Field(True, description="clip and never flag the first resultant when it is the reset read [0]")
+
+
+@register("linearity", LinearityParams, FAMILY)
+def linearity(ds: xr.Dataset, refs: xr.Dataset, p: LinearityParams) -> xr.Dataset:
+    """Legendre nonlinearity correction to DN_lin above bias; NO_LIN_CORR where extrapolated."""
+    exempt = xr.DataArray([p.exempt_reset and rp[0] == [0] for rp in _read_patterns(ds)], dims=FRAME)
+    lin_dq = refs["linearitylegendre_dq"].astype(np.uint32) if "linearitylegendre_dq" in refs else \
+        xr.zeros_like(refs["linearitylegendre_Sref"], dtype=np.uint32)  # fmt: skip
+    coefs = refs["linearitylegendre_data"].astype(np.float32)
+    data, dq = xr.apply_ufunc(
+        klin.linearize_ramp,
+        ds["data"].astype(np.float32), coefs,
+        refs["linearitylegendre_Smin"].astype(np.float32), refs["linearitylegendre_Smax"].astype(np.float32),
+        refs["linearitylegendre_Sref"].astype(np.float32), lin_dq, ds["groupdq"], exempt,
+        input_core_dims=[[READ], ["linearitylegendre_k"], [], [], [], [], [READ], []],
+        output_core_dims=[[READ], []],
+        dask="parallelized", output_dtypes=[np.float32, np.uint32],
+    )  # fmt: skip
+    out = ds.copy()
+    out["data"] = data.assign_attrs(units="DN", long_name="linearised signal above bias")
+    out["pixeldq"] = (ds["pixeldq"] | dq).astype(np.uint32).transpose(FRAME, Y, X)
+    out["pixeldq"].attrs = schema.dq_attrs()
+    return record(out, "linearity", "COMPLETE", p)
+
+
+# ---- dark current ---------------------------------------------------------------------------------
+class DarkParams(StepParams):
+    pass
+
+
+@register("dark_current", DarkParams, FAMILY)
+def dark_current(ds: xr.Dataset, refs: xr.Dataset, p: DarkParams) -> xr.Dataset:
+    """Subtract ``tbar_j * dark_slope`` from each resultant (active pixels; reference pixels untouched)."""
+    geom = Geometry.for_shape(ds.sizes[Y], ds.sizes[X])
+    active = xr.DataArray(~reference_pixel_mask(geom), dims=(Y, X))
+    slope = xr.where(active, refs["dark_dark_slope"].astype(np.float32), np.float32(0))
+    out = ds.copy()
+    out["data"] = (ds["data"] - ds["tbar"].astype(np.float32) * slope).astype(np.float32)
+    out["data"].attrs = ds["data"].attrs
+    return record(out, "dark_current", "COMPLETE", p)
+
+
+# ---- ramp fit + jump detection --------------------------------------------------------------------
+class RampFitParams(StepParams):
+    slope: float = Field(0.4, gt=0, description="RAMP_OPT_PARS slope (DN/s) the weights are optimised for")
+    gain: float = Field(1.8, gt=0, description="RAMP_OPT_PARS gain (e/DN)")
+    sigma_read: float = Field(6.5, gt=0, description="RAMP_OPT_PARS read noise (DN)")
+    exclude_first: bool = Field(True, description="leave the first resultant out of the fit")
+    jump_detection: bool = Field(True, description="flag jumps (Sharma & Casertano 2024)")
+    SthreshA: float = Field(5.5, description="jump threshold (sigma) at slope IthreshA")
+    SthreshB: float = Field(4.5, description="jump threshold (sigma) at slope IthreshB")
+    IthreshA: float = Field(1.0, gt=0, description="slope (DN/s) of the first threshold point")
+    IthreshB: float = Field(1000.0, gt=0, description="slope (DN/s) of the second threshold point")
+
+
+def ramp_tables_for(ds: xr.Dataset, p: RampFitParams) -> dict[str, xr.DataArray]:
+    """The :class:`~detflow.kernels.ramp.RampTables` of every frame, as DataArrays over ``frame``."""
+    u = p.slope / p.gain / p.sigma_read**2
+    start = 1 if p.exclude_first else 0
+    tabs = [kramp.ramp_tables(rp, float(ft), u, start)
+            for rp, ft in zip(_read_patterns(ds), ds["frame_time"].values)]  # fmt: skip
+
+    def stack(field, dims):
+        return xr.DataArray(np.stack([getattr(t, field) for t in tabs]), dims=(FRAME, *dims))
+
+    return {
+        "weights": stack("weights", ("trunc", READ)),
+        "coef_poisson": stack("coef_poisson", ("trunc",)),
+        "coef_read": stack("coef_read", ("trunc",)),
+        "diff_poisson": stack("diff_poisson", ("trunc", READ, "diff")),
+        "diff_read": stack("diff_read", ("trunc", READ, "diff")),
+        "tbar": stack("tbar", (READ,)),
+    }
+
+
+@register("ramp_fit", RampFitParams, FAMILY)
+def ramp_fit(ds: xr.Dataset, refs: xr.Dataset, p: RampFitParams) -> xr.Dataset:
+    """Optimal-weight slopes (Casertano 2022) with jump flags (Sharma & Casertano 2024); returns L2."""
+    t = ramp_tables_for(ds, p)
+    params = xr.DataArray(
+        kramp.ramp_params(1 if p.exclude_first else 0, p.SthreshA, p.SthreshB, p.IthreshA, p.IthreshB,
+                          p.jump_detection), dims="param")  # fmt: skip
+    slope, vr, vp, dq = xr.apply_ufunc(
+        kramp.fit_ramp,
+        ds["data"].astype(np.float32), ds["groupdq"], ds["pixeldq"],
+        refs["gain_data"].astype(np.float32), refs["read_data"].astype(np.float32),
+        t["weights"], t["coef_poisson"], t["coef_read"], t["diff_poisson"], t["diff_read"], t["tbar"], params,
+        input_core_dims=[[READ], [READ], [], [], [], ["trunc", READ], ["trunc"], ["trunc"],
+                         ["trunc", READ, "diff"], ["trunc", READ, "diff"], [READ], ["param"]],
+        output_core_dims=[[], [], [], []],
+        dask="parallelized", output_dtypes=[np.float32, np.float32, np.float32, np.uint32],
+    )  # fmt: skip
+    dims = (FRAME, Y, X)
+    out = xr.Dataset(
+        {
+            "data": slope.transpose(*dims).assign_attrs(units=schema.UNITS["DN/s"], long_name="slope"),
+            "dq": (ds["pixeldq"] | dq).astype(np.uint32).transpose(*dims).assign_attrs(schema.dq_attrs()),
+            "var_rnoise": vr.transpose(*dims).assign_attrs(units=schema.UNITS["DN2/s2"],
+                                                           long_name="slope variance from read noise"),
+            "var_poisson": vp.transpose(*dims).assign_attrs(units=schema.UNITS["DN2/s2"],
+                                                            long_name="slope variance from Poisson noise"),
+        },  # fmt: skip
+        attrs=dict(ds.attrs),
+    )
+    out["err"] = np.sqrt(out["var_rnoise"] + out["var_poisson"]).astype(np.float32).assign_attrs(
+        units=schema.UNITS["DN/s"], long_name="total slope uncertainty")  # fmt: skip
+    keep = [c for c in ("source_file", "frame_time") if c in ds.coords]
+    out = out.assign_coords({c: ds[c] for c in keep})
+    out = out.assign_coords(ramp_weights=t["weights"].isel(trunc=-1).assign_attrs(
+        long_name="slope weights of a full ramp", units="1 / s"))  # fmt: skip
+    return record(out, "ramp_fit", "COMPLETE", p)
+
+
+# ---- the L2 product -------------------------------------------------------------------------------
+def l2_product(l1: xr.Dataset, fitted: xr.Dataset) -> xr.Dataset:
+    """The WFI L2 group: slope products on the active region, border reference pixels alongside."""
+    geom = Geometry.for_shape(l1.sizes[Y], l1.sizes[X])
+    nb, n = geom.nborder, geom.nside
+    act = fitted.isel({Y: slice(nb, n - nb), X: slice(nb, n - nb)})
+    raw = l1["data"]
+    border = {
+        "border_ref_pix_left": raw.isel({X: slice(0, nb)}).rename({Y: "y_full", X: "x_left"}),
+        "border_ref_pix_right": raw.isel({X: slice(n - nb, n)}).rename({Y: "y_full", X: "x_right"}),
+        "border_ref_pix_bottom": raw.isel({Y: slice(0, nb)}).rename({Y: "y_bottom", X: "x_full"}),
+        "border_ref_pix_top": raw.isel({Y: slice(n - nb, n)}).rename({Y: "y_top", X: "x_full"}),
+    }
+    dq = fitted["dq"]
+    border.update({
+        "dq_border_ref_pix_left": dq.isel({X: slice(0, nb)}).rename({Y: "y_full", X: "x_left"}),
+        "dq_border_ref_pix_right": dq.isel({X: slice(n - nb, n)}).rename({Y: "y_full", X: "x_right"}),
+        "dq_border_ref_pix_bottom": dq.isel({Y: slice(0, nb)}).rename({Y: "y_bottom", X: "x_full"}),
+        "dq_border_ref_pix_top": dq.isel({Y: slice(n - nb, n)}).rename({Y: "y_top", X: "x_full"}),
+    })  # fmt: skip
+    out = act.assign({k: v.drop_vars([c for c in v.coords if c not in v.dims and c != "source_file"])
+                      for k, v in border.items()})  # fmt: skip
+    if "amp33" in l1:
+        out["amp33"] = l1["amp33"].rename({Y: "y_full"})
+    for k in border:
+        out[k].attrs = {"units": "DN"} if not k.startswith("dq_") else schema.dq_attrs()
+    out.attrs = dict(fitted.attrs)
+    out.attrs["product"] = "roman_wfi_l2"
+    out.attrs["geometry"] = {"nside": n, "nborder": nb, "nchannel": geom.nchannel}
+    return out
