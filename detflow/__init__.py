@@ -1,3 +1,19 @@
-"""detflow: detector calibration as lazy dask graphs of numba kernels."""
+"""detflow: detector calibration as lazy dask graphs of numba kernels.
+
+Python API (the CLI calls the same functions)::
+
+    import detflow
+    l1 = detflow.open_l1("exposures/*.asdf")          # lazy (frame, read, y, x)
+    tree = detflow.run("job.yaml")                     # runs on a LocalCluster, returns the store
+    products = detflow.build("job.yaml")               # the lazy products, nothing computed
+"""
 
 __version__ = "0.1.0"
+
+from .errors import DetflowInputError  # noqa: E402
+from .io import open_l1  # noqa: E402
+from .io.store import open_store  # noqa: E402
+from .runtime.config import load_job  # noqa: E402
+from .runtime.run import build, run  # noqa: E402
+
+__all__ = ["DetflowInputError", "build", "load_job", "open_l1", "open_store", "run", "__version__"]

@@ -92,7 +92,7 @@ def from_pit(raw: dict, source: str | None = None) -> dict:
             raise DetflowInputError(source, key, "false (this option is not supported by detflow)", raw[key])
     if "OUT" not in raw:
         raise DetflowInputError(source, "OUT", "the output path", "missing")
-    base = Path(source).parent if source else Path(".")
+    base = Path(source).resolve().parent if source else Path(".").resolve()
     caldir = {k: _resolve(base, v) for k, v in dict(raw["CALDIR"] or {}).items()}
     not_applied = [f"{k} ({what})" for k, what in PIT_KEYS_LATER.items() if raw.get(k) not in (None, False)]
     not_applied += [f"CALDIR.{k} ({what})" for k, what in PIT_CALDIR_LATER.items() if k in caldir]
@@ -166,7 +166,7 @@ def load_job(job: str | Path | dict | WFIJob) -> WFIJob:
     if is_pit(raw):
         raw = from_pit(raw, source)
     elif source is not None:
-        base = Path(source).parent
+        base = Path(source).resolve().parent
         for key in ("output",):
             if key in raw and not Path(str(raw[key])).is_absolute():
                 raw[key] = str(base / str(raw[key]))

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 import xarray as xr
-from distributed import Client, wait
+from distributed import Client
 
 from .. import __version__, schema
 from ..instruments import roman_wfi
@@ -98,9 +98,7 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
 
                 RichProgressBar([f.key for f in futures], scheduler=c.scheduler.address, console=console,
                                 description=f"detflow {job.pipeline}")  # fmt: skip
-            wait(futures)
-            for f in futures:
-                f.result()  # re-raises the first task error; the writer then removes the partial store
+            c.gather(futures)  # re-raises the first task error; the writer then removes the partial store
             first = next(iter(products.values()))
             writer.set_root_attrs({
                 "detflow_version": __version__,

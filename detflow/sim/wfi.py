@@ -423,22 +423,6 @@ def _inverse_nonlinearity(s: np.ndarray, beta: np.ndarray) -> np.ndarray:
     return 2.0 * s / (1.0 + np.sqrt(1.0 - 4.0 * beta * s))
 
 
-def _legendre_eval(coef: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """sum_l coef[l] * P_l(z), elementwise over the trailing axes (Bonnet recurrence, float64)."""
-    z = np.asarray(z, dtype=np.float64)
-    p_prev = np.ones_like(z)
-    total = coef[0].astype(np.float64) * p_prev
-    if len(coef) == 1:
-        return total
-    p = z.copy()
-    total += coef[1] * p
-    for ell in range(1, len(coef) - 1):
-        p_next = ((2 * ell + 1) * z * p - ell * p_prev) / (ell + 1)
-        p_prev, p = p, p_next
-        total += coef[ell + 1] * p
-    return total
-
-
 def _pink_streams(rng: np.random.Generator, nstream: int, length: int, amplitude: float) -> np.ndarray:
     """``nstream`` independent 1/f streams of ``length`` samples, float32, mean removed.
 
@@ -510,7 +494,6 @@ def _build_detector(cfg: SimConfig, rng: np.random.Generator) -> _Detector:
     sref = (cfg.bias_dn + cfg.bias_rms_dn * _clipped_normal(rng, (n, n))).astype(f32)
     chan_offset = (0.25 * cfg.bias_rms_dn * rng.standard_normal(geom.nchannel)).astype(f32)
     sref += np.repeat(chan_offset, cw)[None, :]
-    np.round(sref, 3, out=sref)  # keep Sref exactly representable-ish (cosmetic)
 
     well = sref + f32(cfg.saturation_dn - cfg.bias_dn) + f32(cfg.saturation_rms_dn) * _clipped_normal(rng, (n, n))
     sat_thresh = (well - f32(cfg.saturation_margin_dn)).astype(f32)
@@ -541,7 +524,6 @@ def _build_detector(cfg: SimConfig, rng: np.random.Generator) -> _Detector:
     beta[act] = cfg.nonlin_beta * (1 + cfg.nonlin_beta_rms * _clipped_normal(rng, (na, na)))
     no_lin_corr = np.zeros((n, n), dtype=bool)
     nlc = _pick_pixels(rng, na, cfg.n_no_lin_corr, exclude=dead)
-    no_lin_corr[act].reshape(-1)[nlc] = True  # view into a contiguous copy: assign explicitly below
     nlc_mask = np.zeros((na, na), dtype=bool)
     nlc_mask.reshape(-1)[nlc] = True
     no_lin_corr[act] = nlc_mask
@@ -665,44 +647,84 @@ def _render_sources(cfg: SimConfig, rng: np.random.Generator, bias_typ: float) -
     return img.astype(np.float32)
 
 
-def _fit_linearity(det: _Detector, ncoef: int) -> tuple[np.ndarray, float]:
-    """Per-pixel Legendre fit of f^-1(S - Sref) over [Smin, Smax], all pixels at once (row chunks).
+@njit(nogil=True, cache=False)
+def _fit_legendre_pixels(smin, smax, sref, beta, z_fit, proj, z_chk, v_chk, coef):
+    """Per pixel: least-squares Legendre fit of f^-1(S - Sref) at the nodes ``z_fit`` (``proj`` =
+    pinv of the Vandermonde matrix), c_0 shifted so phi(Sref) = 0 after float32 rounding, stored in
+    ``coef`` (ncoef, ny, nx) float32. Returns the largest |phi - f^-1| of the stored coefficients on
+    the check nodes ``z_chk`` (``v_chk`` their Vandermonde matrix).
+    """
+    ncoef, m = proj.shape
+    mchk = z_chk.shape[0]
+    ny, nx = sref.shape
+    target = np.empty(m)
+    c = np.empty(ncoef)
+    c32 = np.empty(ncoef)
+    p_ref = np.empty(ncoef)
+    maxerr = 0.0
+    for y in range(ny):
+        for x in range(nx):
+            lo = np.float64(smin[y, x])
+            span = np.float64(smax[y, x]) - lo
+            ref = np.float64(sref[y, x])
+            b = np.float64(beta[y, x])
+            for j in range(m):
+                s = lo + 0.5 * (z_fit[j] + 1.0) * span - ref
+                target[j] = 2.0 * s / (1.0 + np.sqrt(1.0 - 4.0 * b * s))
+            for ell in range(ncoef):
+                acc = 0.0
+                for j in range(m):
+                    acc += proj[ell, j] * target[j]
+                c[ell] = acc
+            # Legendre polynomials at z(Sref) (Bonnet recurrence)
+            z_ref = -1.0 + 2.0 * (ref - lo) / span
+            p_ref[0] = 1.0
+            if ncoef > 1:
+                p_ref[1] = z_ref
+            for ell in range(1, ncoef - 1):
+                p_ref[ell + 1] = ((2 * ell + 1) * z_ref * p_ref[ell] - ell * p_ref[ell - 1]) / (ell + 1)
+            phi = 0.0
+            for ell in range(ncoef):
+                phi += c[ell] * p_ref[ell]
+            c[0] -= phi
+            phi32 = 0.0
+            for ell in range(ncoef):
+                c32[ell] = np.float32(c[ell])
+                phi32 += np.float64(c32[ell]) * p_ref[ell]
+            c32[0] = np.float32(np.float64(c32[0]) - phi32)  # undo float32 rounding at Sref
+            for ell in range(ncoef):
+                coef[ell, y, x] = c32[ell]
+            for j in range(mchk):
+                s = lo + 0.5 * (z_chk[j] + 1.0) * span - ref
+                g = 2.0 * s / (1.0 + np.sqrt(1.0 - 4.0 * b * s))
+                v = 0.0
+                for ell in range(ncoef):
+                    v += v_chk[j, ell] * np.float64(c32[ell])
+                err = abs(v - g)
+                if err > maxerr:
+                    maxerr = err
+    return maxerr
 
-    Returns the float32 coefficients (ncoef, N, N) with phi(Sref) = 0, and the largest error of the
-    stored float32 model against f^-1 on a check grid (nodes, between nodes, both ends).
+
+def _fit_linearity(det: _Detector, ncoef: int) -> tuple[np.ndarray, float]:
+    """Per-pixel Legendre fit of f^-1(S - Sref) over [Smin, Smax] for all pixels.
+
+    One fixed set of Chebyshev nodes in z and one pseudo-inverse serve every pixel (the fit is a
+    small matrix-vector product per pixel). Returns the float32 coefficients (ncoef, N, N) with
+    phi(Sref) = 0, and the largest error of the stored float32 model against f^-1 on a check grid
+    (both ends of the interval and the points between the nodes).
     """
     from numpy.polynomial import legendre as L
 
     n = det.sref.shape[0]
     m = max(4 * ncoef, 32)
     z_fit = np.cos(np.pi * (np.arange(m) + 0.5) / m)  # Chebyshev nodes
-    vander = L.legvander(z_fit, ncoef - 1)  # (m, ncoef)
-    proj = np.linalg.pinv(vander)  # (ncoef, m)
-    z_chk = np.concatenate([[-1.0, 1.0], np.cos(np.pi * np.arange(1, m) / m)])  # between the nodes
-    v_chk = L.legvander(z_chk, ncoef - 1)
-
+    proj = np.ascontiguousarray(np.linalg.pinv(L.legvander(z_fit, ncoef - 1)))  # (ncoef, m)
+    z_chk = np.concatenate([[-1.0, 1.0], np.cos(np.pi * np.arange(1, m) / m)])
+    v_chk = np.ascontiguousarray(L.legvander(z_chk, ncoef - 1))
     coef = np.empty((ncoef, n, n), dtype=np.float32)
-    maxerr = 0.0
-    rows = max(1, int(48e6 // (m * n * 8)))
-    for r0 in range(0, n, rows):
-        sl = slice(r0, min(n, r0 + rows))
-        lo = det.smin[sl].astype(np.float64)
-        span = det.smax[sl].astype(np.float64) - lo
-        ref = det.sref[sl].astype(np.float64)
-        b = det.beta[sl].astype(np.float64)
-        target = _inverse_nonlinearity(lo + 0.5 * (z_fit[:, None, None] + 1.0) * span - ref, b)
-        c = np.tensordot(proj, target, axes=(1, 0))  # (ncoef, rows, n)
-        del target
-        z_ref = -1.0 + 2.0 * (ref - lo) / span
-        c[0] -= _legendre_eval(c, z_ref)
-        c32 = c.astype(np.float32)
-        # the float32 rounding of c_0 leaves phi(Sref) ~1e-3 DN off; take that out once more
-        c32[0] = (c32[0] - _legendre_eval(c32, z_ref)).astype(np.float32)
-        coef[:, sl] = c32
-        chk = _inverse_nonlinearity(lo + 0.5 * (z_chk[:, None, None] + 1.0) * span - ref, b)
-        err = np.tensordot(v_chk, c32.astype(np.float64), axes=(1, 0)) - chk
-        maxerr = max(maxerr, float(np.abs(err).max()))
-    return coef, maxerr
+    maxerr = _fit_legendre_pixels(det.smin, det.smax, det.sref, det.beta, z_fit, proj, z_chk, v_chk, coef)
+    return coef, float(maxerr)
 
 
 # =================================================================================================
@@ -777,15 +799,14 @@ def _write_caldir(w: _Writer, cfg: SimConfig, det: _Detector, paths: dict[str, P
     f32 = np.float32
     border = np.ones((n, n), dtype=bool)
     border[act] = False
-    ref_bit = DQ_u32(DQ.REFERENCE_PIXEL)
+    ref_bit = _u32(DQ.REFERENCE_PIXEL)
 
     # mask
     dq = np.zeros((n, n), dtype=np.uint32)
     dq[border] = ref_bit
-    dq_act = dq[act]
-    dq_act[det.dead] |= DQ_u32(DQ.DEAD | DQ.DO_NOT_USE)
-    dq_act[det.hot] |= DQ_u32(DQ.HOT)
-    dq[act] = dq_act
+    dq_act = dq[act]  # a view: the updates land in dq
+    dq_act[det.dead] |= _u32(DQ.DEAD | DQ.DO_NOT_USE)
+    dq_act[det.hot] |= _u32(DQ.HOT)
     w.asdf(paths["mask"], {"meta": _cal_meta("MASK", "simulated bad-pixel mask"), "dq": dq})
 
     # saturation
@@ -806,7 +827,7 @@ def _write_caldir(w: _Writer, cfg: SimConfig, det: _Detector, paths: dict[str, P
         log.warning("Legendre linearity model error %.3g DN exceeds 0.01 DN; raise nonlin_ncoef", maxerr)
     lin_dq = np.zeros((n, n), dtype=np.uint32)
     lin_dq[border] = ref_bit
-    lin_dq[det.no_lin_corr] |= DQ_u32(DQ.NO_LIN_CORR)
+    lin_dq[det.no_lin_corr] |= _u32(DQ.NO_LIN_CORR)
     w.asdf(
         paths["linearitylegendre"],
         {
@@ -829,9 +850,7 @@ def _write_caldir(w: _Writer, cfg: SimConfig, det: _Detector, paths: dict[str, P
         plane = det.sref + rate * t.mean() - det.beta * rate**2 * (t**2).mean()
         cube[r] = np.minimum(plane, det.well)
     dark_dq = np.zeros((n, n), dtype=np.uint32)
-    dd = dark_dq[act]
-    dd[det.hot] = DQ_u32(DQ.HOT)
-    dark_dq[act] = dd
+    dark_dq[act][det.hot] = _u32(DQ.HOT)  # dark_dq[act] is a view
     w.asdf(
         paths["dark"],
         {
@@ -864,7 +883,7 @@ def _write_caldir(w: _Writer, cfg: SimConfig, det: _Detector, paths: dict[str, P
     return maxerr
 
 
-def DQ_u32(flag) -> np.uint32:  # noqa: N802 - tiny helper, reads like a cast
+def _u32(flag) -> np.uint32:
     return np.uint32(int(flag))
 
 
@@ -899,7 +918,7 @@ def _draw_cosmic_rays(cfg: SimConfig, rng: np.random.Generator, dead: np.ndarray
     return _Hits(ya.astype(np.int64), xa.astype(np.int64), frame.astype(np.int64), res.astype(np.int64), amp)
 
 
-def _simulate_exposure(cfg: SimConfig, det: _Detector, index: int, rng: np.random.Generator, sky: float):
+def _simulate_exposure(cfg: SimConfig, det: _Detector, rng: np.random.Generator, sky: float):
     """Returns (data uint16 (ng, N, N), amp33 uint16 (ng, N, cw), hits)."""
     geom = cfg.geometry
     n, na, nb, cw, nch = geom.nside, geom.nactive, geom.nborder, geom.channel_width, geom.nchannel
@@ -1076,7 +1095,7 @@ def _simulate_into(cfg, outdir, w, l1_paths, cal_paths, truth_path, job_path) ->
         rng = np.random.default_rng(exp_seeds[i])
         sky = cfg.sky_e_per_s if i == 0 else cfg.sky_e_per_s * (1.0 + cfg.sky_exposure_rms * rng.standard_normal())
         skies.append(float(sky))
-        data, amp33, hits = _simulate_exposure(cfg, det, i, rng, float(sky))
+        data, amp33, hits = _simulate_exposure(cfg, det, rng, float(sky))
         if i == 0:
             thresh = det.sat_thresh
             with np.errstate(invalid="ignore"):
