@@ -124,6 +124,8 @@ def ramp_tables(read_pattern, frame_time: float, u: float, start: int = 1) -> Ra
                 dt = tbar[i + di] - tbar[i]
                 w[i + di] += 1.0 / dt
                 w[i] -= 1.0 / dt
+                if np.max(np.abs(w)) <= 1e-9 * np.max(np.abs(k)):
+                    continue  # this difference is the fitted slope itself (two usable resultants)
                 dp[L, i, di - 1] = _poisson_form(w, w, tbar, tau)
                 dr[L, i, di - 1] = float(np.sum(w * w * inv_n))
     return RampTables(weights, cp, cr, dp, dr, tbar, tau, nf.astype(np.float64))
