@@ -100,16 +100,16 @@ def lazy_array(path, af: asdf.AsdfFile, keys: tuple[str, ...], chunks, *, name_h
     try:
         arr = tree_get(af.tree, keys)
     except KeyError:
-        raise DetflowInputError(path, "/".join(keys), "an array at this path of the ASDF tree", "missing")
+        raise DetflowInputError(path, ".".join(keys), "an array at this path of the ASDF tree", "missing")
     shape = tuple(np.shape(arr))
     dtype = getattr(arr, "dtype", None)
     if dtype is None or len(shape) == 0:
-        raise DetflowInputError(path, "/".join(keys), "an array", type(arr).__name__)
+        raise DetflowInputError(path, ".".join(keys), "an array", type(arr).__name__)
     try:  # touch the last element: a truncated file fails here, not in the middle of a run
         _ = np.asarray(arr[(-1,) * len(shape)])
     except Exception as exc:
         raise DetflowInputError(
-            path, "/".join(keys), f"a complete {shape} {dtype} data block", f"unreadable ({exc})"
+            path, ".".join(keys), f"a complete {shape} {dtype} data block", f"unreadable ({exc})"
         )
     proxy = AsdfArray(path, keys, shape, dtype)
     # the name must differ per array of a file: dask treats equal names as the same array

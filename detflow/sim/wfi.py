@@ -322,12 +322,15 @@ def _seed_numba(seed):
     np.random.seed(seed)
 
 
+_RECIPROCALS = 1.0 / np.arange(1, 1002, dtype=np.float64)  # 1/k for the Poisson CDF walk
+
+
 @njit(nogil=True, cache=False)
-def _add_poisson(q, lam, exp_mlam):
+def _add_poisson(q, lam, exp_mlam, recip):
     """q += Poisson(lam) per pixel (numba's thread-local generator, seeded by ``_seed_numba``).
 
     Small means (< 40) use inversion of the CDF from one uniform (``exp_mlam`` = exp(-lam)
-    precomputed), larger means numba's ``np.random.poisson``.
+    precomputed, ``recip[k - 1] = 1/k``), larger means numba's ``np.random.poisson``.
     """
     ny, nx = q.shape
     for y in range(ny):
@@ -341,8 +344,8 @@ def _add_poisson(q, lam, exp_mlam):
                 cdf = p
                 k = 0
                 while u > cdf and k < 1000:
+                    p *= mu * recip[k]
                     k += 1
-                    p *= mu / k
                     cdf += p
                 q[y, x] += k
             else:
@@ -356,41 +359,40 @@ def _read_frame(acc, q_ipc, inv_gain, sref, beta, well, rn, normals, use_normals
     q_ipc (A, A) charge after IPC; the (N, N) maps: inv_gain (0 on border/dead), sref, beta, well
     (hard full well, raw DN), rn (read noise DN), normals (unit Gaussians, used if use_normals);
     common (N, cw) pink stream in time order; uncorr (nch, N, cw) per-channel pink or (0, ., .).
+    Channel ``ch`` holds columns ``ch*cw .. ch*cw + cw - 1``; odd channels are read right to left.
     """
     n = acc.shape[0]
     na = q_ipc.shape[0]
+    nch = n // cw
     n_uncorr = uncorr.shape[0]
     for y in range(n):
         ya = y - nb
         row_active = ya >= 0 and ya < na
-        for x in range(n):
-            ch = x // cw
-            j = x - ch * cw
-            if ch % 2 == 1:
-                j = cw - 1 - j
-            s = np.float64(sref[y, x])
-            xa = x - nb
-            if row_active and xa >= 0 and xa < na:
-                d = q_ipc[ya, xa] * inv_gain[y, x]
-                b = beta[y, x]
-                if b > 0.0:
-                    dmax = 0.5 / b  # f(D) peaks here; the full well cap is far below anyway
-                    if d > dmax:
-                        d = dmax
-                s += d - b * d * d
-                if s > well[y, x]:
-                    s = well[y, x]
-            noise = common[y, j]
-            if n_uncorr > 0:
-                noise += uncorr[ch, y, j]
-            if use_normals:
-                noise += rn[y, x] * normals[y, x]
-            s += noise
-            if s < 0.0:
-                s = 0.0
-            elif s > 65535.0:
-                s = 65535.0
-            acc[y, x] += s
+        for ch in range(nch):
+            reverse = ch % 2 == 1
+            for jj in range(cw):
+                x = ch * cw + jj
+                j = cw - 1 - jj if reverse else jj  # position of this pixel in readout time
+                s = np.float64(sref[y, x])
+                xa = x - nb
+                if row_active and xa >= 0 and xa < na:
+                    d = q_ipc[ya, xa] * inv_gain[y, x]
+                    b = beta[y, x]
+                    if b > 0.0 and d > 0.5 / b:
+                        d = 0.5 / b  # f(D) peaks here; the full-well cap is far below anyway
+                    s += d - b * d * d
+                    if s > well[y, x]:
+                        s = well[y, x]
+                s += common[y, j]
+                if n_uncorr > 0:
+                    s += uncorr[ch, y, j]
+                if use_normals:
+                    s += rn[y, x] * normals[y, x]
+                if s < 0.0:
+                    s = 0.0
+                elif s > 65535.0:
+                    s = 65535.0
+                acc[y, x] += s
 
 
 @njit(nogil=True, cache=False)
@@ -843,12 +845,16 @@ def _write_caldir(w: _Writer, cfg: SimConfig, det: _Detector, paths: dict[str, P
 
     # dark: expected raw dark+bias resultants. The mean over a resultant's frames of
     # Sref + f(a t_k) is Sref + a <t> - beta a^2 <t^2> (exact while below the full well).
-    rate = dark_slope.astype(np.float64)
+    rate_sq_beta = det.beta * dark_slope * dark_slope
     cube = np.empty((cfg.ngroups, n, n), dtype=f32)
     for r, frames in enumerate(cfg.read_pattern):
         t = np.asarray(frames, dtype=np.float64) * cfg.frame_time
-        plane = det.sref + rate * t.mean() - det.beta * rate**2 * (t**2).mean()
-        cube[r] = np.minimum(plane, det.well)
+        plane = cube[r]
+        np.multiply(dark_slope, f32(t.mean()), out=plane)
+        plane += det.sref
+        plane -= rate_sq_beta * f32((t**2).mean())
+        np.minimum(plane, det.well, out=plane)
+    del rate_sq_beta
     dark_dq = np.zeros((n, n), dtype=np.uint32)
     dark_dq[act][det.hot] = _u32(DQ.HOT)  # dark_dq[act] is a view
     w.asdf(
@@ -956,7 +962,7 @@ def _simulate_exposure(cfg: SimConfig, det: _Detector, rng: np.random.Generator,
     for k in range(k_frames):
         if k > 0:
             if cfg.poisson:
-                _add_poisson(q, lam, exp_mlam)
+                _add_poisson(q, lam, exp_mlam, _RECIPROCALS)
             else:
                 q += lam
             lo, hi = hit_bounds[k], hit_bounds[k + 1]

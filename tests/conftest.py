@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny hand-built WFI exposure + CALDIR (fast), and simulated data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import asdf
+import numpy as np
+import pytest
+import yaml
+
+from detflow.schema import DQ
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+RP = [[0], [1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+FT = 3.04
+BIAS = 1000.0
+
+
+def write_tiny_wfi(root: Path, n: int = 32, seed: int = 1, nexp: int = 1) -> dict:
+    """An L1 exposure with linear ramps (identity linearity model), and its CALDIR; returns paths."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    cal = root / "cal"
+    cal.mkdir(exist_ok=True)
+    slope = rng.uniform(0, 50, (n, n)).astype(np.float32)
+    tb = np.array([(g[0] + (len(g) - 1) / 2) * FT for g in RP])
+    files = []
+    for e in range(nexp):
+        data = (BIAS + slope[None] * tb[:, None, None] + rng.normal(0, 3, (len(RP), n, n))).astype(np.uint16)
+        meta = {"exposure": {"read_pattern": RP, "frame_time": FT},
+                "guide_star": {"window_xstart": -1, "window_xstop": -1, "window_ystart": -1, "window_ystop": -1}}  # fmt: skip
+        f = root / f"l1_{e:02d}.asdf"
+        asdf.AsdfFile({"roman": {"data": data, "amp33": data[:, :, : n // 32].copy(), "meta": meta}}).write_to(f)
+        files.append(f)
+    nb = 4
+    dq = np.zeros((n, n), np.uint32)
+    ref = np.uint32(DQ.REFERENCE_PIXEL)
+    dq[:nb] |= ref
+    dq[-nb:] |= ref
+    dq[:, :nb] |= ref
+    dq[:, -nb:] |= ref
+    smin = np.full((n, n), BIAS - 100, np.float32)
+    smax = np.full((n, n), 60000, np.float32)
+    c = np.zeros((3, n, n), np.float32)
+    c[1] = (smax - smin) / 2  # phi(S) = S - BIAS exactly
+    c[0] = smin + (smax - smin) / 2 - BIAS
+    refs = {
+        "mask": {"dq": dq},
+        "saturation": {"data": np.full((n, n), 50000, np.float32), "dq": np.zeros((n, n), np.uint32)},
+        "linearitylegendre": {"data": c, "Smin": smin, "Smax": smax, "Sref": np.full((n, n), BIAS, np.float32),
+                              "dq": dq.copy()},  # fmt: skip
+        "dark": {"dark_slope": np.zeros((n, n), np.float32), "data": np.zeros((len(RP), n, n), np.float32)},
+        "gain": {"data": np.full((n, n), 1.8, np.float32)},
+        "read": {"data": np.full((n, n), 3.0, np.float32)},
+    }
+    caldir = {}
+    for name, tree in refs.items():
+        p = cal / f"{name}.asdf"
+        asdf.AsdfFile({"roman": tree}).write_to(p)
+        caldir[name] = str(p)
+    job = {"IN": str(files[0]), "OUT": str(root / "out.zarr"), "CALDIR": caldir}
+    (root / "job_pit.yaml").write_text(yaml.safe_dump(job))
+    native = {"pipeline": "roman_wfi", "input": [str(f) for f in files], "output": str(root / "native.zarr"),
+              "caldir": caldir, "cluster": {"n_workers": 1}}  # fmt: skip
+    (root / "job.yaml").write_text(yaml.safe_dump(native))
+    return {"files": files, "caldir": caldir, "slope": slope, "pit_yaml": root / "job_pit.yaml",
+            "job_yaml": root / "job.yaml", "root": root}  # fmt: skip
+
+
+@pytest.fixture
+def tiny_wfi(tmp_path):
+    return write_tiny_wfi(tmp_path / "tiny")
