@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import DetflowInputError
@@ -20,7 +21,7 @@ out = Console()
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
@@ -57,10 +58,14 @@ def run(
 @app.command()
 def validate(job: Path = typer.Argument(..., help="job YAML")) -> None:
     """Check a job (keys, reference files, inputs) without running anything."""
+    from .io.store import check_output
+    from .runtime.config import load_job
     from .runtime.run import build
 
     try:
-        products = build(job)
+        cfg = load_job(job)
+        check_output(cfg.output, cfg.overwrite)
+        products = build(cfg)
     except DetflowInputError as exc:
         _fail(exc)
     for name, ds in products.items():

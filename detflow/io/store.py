@@ -55,14 +55,20 @@ def _clean(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def check_output(path: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an output path that exists unless ``overwrite`` (checked before any work starts)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(path, "output", "a path that does not exist yet (or overwrite: true)",
+                                "it exists")  # fmt: skip
+    return path
+
+
 class StoreWriter:
     """Write product groups into a fresh store; ``commit()`` renames it into place."""
 
     def __init__(self, path: str | Path, overwrite: bool = False):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise OutputExistsError(self.path, "output", "a path that does not exist yet (or overwrite: true)",
-                                    "it exists")  # fmt: skip
+        self.path = check_output(path, overwrite)
         self.overwrite = overwrite
         self.tmp = self.path.with_name(f"{self.path.name}.partial-{uuid.uuid4().hex[:8]}")
         self.groups: list[str] = []

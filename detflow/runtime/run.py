@@ -20,7 +20,7 @@ from ..instruments import roman_wfi
 from ..io import expand_inputs, open_l1
 from ..io.caldir import check_caldir, open_wfi_references, sha256
 from ..io.chunking import pixel_chunks
-from ..io.store import StoreWriter, open_store
+from ..io.store import StoreWriter, check_output, open_store
 from ..steps.registry import get_step, record
 from ..steps.wfi import l2_product
 from .cluster import get_client
@@ -85,6 +85,7 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
     else an embedded LocalCluster). The output store appears only when every product is written.
     """
     job = load_job(job)
+    check_output(job.output, job.overwrite)
     products = build(job)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with get_client(job.cluster, client, scheduler) as c:

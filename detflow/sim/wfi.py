@@ -1082,11 +1082,13 @@ def _simulate_into(cfg, outdir, w, l1_paths, cal_paths, truth_path, job_path) ->
         return full
 
     inv_gain_act = det.inv_gain[act]
+    # dead pixels collect no charge, so they send none to their neighbours either
+    live_flat = np.where(det.dead, f32(0.0), det.flat)
     dark_slope = embed(ipc_forward(det.dark_e, det.kernel) * inv_gain_act)
-    sky_slope = embed(ipc_forward(det.flat, det.kernel) * inv_gain_act)
-    photo = det.flat * (f32(cfg.sky_e_per_s) + det.sources_e)
+    sky_slope = embed(ipc_forward(live_flat, det.kernel) * inv_gain_act)
+    photo = live_flat * (f32(cfg.sky_e_per_s) + det.sources_e)
     slope_dn = embed(ipc_forward(photo, det.kernel) * inv_gain_act)
-    del photo
+    del photo, live_flat
 
     maxerr = _write_caldir(w, cfg, det, cal_paths, dark_slope)
     log.info("caldir written at %.1f s", time.perf_counter() - t_start)

@@ -1,0 +1,58 @@
+"""The ``detflow`` command line, run as a user runs it (subprocesses, real LocalCluster, real store)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import xarray as xr
+
+DETFLOW = [sys.executable, "-m", "detflow.cli"]
+
+
+def sh(*args, cwd=None):
+    return subprocess.run([*DETFLOW, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_steps_lists_registry_with_params():
+    r = sh("steps")
+    assert r.returncode == 0
+    for name in ("dq_init", "saturation", "linearity", "dark_current", "ramp_fit"):
+        assert name in r.stdout
+    assert "SthreshA" in r.stdout and "n_pix_grow_sat" in r.stdout
+
+
+def test_validate_run_info_pit_yaml(tiny_wfi):
+    r = sh("validate", tiny_wfi["pit_yaml"])
+    assert r.returncode == 0, r.stderr
+    assert "ramp_fit (COMPLETE)" in r.stdout
+    assert not (tiny_wfi["root"] / "out.zarr").exists()  # validate writes nothing
+
+    r = sh("run", tiny_wfi["pit_yaml"], "--workers", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "dask dashboard: http://127.0.0.1:" in r.stderr
+    store = tiny_wfi["root"] / "out.zarr"
+    l2 = xr.open_zarr(store, group="l2")  # plain xarray reads the product
+    assert l2["data"].shape == (1, 24, 24) and l2["data"].attrs["units"] == "DN / s"
+    assert l2["border_ref_pix_left"].shape == (1, 6, 32, 4)
+    truth = tiny_wfi["slope"][4:-4, 4:-4]
+    chi = (l2["data"].values[0] - truth) / np.sqrt(l2["var_rnoise"].values[0] + l2["var_poisson"].values[0])
+    assert np.abs(np.mean(chi)) < 0.2
+
+    r = sh("info", store)
+    assert r.returncode == 0 and "ramp_fit=COMPLETE" in r.stdout and "l1_00.asdf" in r.stdout
+
+    r = sh("run", tiny_wfi["pit_yaml"], "--workers", "1", "--no-progress")  # output exists now
+    assert r.returncode == 2
+    assert "out.zarr: output: expected a path that does not exist yet" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_job_is_one_line_error(tmp_path):
+    job = tmp_path / "bad.yaml"
+    job.write_text("pipeline: roman_wfi\ninput: nothing.asdf\noutput: o.zarr\ncaldir: {}\nbogus: 1\n")
+    r = sh("validate", job)
+    assert r.returncode == 2
+    assert "bogus: expected a known key" in r.stderr and str(job) in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,39 @@
+"""The data model: DQ bits identical to roman_datamodels, CF flag attrs, JSON-safe attrs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detflow.schema import DQ, dq_attrs, dq_names, sanitize_attrs
+
+
+def test_dq_bits_identical_to_roman_datamodels():
+    dqflags = pytest.importorskip("roman_datamodels.dqflags")
+    theirs = {f.name: int(f.value) for f in dqflags.pixel}
+    ours = {name: int(f.value) for name, f in DQ.__members__.items()}
+    assert ours == theirs
+
+
+def test_dq_cf_attrs_roundtrip():
+    attrs = dq_attrs()
+    meanings = attrs["flag_meanings"].split()
+    assert len(meanings) == len(attrs["flag_masks"])
+    for name, mask in zip(meanings, attrs["flag_masks"]):
+        assert DQ[name].value == mask and bin(mask).count("1") == 1
+    assert dq_names(int(DQ.SATURATED | DQ.JUMP_DET)) == ["SATURATED", "JUMP_DET"]
+
+
+def test_sanitize_attrs_is_json_safe():
+    value = {1: np.float32(1.5), "a": np.arange(3), "nan": float("nan"), "p": Path("/x"),
+             "nested": [np.int64(2), (np.bool_(True), None)], "flag": DQ.SATURATED}  # fmt: skip
+    out = sanitize_attrs(value)
+    text = json.dumps(out, allow_nan=False)
+    back = json.loads(text)
+    assert back["1"] == 1.5 and back["a"] == [0, 1, 2] and back["nan"] == "nan" and back["p"] == "/x"
+    assert back["nested"] == [2, [True, None]] and back["flag"] == "SATURATED"
+    assert not any(isinstance(v, float) and not math.isfinite(v) for v in back.values())
