@@ -198,7 +198,7 @@ class SimConfig(BaseModel):
     nonlin_beta_rms: float = 0.05
     nonlin_ncoef: int = 9
     nonlin_smin_offset_dn: float = 1000.0  # Smin = Sref - this
-    saturation_dn: float = 62000.0  # mean raw-DN hard full well (bias + ~52000)
+    saturation_dn: float = 62000.0  # mean raw-DN hard full well; per pixel: its bias + (this - bias_dn) + scatter
     saturation_rms_dn: float = 300.0
     saturation_margin_dn: float = 500.0  # reference threshold = hard full well - this
     n_no_sat_check: int = 5  # NaN saturation thresholds
@@ -221,7 +221,7 @@ class SimConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "SimConfig":
         geom = Geometry()
-        if self.nside % geom.nchannel or self.nside < geom.nchannel or self.nside <= 2 * geom.nborder + 8:
+        if self.nside % geom.nchannel or self.nside < geom.nchannel:
             raise ValueError(f"nside must be a multiple of {geom.nchannel} and >= 32, got {self.nside}")
         positive = ("frame_time", "gain_mean", "psf_sigma_px", "cr_median_e")
         for name in positive:
@@ -531,7 +531,7 @@ def _build_detector(cfg: SimConfig, rng: np.random.Generator) -> _Detector:
     no_lin_corr[act] = nlc_mask
     beta[no_lin_corr] = 0.0
     smin = (sref - f32(cfg.nonlin_smin_offset_dn)).astype(f32)
-    smax = well.astype(f32)
+    smax = well  # the model covers everything up to the hard full well
 
     # NaN saturation thresholds on a handful of live active pixels
     nsc = _pick_pixels(rng, na, cfg.n_no_sat_check, exclude=dead)

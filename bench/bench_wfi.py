@@ -1,0 +1,206 @@
+"""Benchmark: Roman WFI L1 -> L2 of one exposure, detflow against the stcal steps, same run, same data.
+
+Measures, on this machine, in one invocation:
+
+* detflow ``run`` (dq_init, saturation, linearity, dark, ramp fit + jumps, store written) on an
+  embedded LocalCluster: wall time and peak RSS of the whole process tree (client + workers);
+* the same steps done by stcal 1.20 in a child process (``flag_saturated_pixels`` +
+  ``fit_ramps_casertano(use_jump=True)``, which fits and detects jumps): wall time and peak RSS;
+* the ramp-fit kernel alone on one core (pixel-resultants per second);
+* the machine's memory bandwidth (numpy copy of 1 GiB), against the cube's bytes / detflow time.
+
+Usage: ``python bench/bench_wfi.py [--nside 4096] [--workers 2] [--skip-stcal]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+HERE = Path(__file__).resolve().parent
+
+
+class PeakRSS:
+    """Sample the RSS of this process and all its children; ``peak`` in bytes."""
+
+    def __init__(self, interval=0.05):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def memory_bandwidth(nbytes=2**30, repeats=3) -> float:
+    """Copy bandwidth in bytes/s (read + write counted)."""
+    a = np.ones(nbytes // 8)
+    b = np.empty_like(a)
+    best = 1e9
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.nbytes / best
+
+
+def kernel_throughput(nread=8, npix=4096 * 512) -> float:
+    """Pixel-resultants per second of the ramp-fit kernel on one core (numba, no dask)."""
+    from detflow.kernels import ramp as kramp
+
+    rp = [[1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19, 20, 21, 22, 23],
+          [24, 25, 26, 27, 28, 29, 30, 31], [32, 33, 34, 35, 36, 37, 38, 39]][:nread]  # fmt: skip
+    rng = np.random.default_rng(0)
+    tb, _, _ = kramp.resultant_times(rp, 3.04)
+    R = (100 + rng.uniform(0, 50, npix)[:, None] * tb[None] + rng.normal(0, 6, (npix, nread))).astype(np.float32)
+    gdq = np.zeros((npix, nread), np.uint32)
+    gdq[:, 0] = 1
+    t = kramp.ramp_tables(rp, 3.04, 0.4 / 1.8 / 6.5**2, 1)
+    args = (R, gdq, np.uint32(0), np.float32(1.8), np.float32(6.5), t.weights, t.coef_poisson, t.coef_read,
+            t.diff_poisson, t.diff_read, t.tbar, kramp.ramp_params(1))  # fmt: skip
+    kramp.fit_ramp(*(a[:10] if i < 2 else a for i, a in enumerate(args)))  # compile
+    best = 1e9
+    for _ in range(3):
+        t0 = time.perf_counter()
+        kramp.fit_ramp(*args)
+        best = min(best, time.perf_counter() - t0)
+    return npix * nread / best
+
+
+STCAL_CHILD = textwrap.dedent("""
+    import json, resource, sys, time
+    import asdf, numpy as np
+    from stcal.saturation.saturation import flag_saturated_pixels
+    from stcal.ramp_fitting.ols_cas22_fit import fit_ramps_casertano
+    l1, caldir = sys.argv[1], json.loads(sys.argv[2])
+    t0 = time.perf_counter()
+    with asdf.open(l1) as af:
+        data = np.asarray(af["roman"]["data"], dtype=np.float32)
+        rp = [list(map(int, g)) for g in af["roman"]["meta"]["exposure"]["read_pattern"]]
+        ft = float(af["roman"]["meta"]["exposure"]["frame_time"])
+    with asdf.open(caldir["saturation"]) as f:
+        thr = np.array(f["roman"]["data"], dtype=np.float32); sdq = np.array(f["roman"]["dq"], dtype=np.uint32)
+    with asdf.open(caldir["read"]) as f:
+        rn = np.array(f["roman"]["data"], dtype=np.float32)
+    with asdf.open(caldir["gain"]) as f:
+        gain = np.array(f["roman"]["data"], dtype=np.float32)
+    t_read = time.perf_counter() - t0
+    flags = {"DO_NOT_USE": 1, "SATURATED": 2, "AD_FLOOR": 64, "NO_SAT_CHECK": 2**21}
+    t0 = time.perf_counter()
+    gdq = np.zeros((1,) + data.shape, np.uint32)
+    pdq = np.zeros((1, 1) + data.shape[1:], np.uint32)
+    gdq, pdq, _ = flag_saturated_pixels(data[None, 1:], gdq[:, 1:], pdq, thr, sdq, 65535, flags,
+                                        n_pix_grow_sat=1, read_pattern=rp[1:])
+    t_sat = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = fit_ramps_casertano(data[1:] * gain[None], gdq[0], rn * gain, ft, rp[1:], use_jump=True)
+    t_fit = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"read_s": t_read, "saturation_s": t_sat, "fit_jump_s": t_fit, "peak_rss": peak}))
+""")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nside", type=int, default=4096)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-stcal", action="store_true")
+    ap.add_argument("--out", type=Path, default=HERE / "output")
+    args = ap.parse_args(argv)
+
+    from detflow.runtime.config import load_job
+    from detflow.runtime.run import run
+    from detflow.sim.wfi import SimConfig, simulate
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    simdir = args.out / f"wfi_sim_{args.nside}"
+    if not (simdir / "gen_cal_image.yaml").exists():
+        shutil.rmtree(simdir, ignore_errors=True)
+        t0 = time.perf_counter()
+        simulate(simdir, SimConfig(nside=args.nside, seed=7))
+        print(f"simulated {args.nside}x{args.nside} exposure in {time.perf_counter() - t0:.1f} s", flush=True)
+    job = load_job(simdir / "gen_cal_image.yaml")
+    store = args.out / f"wfi_l2_{args.nside}.zarr"
+    shutil.rmtree(store, ignore_errors=True)
+    job = job.model_copy(update={"output": store,
+                                 "cluster": job.cluster.model_copy(update={"n_workers": args.workers,
+                                                                           "dashboard_address": "127.0.0.1:0"})})  # fmt: skip
+    l1 = Path(job.input if isinstance(job.input, str) else job.input[0])
+    import asdf
+
+    with asdf.open(l1) as af:
+        cube_shape = tuple(af["roman"]["data"].shape)
+    cube_bytes = int(np.prod(cube_shape)) * 2
+
+    # warm the numba kernels in this process too (workers compile their own on first use)
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        run(job, progress=False)
+        t_ours = time.perf_counter() - t0
+    res = {"nside": args.nside, "resultants": cube_shape[0], "workers": args.workers,
+           "detflow_s": t_ours, "detflow_peak_rss": mem.peak}  # fmt: skip
+
+    res["kernel_pix_res_per_s_per_core"] = kernel_throughput(nread=cube_shape[0])
+    res["mem_bandwidth_Bps"] = memory_bandwidth()
+    res["cube_bytes_per_s"] = cube_bytes / t_ours
+
+    if not args.skip_stcal:
+        r = subprocess.run([sys.executable, "-c", STCAL_CHILD, str(l1),
+                            json.dumps({k: str(v) for k, v in job.caldir.items()})],
+                           capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+        if r.returncode != 0:
+            print(r.stderr[-3000:])
+            raise SystemExit("stcal reference run failed")
+        st = json.loads(r.stdout.strip().splitlines()[-1])
+        res.update({f"stcal_{k}": v for k, v in st.items()})
+        res["stcal_steps_s"] = st["saturation_s"] + st["fit_jump_s"]
+        res["speedup_vs_stcal_steps"] = res["stcal_steps_s"] / t_ours
+
+    res["machine"] = f"{platform.node()} {platform.machine()} {os.cpu_count()} cores " \
+                     f"{psutil.virtual_memory().total / 2**30:.0f} GiB"  # fmt: skip
+    res["date"] = time.strftime("%Y-%m-%d %H:%M %Z")
+    gib = 2**30
+    print(f"\nRoman WFI L1 -> L2, {args.nside}x{args.nside}, {cube_shape[0]} resultants, {args.workers} workers")
+    print(f"  detflow (all steps + store)   {t_ours:8.1f} s   peak RSS {mem.peak / gib:6.2f} GiB")
+    if not args.skip_stcal:
+        print(f"  stcal saturation + cas22 fit  {res['stcal_steps_s']:8.1f} s   peak RSS "
+              f"{res['stcal_peak_rss'] / gib:6.2f} GiB   (reading the inputs {res['stcal_read_s']:.1f} s, not counted)")  # fmt: skip
+        print(f"  speed ratio stcal/detflow     {res['speedup_vs_stcal_steps']:8.2f} x   memory ratio "
+              f"{res['stcal_peak_rss'] / mem.peak:5.2f} x")  # fmt: skip
+    print(f"  ramp-fit kernel, one core     {res['kernel_pix_res_per_s_per_core']:.3g} pixel-resultants/s")
+    print(f"  cube bytes / detflow time     {res['cube_bytes_per_s'] / 1e9:.3f} GB/s  vs memory copy bandwidth "
+          f"{res['mem_bandwidth_Bps'] / 1e9:.1f} GB/s")  # fmt: skip
+    (args.out / f"bench_wfi_{args.nside}.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()
