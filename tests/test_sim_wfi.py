@@ -199,7 +199,8 @@ def test_caldir_formats(sim, truth):
 
 def test_truth_contents(sim, truth):
     n = 64
-    for key in ("slope_dn", "sky_slope_dn", "flux_e", "flat", "gain", "read_noise", "dark_dn_per_s", "bias_dn", "nonlin_beta"):
+    maps = ("slope_dn", "sky_slope_dn", "flux_e", "flat", "gain", "read_noise", "dark_dn_per_s", "bias_dn", "nonlin_beta")
+    for key in maps:
         assert truth[key].shape == (n, n) and truth[key].dtype == np.float32, key
     for key in ("saturated", "dead", "hot"):
         assert truth[key].shape == (n, n) and truth[key].dtype == bool, key

@@ -59,7 +59,8 @@ Calibration files (``roman`` tree of each ASDF file; ``N x N`` unless stated)
   multiplier of the common pink stream in amp33 (1.0), "RU_PINK": amplitude of amp33's own pink
   stream}``; ``anc`` = ``{"C_PINK": common pink amplitude, "U_PINK": per-channel pink amplitude}``.
   Pink amplitudes ``A`` mean: variance ``A**2`` per unit of ln(frequency) (``S(f) = A**2 / f``),
-  one stream of ``N * N/32`` samples per frame, mean removed per frame.
+  one stream of ``N * N/32`` samples per frame, mean removed per frame (the PIT ``C_PINK``
+  convention); the per-frame rms is about ``A * sqrt(ln(N * N/32))``, ~7.3 DN for A = 2 at N = 4096.
 - ``flat``: ``data`` (A, A) float32 true relative QE (mean 1 over the active area; dead pixels keep
   their nominal value, they are handled by the mask).
 - ``ipc4d``: ``data`` (3, 3, A, A) float32 per-pixel kernel, ``kernel[1+dy, 1+dx, y, x]`` = fraction
@@ -581,7 +582,7 @@ def _build_detector(cfg: SimConfig, rng: np.random.Generator) -> _Detector:
     ).astype(f32)
     amp33_std = (cfg.read_noise_dn * (1 + cfg.read_noise_rms * _clipped_normal(rng, (n, cw)))).astype(f32)
 
-    sources_e = _render_sources(cfg, rng, float(np.median(sref)))
+    sources_e = _render_sources(cfg, rng)
 
     return _Detector(
         sref=sref, well=well.astype(f32), sat_thresh=sat_thresh, gain=gain, inv_gain=inv_gain, rn=rn,
@@ -590,7 +591,7 @@ def _build_detector(cfg: SimConfig, rng: np.random.Generator) -> _Detector:
     )  # fmt: skip
 
 
-def _render_sources(cfg: SimConfig, rng: np.random.Generator, bias_typ: float) -> np.ndarray:
+def _render_sources(cfg: SimConfig, rng: np.random.Generator) -> np.ndarray:
     """Point sources with a pixel-integrated Gaussian PSF, (A, A) e/s before flat and IPC.
 
     Three brightness classes: sources that saturate early (within ~1.5-4 frame times), late
@@ -613,7 +614,9 @@ def _render_sources(cfg: SimConfig, rng: np.random.Generator, bias_typ: float) -
     peak_frac = (ndtr(0.5 / sig) - ndtr(-0.5 / sig)) ** 2
 
     u = rng.uniform(size=nsrc)
-    cls = np.where(u < cfg.frac_early_saturating, 0, np.where(u < cfg.frac_early_saturating + cfg.frac_late_saturating, 1, 2))
+    early_cut = cfg.frac_early_saturating
+    late_cut = early_cut + cfg.frac_late_saturating
+    cls = np.where(u < early_cut, 0, np.where(u < late_cut, 1, 2))  # 0 early, 1 late, 2 faint
     if nsrc >= 3:
         cls[0], cls[1] = 0, 1
     t_sat = np.where(
@@ -885,7 +888,8 @@ def _write_caldir(w: _Writer, cfg: SimConfig, det: _Detector, paths: dict[str, P
         },
     )
     w.asdf(paths["flat"], {"meta": _cal_meta("FLAT", "true relative QE, active area"), "data": det.flat})
-    w.asdf(paths["ipc4d"], {"meta": _cal_meta("IPC4D", "kernel[1+dy,1+dx,y,x]: share of (y,x) landing in (y+dy,x+dx)"), "data": det.kernel})
+    ipc_desc = "kernel[1+dy,1+dx,y,x]: share of (y,x) landing in (y+dy,x+dx)"
+    w.asdf(paths["ipc4d"], {"meta": _cal_meta("IPC4D", ipc_desc), "data": det.kernel})
     return maxerr
 
 
