@@ -16,8 +16,8 @@ from .errors import DetflowInputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="detflow: detector calibration pipelines on dask.")  # fmt: skip
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _fail(exc: Exception) -> None:
