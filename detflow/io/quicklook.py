@@ -34,8 +34,10 @@ def wfi_quicklook(store: str | Path, png: str | Path, truth_slope: np.ndarray | 
     code = np.zeros(dq.shape, dtype=np.int8)
     for i, flag in enumerate(cats.values(), start=1):
         code[(dq & np.uint32(flag)) != 0] = i
-    axes[1].imshow(code, origin="lower", cmap=matplotlib.colormaps["tab10"].resampled(len(cats) + 1),
-                   vmin=-0.5, vmax=len(cats) + 0.5, interpolation="nearest")  # fmt: skip
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(["white", "tab:red", "tab:orange", "black", "tab:purple"][: len(cats) + 1])
+    axes[1].imshow(code, origin="lower", cmap=cmap, vmin=-0.5, vmax=len(cats) + 0.5, interpolation="nearest")
     axes[1].set_title("DQ: " + ", ".join(f"{i}={n} ({int(np.count_nonzero(code == i))})"
                                          for i, n in enumerate(cats, start=1)), fontsize=8)  # fmt: skip
     if truth_slope is not None:
