@@ -17,7 +17,7 @@ from astropy.io import fits
 from .. import schema
 from ..errors import DetflowInputError
 from .chunking import pixel_chunks
-from .roman_l1 import _frame_coords
+from .roman_l1 import frame_coords
 
 
 class _FitsArray:
@@ -26,7 +26,7 @@ class _FitsArray:
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
 
     def __getitem__(self, index):
-        with fits.open(self.path, memmap=True) as hdul:
+        with fits.open(self.path, memmap=False) as hdul:
             return np.array(hdul[self.hdu].section[index], dtype=self.dtype)
 
 
@@ -42,14 +42,14 @@ def open_fits_ramp(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
     if not path.exists():
         raise DetflowInputError(path, "file", "an existing FITS file", "no such file")
     try:
-        hdul = fits.open(path, memmap=True)
+        hdul = fits.open(path, memmap=False)
     except Exception as exc:
         raise DetflowInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}")
     with hdul:
         idx = _image_hdu(path, hdul)
         hdr = hdul[idx].header
         shape = tuple(int(hdr[f"NAXIS{k}"]) for k in range(hdr["NAXIS"], 0, -1))
-        dtype = hdul[idx].section[(0,) * len(shape)].dtype  # scaled dtype as astropy reads it
+        dtype = np.asarray(hdul[idx].section[(slice(0, 1),) * len(shape)]).dtype  # as astropy scales it
         tframe = hdr.get("TFRAME", hdr.get("FRMTIME"))
         if tframe is None or float(tframe) <= 0:
             raise DetflowInputError(path, f"HDU {idx} header TFRAME", "the frame time in s (> 0)", tframe)
@@ -65,7 +65,7 @@ def open_fits_ramp(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
     info = {"read_pattern": rp, "frame_time": float(tframe), "guide_window": [-1, -1, -1, -1],
             "data_encoding_offset": 0.0}  # fmt: skip
     ds = xr.Dataset({"data": (schema.DIMS_L1, cube, {"units": "DN"})})
-    ds = ds.assign_coords(_frame_coords([path] * nframe, [info] * nframe))
+    ds = ds.assign_coords(frame_coords([path] * nframe, [info] * nframe))
     ds = ds.assign_coords({schema.Y: np.arange(ny), schema.X: np.arange(nx)})
     ds.attrs["instrument"] = "generic_hxrg"
     ds.attrs["inputs"] = [{"path": str(path), "fits_headers": header_text}]

@@ -121,14 +121,14 @@ def open_roman_l1(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
             data_vars["reference_read"] = ((schema.Y, schema.X), rr, {"units": "DN"})
     ds = xr.Dataset(data_vars)
     ds = ds.expand_dims(schema.FRAME)
-    ds = ds.assign_coords(_frame_coords([path], [info]))
+    ds = ds.assign_coords(frame_coords([path], [info]))
     ds = ds.assign_coords({schema.Y: np.arange(ny), schema.X: np.arange(nx)})
     ds.attrs["instrument"] = "roman_wfi"
     ds.attrs["inputs"] = schema.sanitize_attrs([{"path": str(path), "meta": info["meta"]}])
     return ds
 
 
-def _frame_coords(paths, infos) -> dict:
+def frame_coords(paths, infos) -> dict:
     nf = len(infos)
     n = len(infos[0]["read_pattern"])
     first = np.zeros((nf, n), dtype=np.int32)

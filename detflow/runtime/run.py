@@ -16,6 +16,7 @@ import xarray as xr
 from distributed import Client
 
 from .. import __version__, schema
+from ..errors import DetflowInputError
 from ..instruments import roman_wfi
 from ..io import expand_inputs, open_l1
 from ..io.caldir import check_caldir, open_wfi_references, sha256
@@ -54,7 +55,9 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
     files = expand_inputs(job.input)
     l1 = open_l1(files, job.chunks)
     ny, nx = l1.sizes[schema.Y], l1.sizes[schema.X]
-    roman_wfi.Geometry.for_shape(ny, nx)
+    if ny != nx or ny % roman_wfi.NCHANNEL:
+        raise DetflowInputError(files[0], "data", f"square WFI frames, a multiple of {roman_wfi.NCHANNEL} wide",
+                                f"{ny}x{nx}")  # fmt: skip
     caldir = check_caldir({k: str(v) for k, v in job.caldir.items()}, roman_wfi.CALDIR_REQUIRED, job.source)
     tile = pixel_chunks(l1.sizes[schema.READ], ny, nx, job.chunks)
     wfi_refs = {k: v for k, v in caldir.items() if k in roman_wfi.CALDIR_REQUIRED}
