@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
+	# the PIT gen_cal_image reference; its ramp-fit and linearity modules need none of its heavy deps
+	$(PY) -m pip install --quiet --no-deps romanimpreprocess==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)

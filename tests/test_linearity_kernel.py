@@ -49,7 +49,7 @@ def test_linearize_matches_reference():
         ref, ref_dq = reference(raw.astype(np.float32), coefs.astype(np.float32), smin.astype(np.float32),
                                 smax.astype(np.float32), sref.astype(np.float32), lin_dq, gdq, exempt)  # fmt: skip
         out, dq = linearize_ramp(raw.T.astype(np.float32), coefs.T.astype(np.float32), smin.astype(np.float32),
-                                 smax.astype(np.float32), sref.astype(np.float32), lin_dq, gdq.T.copy(), exempt)  # fmt: skip
+                                 smax.astype(np.float32), sref.astype(np.float32), lin_dq, gdq.T.copy(), exempt, False)  # fmt: skip
         np.testing.assert_allclose(out.T, ref, rtol=2e-6, atol=0.02)
         np.testing.assert_array_equal(dq, ref_dq)
         assert np.count_nonzero(dq & DQ.NO_LIN_CORR) > 100

@@ -42,20 +42,24 @@ def legendre_linearize(z, coefs):
 
 @numba.guvectorize(
     [
-        "void(float32[:], float32[:], float32, float32, float32, uint32, uint32[:], boolean,"
+        "void(float32[:], float32[:], float32, float32, float32, uint32, uint32[:], boolean, boolean,"
         " float32[:], uint32[:])"
     ],
-    "(n),(c),(),(),(),(),(n),()->(n),()",
+    "(n),(c),(),(),(),(),(n),(),()->(n),()",
     target="cpu",
     nopython=True,
     cache=False,
 )
-def linearize_ramp(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, out, dq_out):
+def linearize_ramp(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, out, dq_out):
     """Linearise one pixel's resultants ``raw`` (DN_raw) to DN_lin above the bias ``Sref``.
 
     ``gdq`` are the group flags after saturation (saturated resultants are corrected but never
     flagged); ``dq_out`` is ``lin_dq`` plus NO_LIN_CORR where an unsaturated resultant fell outside the
     model range (checked on reference pixels too, as the PIT does).
+
+    ``pit_sticky`` reproduces ``gen_cal_image`` 1.0 bit for bit: once a resultant was flagged, every
+    later resultant of the pixel gets ``S - Sref`` instead of the model (a kink in the ramp; off by
+    default).
     """
     n = raw.shape[0]
     flags = lin_dq
@@ -68,7 +72,8 @@ def linearize_ramp(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, out,
         if first:
             z = min(max(z, -1.0), 1.0)
         phi, ex = legendre_linearize(z, coefs)
-        out[g] = s - float(sref) if direct else phi
+        uncorrected = direct or (pit_sticky and (flags & _NOLIN) != 0)
+        out[g] = s - float(sref) if uncorrected else phi
         if ex and not first and (gdq[g] & _SAT) == 0:
             flags |= _NOLIN
     dq_out[0] = flags

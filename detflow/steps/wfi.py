@@ -161,6 +161,8 @@ def saturation(ds: xr.Dataset, refs: xr.Dataset, p: SaturationParams) -> xr.Data
 # ---- linearity ------------------------------------------------------------------------------------
 class LinearityParams(StepParams):
     exempt_reset: bool = Field(True, description="clip and never flag the first resultant when it is the reset read [0]")
+    pit_sticky_no_lin_corr: bool = Field(
+        False, description="gen_cal_image 1.0 compatibility: resultants after the first extrapolated one get S - Sref")
 
 
 @register("linearity", LinearityParams, FAMILY)
@@ -174,8 +176,8 @@ def linearity(ds: xr.Dataset, refs: xr.Dataset, p: LinearityParams) -> xr.Datase
         klin.linearize_ramp,
         ds["data"].astype(np.float32), coefs,
         refs["linearitylegendre_Smin"].astype(np.float32), refs["linearitylegendre_Smax"].astype(np.float32),
-        refs["linearitylegendre_Sref"].astype(np.float32), lin_dq, ds["groupdq"], exempt,
-        input_core_dims=[[READ], ["linearitylegendre_k"], [], [], [], [], [READ], []],
+        refs["linearitylegendre_Sref"].astype(np.float32), lin_dq, ds["groupdq"], exempt, p.pit_sticky_no_lin_corr,
+        input_core_dims=[[READ], ["linearitylegendre_k"], [], [], [], [], [READ], [], []],
         output_core_dims=[[READ], []],
         dask="parallelized", output_dtypes=[np.float32, np.uint32],
     )  # fmt: skip
