@@ -75,9 +75,10 @@ def test_ramp_fit_and_jumps_match_pit(tmp_path):
     slope, err_r, err_p = fitting.ramp_fit(data.copy(), rdq.copy(), pit_pdq, meta, caldir, _Log(), exclude_first=True)
 
     t = kramp.ramp_tables(RP, FT, u, 1)
-    s, vr, vp, dq = kramp.fit_ramp(np.moveaxis(data, 0, -1), np.moveaxis(rdq, 0, -1), pdq, gain, rn, t.weights,
-                                   t.coef_poisson, t.coef_read, t.diff_poisson, t.diff_read, t.tbar,
-                                   kramp.ramp_params(1))  # fmt: skip
+    s, vr, vp = (np.empty((N, N), np.float32) for _ in range(3))
+    dq = np.empty((N, N), np.uint32)
+    kramp.fit_ramps(np.moveaxis(data, 0, -1), np.moveaxis(rdq, 0, -1), pdq, gain, rn, t.weights, t.coef_poisson,
+                    t.coef_read, t.pair_start, t.pair_i, t.pair_j, t.pair_inv_dt, t.pair_poisson, t.pair_read, kramp.ramp_params(1), s, vr, vp, dq)  # fmt: skip
     ours_pdq = pdq | dq
     # Intended difference: the PIT refits a saturated ramp only when >= 3 resultants remain before
     # saturation (at index 3 or later with the first excluded); compare the pixels it refits or leaves whole.
@@ -112,12 +113,18 @@ def test_linearity_matches_pit(tmp_path):
                                          attempt_corr=~gdq & np.uint32(DQ.SATURATED))  # fmt: skip
     args = (np.moveaxis(raw, 0, -1), np.moveaxis(coefs, 0, -1), smin, smax, sref, lin_dq, np.moveaxis(gdq, 0, -1),
             True)  # fmt: skip
+
+    def lin(sticky):
+        out, dq = np.empty((N, N, n), np.float32), np.empty((N, N), np.uint32)
+        klin.linearize_ramps(*args, sticky, out, dq)
+        return out, dq
+
     # bit-compatibility option: the PIT stops correcting a pixel after its first extrapolated resultant
-    out, dq = klin.linearize_ramp(*args, True)
+    out, dq = lin(True)
     np.testing.assert_allclose(np.moveaxis(out, -1, 0), phi, rtol=1e-5, atol=0.05)
     np.testing.assert_array_equal(dq, pit_dq)
     # default (the fix): every resultant keeps the model; identical where nothing was extrapolated before
-    fixed, dq2 = klin.linearize_ramp(*args, False)
+    fixed, dq2 = lin(False)
     np.testing.assert_array_equal(dq2, pit_dq)
     fixed = np.moveaxis(fixed, -1, 0)
     flagged_before = np.zeros_like(raw, bool)  # an earlier resultant (not the exempt first) was extrapolated

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.polynomial import legendre
 
-from detflow.kernels.linearity import linearize_ramp
+from detflow.kernels.linearity import linearize_ramps
 from detflow.schema import DQ
 
 
@@ -48,8 +48,10 @@ def test_linearize_matches_reference():
     for exempt in (True, False):
         ref, ref_dq = reference(raw.astype(np.float32), coefs.astype(np.float32), smin.astype(np.float32),
                                 smax.astype(np.float32), sref.astype(np.float32), lin_dq, gdq, exempt)  # fmt: skip
-        out, dq = linearize_ramp(raw.T.astype(np.float32), coefs.T.astype(np.float32), smin.astype(np.float32),
-                                 smax.astype(np.float32), sref.astype(np.float32), lin_dq, gdq.T.copy(), exempt, False)  # fmt: skip
-        np.testing.assert_allclose(out.T, ref, rtol=2e-6, atol=0.02)
-        np.testing.assert_array_equal(dq, ref_dq)
+        out, dq = np.empty((1, npix, n), np.float32), np.empty((1, npix), np.uint32)
+        f32 = [a.astype(np.float32)[None] for a in (smin, smax, sref)]
+        linearize_ramps(raw.T.astype(np.float32)[None], coefs.T.astype(np.float32)[None], *f32, lin_dq[None],
+                        gdq.T.copy()[None], exempt, False, out, dq)  # fmt: skip
+        np.testing.assert_allclose(out[0].T, ref, rtol=2e-6, atol=0.02)
+        np.testing.assert_array_equal(dq[0], ref_dq)
         assert np.count_nonzero(dq & DQ.NO_LIN_CORR) > 100

@@ -82,11 +82,13 @@ def reference_fit(R, gdq, pdq, gain, rn, rp, ft, u, start, sa=5.5, sb=4.5, ia=1.
 def run_kernel(R, gdq, pdq, gain, rn, rp, ft, u, start, detect=True):
     t = kramp.ramp_tables(rp, ft, u, start)
     params = kramp.ramp_params(start, detect=detect)
-    s, vr, vp, dq = kramp.fit_ramp(
-        np.ascontiguousarray(R.T, np.float32), np.ascontiguousarray(gdq.T, np.uint32), pdq.astype(np.uint32),
-        gain.astype(np.float32), rn.astype(np.float32), t.weights, t.coef_poisson, t.coef_read,
-        t.diff_poisson, t.diff_read, t.tbar, params)  # fmt: skip
-    return np.stack([s, vr, vp]), dq
+    npix = R.shape[1]
+    outs = [np.empty((1, npix), dt) for dt in (np.float32, np.float32, np.float32, np.uint32)]
+    kramp.fit_ramps(
+        R.T.astype(np.float32)[None], gdq.T.astype(np.uint32)[None], pdq.astype(np.uint32)[None],
+        gain.astype(np.float32)[None], rn.astype(np.float32)[None], t.weights, t.coef_poisson, t.coef_read,
+        t.pair_start, t.pair_i, t.pair_j, t.pair_inv_dt, t.pair_poisson, t.pair_read, params, *outs)  # fmt: skip
+    return np.stack([o[0] for o in outs[:3]]), outs[3][0]
 
 
 def make_ramps(rng, npix, rp, ft, rate_max=500.0, rn=6.0, jump_frac=0.1, sat_frac=0.1):

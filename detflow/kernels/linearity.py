@@ -40,40 +40,35 @@ def legendre_linearize(z, coefs):
     return phi, ex
 
 
-@numba.guvectorize(
-    [
-        "void(float32[:], float32[:], float32, float32, float32, uint32, uint32[:], boolean, boolean,"
-        " float32[:], uint32[:])"
-    ],
-    "(n),(c),(),(),(),(),(n),(),()->(n),()",
-    target="cpu",
-    nopython=True,
-    cache=False,
-)
-def linearize_ramp(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, out, dq_out):
-    """Linearise one pixel's resultants ``raw`` (DN_raw) to DN_lin above the bias ``Sref``.
+@numba.njit(nogil=True, cache=False)
+def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, out, dq_out):
+    """Linearise the resultants of a tile: ``raw`` (ny, nx, n) DN_raw to ``out`` DN_lin above ``Sref``.
 
-    ``gdq`` are the group flags after saturation (saturated resultants are corrected but never
-    flagged); ``dq_out`` is ``lin_dq`` plus NO_LIN_CORR where an unsaturated resultant fell outside the
-    model range (checked on reference pixels too, as the PIT does).
-
-    ``pit_sticky`` reproduces ``gen_cal_image`` 1.0 bit for bit: once a resultant was flagged, every
-    later resultant of the pixel gets ``S - Sref`` instead of the model (a kink in the ramp; off by
-    default).
+    ``coefs`` (ny, nx, c); ``smin``, ``smax``, ``sref``, ``lin_dq`` (ny, nx); ``gdq`` (ny, nx, n) the group
+    flags after saturation (saturated resultants are corrected but never flagged). ``dq_out`` (ny, nx)
+    is ``lin_dq`` plus NO_LIN_CORR where an unsaturated resultant fell outside the model range
+    (checked on reference pixels too, as the PIT does). ``pit_sticky`` reproduces ``gen_cal_image``
+    1.0 bit for bit: once a resultant was flagged, every later resultant of the pixel gets
+    ``S - Sref`` instead of the model (a kink in the ramp; off by default).
     """
-    n = raw.shape[0]
-    flags = lin_dq
-    direct = (lin_dq & (_NOLIN | _REF)) != 0
-    scale = 2.0 / (float(smax) - float(smin))
-    for g in range(n):
-        s = float(raw[g])
-        z = -1.0 + (s - float(smin)) * scale
-        first = g == 0 and exempt_first
-        if first:
-            z = min(max(z, -1.0), 1.0)
-        phi, ex = legendre_linearize(z, coefs)
-        uncorrected = direct or (pit_sticky and (flags & _NOLIN) != 0)
-        out[g] = s - float(sref) if uncorrected else phi
-        if ex and not first and (gdq[g] & _SAT) == 0:
-            flags |= _NOLIN
-    dq_out[0] = flags
+    ny, nx, n = raw.shape
+    for y in range(ny):
+        for x in range(nx):
+            flags = lin_dq[y, x]
+            direct = (flags & (_NOLIN | _REF)) != 0
+            lo = float(smin[y, x])
+            scale = 2.0 / (float(smax[y, x]) - lo)
+            ref = float(sref[y, x])
+            c = coefs[y, x]
+            for g in range(n):
+                s = float(raw[y, x, g])
+                z = -1.0 + (s - lo) * scale
+                first = g == 0 and exempt_first
+                if first:
+                    z = min(max(z, -1.0), 1.0)
+                phi, ex = legendre_linearize(z, c)
+                uncorrected = direct or (pit_sticky and (flags & _NOLIN) != 0)
+                out[y, x, g] = s - ref if uncorrected else phi
+                if ex and not first and (gdq[y, x, g] & _SAT) == 0:
+                    flags |= _NOLIN
+            dq_out[y, x] = flags

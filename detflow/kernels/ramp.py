@@ -91,6 +91,14 @@ class RampTables:
     coef_read: np.ndarray  # (n+1,)     slope read variance per unit single-read variance
     diff_poisson: np.ndarray  # (n+1, n, 2) variance coefficients of each difference minus the slope
     diff_read: np.ndarray  # (n+1, n, 2)
+    # the same, flattened per truncation for the kernel: the differences of truncation L are
+    # ``pair_start[L]:pair_start[L+1]`` of the ``pair_*`` arrays
+    pair_start: np.ndarray  # (n+2,) int64
+    pair_i: np.ndarray  # (P,) int64  first resultant of the difference
+    pair_j: np.ndarray  # (P,) int64  second resultant
+    pair_inv_dt: np.ndarray  # (P,) 1 / (tbar_j - tbar_i)
+    pair_poisson: np.ndarray  # (P,)
+    pair_read: np.ndarray  # (P,)
     tbar: np.ndarray  # (n,)
     tau: np.ndarray  # (n,)
     nframes: np.ndarray  # (n,)
@@ -128,7 +136,21 @@ def ramp_tables(read_pattern, frame_time: float, u: float, start: int = 1) -> Ra
                     continue  # this difference is the fitted slope itself (two usable resultants)
                 dp[L, i, di - 1] = _poisson_form(w, w, tbar, tau)
                 dr[L, i, di - 1] = float(np.sum(w * w * inv_n))
-    return RampTables(weights, cp, cr, dp, dr, tbar, tau, nf.astype(np.float64))
+    start_idx = np.zeros(n + 2, dtype=np.int64)
+    pi, pj, pdt, pp, pr = [], [], [], [], []
+    for L in range(n + 1):
+        start_idx[L] = len(pi)
+        for i in range(n):
+            for d in range(2):
+                if np.isfinite(dp[L, i, d]):
+                    pi.append(i)
+                    pj.append(i + d + 1)
+                    pdt.append(1.0 / (tbar[i + d + 1] - tbar[i]))
+                    pp.append(dp[L, i, d])
+                    pr.append(dr[L, i, d])
+    start_idx[n + 1] = len(pi)
+    return RampTables(weights, cp, cr, dp, dr, start_idx, np.array(pi, np.int64), np.array(pj, np.int64),
+                      np.array(pdt), np.array(pp), np.array(pr), tbar, tau, nf.astype(np.float64))  # fmt: skip
 
 
 def ramp_params(start=1, sthresh_a=5.5, sthresh_b=4.5, ithresh_a=1.0, ithresh_b=1000.0, detect=True):
@@ -138,85 +160,77 @@ def ramp_params(start=1, sthresh_a=5.5, sthresh_b=4.5, ithresh_a=1.0, ithresh_b=
     return p
 
 
-@numba.guvectorize(
-    [
-        "void(float32[:], uint32[:], uint32, float32, float32, float64[:,:], float64[:], float64[:],"
-        " float64[:,:,:], float64[:,:,:], float64[:], float64[:],"
-        " float32[:], float32[:], float32[:], uint32[:])"
-    ],
-    "(n),(n),(),(),(),(m,n),(m),(m),(m,n,k),(m,n,k),(n),(p)->(),(),(),()",
-    target="cpu",
-    nopython=True,
-    cache=False,
-)
-def fit_ramp(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson, coef_read,
-             diff_poisson, diff_read, tbar, params, slope, var_rnoise, var_poisson, dq_out):  # fmt: skip
-    """Fit one pixel's ramp.
+# reassociation lets LLVM vectorise the reductions; NaN/inf semantics are kept (no nnan/ninf)
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-    Inputs: ``resultants`` (n,) linearised, dark-subtracted DN; ``gdq`` (n,) group flags after
-    saturation; ``pixeldq``; ``gain`` e/DN; ``read_noise`` DN per single read; the
-    :class:`RampTables` arrays; ``params`` from :func:`ramp_params`.
-    Outputs: slope (DN/s), var_rnoise, var_poisson (DN^2/s^2), and the flags to OR into the pixel DQ:
-    the OR of the used resultants' flags (without DO_NOT_USE), SATURATED if any resultant saturated,
-    JUMP_DET if a jump was found, DO_NOT_USE if fewer than two usable resultants remain. Reference
-    pixels get a slope and no flags.
+
+@numba.njit(nogil=True, cache=False, fastmath=_FASTMATH)
+def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson, coef_read, pair_start, pair_i,
+              pair_j, pair_inv_dt, pair_poisson, pair_read, params, slope, var_rnoise, var_poisson, dq_out):  # fmt: skip
+    """Fit every pixel ramp of a tile.
+
+    Inputs: ``resultants`` (ny, nx, n) linearised, dark-subtracted DN (any strides); ``gdq`` (ny, nx, n)
+    group flags after saturation; ``pixeldq``, ``gain`` (e/DN), ``read_noise`` (DN per single read),
+    each (ny, nx); the :class:`RampTables` arrays of the exposure; ``params`` from :func:`ramp_params`.
+    Outputs (ny, nx), filled in place: slope (DN/s), var_rnoise, var_poisson (DN^2/s^2), and the flags
+    to OR into the pixel DQ: the OR of the used resultants' flags (without DO_NOT_USE), SATURATED if any
+    resultant saturated, JUMP_DET if a jump was found, DO_NOT_USE if fewer than two usable resultants
+    remain. Reference pixels get a slope and no flags.
     """
-    n = resultants.shape[0]
+    ny, nx, n = resultants.shape
     start = int(params[P_START])
-    # the usable ramp: from ``start`` up to the first saturated or do-not-use resultant
-    last = n
-    anysat = np.uint32(0)
-    for g in range(n):
-        anysat |= gdq[g] & _SAT
-    for g in range(start, n):
-        if gdq[g] & (_SAT | _DNU):
-            last = g
-            break
-    flags = np.uint32(0)
-    for g in range(last):
-        flags |= gdq[g]
-    flags = (flags & ~_DNU) | anysat
-
-    if last - start < 2:
-        slope[0] = np.nan
-        var_rnoise[0] = np.nan
-        var_poisson[0] = np.nan
-        dq_out[0] = np.uint32(0) if pixeldq & _REF else flags | _DNU
-        return
-
-    s = 0.0
-    for g in range(start, last):
-        s += weights[last, g] * resultants[g]
-    g_eff = min(max(float(gain), 1e-4), 1e4)
-    rate = max(s / g_eff, 0.0)
-    rn2 = float(read_noise) * float(read_noise)
-    slope[0] = s
-    var_poisson[0] = coef_poisson[last] * rate
-    var_rnoise[0] = coef_read[last] * rn2
-
-    if pixeldq & _REF:
-        dq_out[0] = np.uint32(0)
-        return
-
-    if params[P_DETECT] != 0.0:
-        sa = params[P_STHRESH_A]
-        sb = params[P_STHRESH_B]
-        ia = params[P_ITHRESH_A]
-        ib = params[P_ITHRESH_B]
-        x = min(max(s, ia), ib)
-        thresh = sa + (sb - sa) * math.log(x / ia) / math.log(ib / ia)
-        for i in range(start, last - 1):
-            for d in range(2):
-                j = i + d + 1
-                if j > last - 1:
-                    continue
-                vp = diff_poisson[last, i, d]
-                if vp != vp:  # NaN: this difference is not used for this truncation
-                    continue
-                var = rate * vp + rn2 * diff_read[last, i, d]
-                if var <= 0.0:
-                    continue
-                excess = (resultants[j] - resultants[i]) / (tbar[j] - tbar[i]) - s
-                if excess / math.sqrt(var) > thresh:
-                    flags |= _JUMP
-    dq_out[0] = flags
+    detect = params[P_DETECT] != 0.0
+    sa = params[P_STHRESH_A]
+    sb = params[P_STHRESH_B]
+    ia = params[P_ITHRESH_A]
+    ib = params[P_ITHRESH_B]
+    inv_log_span = 1.0 / math.log(ib / ia)
+    t2_min = min(sa, sb) ** 2  # no difference below the lowest threshold: no log needed
+    for y in range(ny):
+        for x in range(nx):
+            # the usable ramp: from ``start`` up to the first saturated or do-not-use resultant
+            last = n
+            anysat = np.uint32(0)
+            for g in range(n):
+                anysat |= gdq[y, x, g] & _SAT
+            for g in range(start, n):
+                if gdq[y, x, g] & (_SAT | _DNU):
+                    last = g
+                    break
+            flags = np.uint32(0)
+            for g in range(last):
+                flags |= gdq[y, x, g]
+            flags = (flags & ~_DNU) | anysat
+            is_ref = (pixeldq[y, x] & _REF) != 0
+            if last - start < 2:
+                slope[y, x] = np.nan
+                var_rnoise[y, x] = np.nan
+                var_poisson[y, x] = np.nan
+                dq_out[y, x] = np.uint32(0) if is_ref else flags | _DNU
+                continue
+            s = 0.0
+            for g in range(start, last):
+                s += weights[last, g] * resultants[y, x, g]
+            g_eff = min(max(float(gain[y, x]), 1e-4), 1e4)
+            rate = max(s / g_eff, 0.0)
+            rn2 = float(read_noise[y, x]) * float(read_noise[y, x])
+            slope[y, x] = s
+            var_poisson[y, x] = coef_poisson[last] * rate
+            var_rnoise[y, x] = coef_read[last] * rn2
+            if is_ref:
+                dq_out[y, x] = np.uint32(0)
+                continue
+            if detect:
+                # the largest (excess / sigma)^2 over the differences, branch-free (positive excess only)
+                best = 0.0
+                for k in range(pair_start[last], pair_start[last + 1]):
+                    excess = (resultants[y, x, pair_j[k]] - resultants[y, x, pair_i[k]]) * pair_inv_dt[k] - s
+                    e = max(excess, 0.0)
+                    var = max(rate * pair_poisson[k] + rn2 * pair_read[k], 1e-30)
+                    best = max(best, e * e / var)
+                if best > t2_min:  # only then is the log-interpolated threshold needed
+                    xs = min(max(s, ia), ib)
+                    thresh = sa + (sb - sa) * math.log(xs / ia) * inv_log_span
+                    if best > thresh * thresh:
+                        flags |= _JUMP
+            dq_out[y, x] = flags

@@ -165,6 +165,41 @@ class LinearityParams(StepParams):
         False, description="gen_cal_image 1.0 compatibility: resultants after the first extrapolated one get S - Sref")
 
 
+def _frame(a: np.ndarray, f: int, ncore: int = 0) -> np.ndarray:
+    """Frame ``f`` of an ``apply_ufunc`` block, as (y, x, *core) with broadcastable y and x.
+
+    ``apply_ufunc`` hands each argument with the loop dims (frame, y, x) it has, leading ones dropped
+    and inner missing ones of length 1; ``ncore`` is the number of core dims at the end.
+    """
+    missing = 3 + ncore - a.ndim
+    if missing:
+        a = a.reshape((1,) * missing + a.shape)
+    return a[f if a.shape[0] > 1 else 0]
+
+
+def _tile(a: np.ndarray, f: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Frame ``f`` of a block, broadcast (without copying) to the tile ``shape`` (y, x, *core)."""
+    return np.broadcast_to(_frame(a, f, len(shape) - 2), shape)
+
+
+def _nframes(*arrays_ncore) -> int:
+    return max(a.shape[0] if a.ndim - nc == 3 else 1 for a, nc in arrays_ncore)
+
+
+def _linearity_block(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt, sticky):
+    nf = _nframes((raw, 1), (gdq, 1))
+    ny, nx, n = np.broadcast_shapes(raw.shape[-3:], gdq.shape[-3:])
+    out = np.empty((nf, ny, nx, n), dtype=np.float32)
+    dq = np.empty((nf, ny, nx), dtype=np.uint32)
+    tile = (ny, nx)
+    for f in range(nf):
+        klin.linearize_ramps(
+            _tile(raw, f, (ny, nx, n)), _tile(coefs, f, (ny, nx, coefs.shape[-1])), _tile(smin, f, tile),
+            _tile(smax, f, tile), _tile(sref, f, tile), _tile(lin_dq, f, tile), _tile(gdq, f, (ny, nx, n)),
+            bool(_frame(exempt, f).flat[0]), bool(sticky), out[f], dq[f])  # fmt: skip
+    return out, dq
+
+
 @register("linearity", LinearityParams, FAMILY)
 def linearity(ds: xr.Dataset, refs: xr.Dataset, p: LinearityParams) -> xr.Dataset:
     """Legendre nonlinearity correction to DN_lin above bias; NO_LIN_CORR where extrapolated."""
@@ -173,11 +208,12 @@ def linearity(ds: xr.Dataset, refs: xr.Dataset, p: LinearityParams) -> xr.Datase
         xr.zeros_like(refs["linearitylegendre_Sref"], dtype=np.uint32)  # fmt: skip
     coefs = refs["linearitylegendre_data"].astype(np.float32)
     data, dq = xr.apply_ufunc(
-        klin.linearize_ramp,
+        _linearity_block,
         ds["data"].astype(np.float32), coefs,
         refs["linearitylegendre_Smin"].astype(np.float32), refs["linearitylegendre_Smax"].astype(np.float32),
-        refs["linearitylegendre_Sref"].astype(np.float32), lin_dq, ds["groupdq"], exempt, p.pit_sticky_no_lin_corr,
-        input_core_dims=[[READ], ["linearitylegendre_k"], [], [], [], [], [READ], [], []],
+        refs["linearitylegendre_Sref"].astype(np.float32), lin_dq, ds["groupdq"], exempt,
+        kwargs={"sticky": p.pit_sticky_no_lin_corr},
+        input_core_dims=[[READ], ["linearitylegendre_k"], [], [], [], [], [READ], []],
         output_core_dims=[[READ], []],
         dask="parallelized", output_dtypes=[np.float32, np.uint32],
     )  # fmt: skip
@@ -232,10 +268,27 @@ def ramp_tables_for(ds: xr.Dataset, p: RampFitParams) -> dict[str, xr.DataArray]
         "weights": stack("weights", ("trunc", READ)),
         "coef_poisson": stack("coef_poisson", ("trunc",)),
         "coef_read": stack("coef_read", ("trunc",)),
-        "diff_poisson": stack("diff_poisson", ("trunc", READ, "diff")),
-        "diff_read": stack("diff_read", ("trunc", READ, "diff")),
-        "tbar": stack("tbar", (READ,)),
+        "pair_start": stack("pair_start", ("trunc1",)),
+        "pair_i": stack("pair_i", ("pair",)),
+        "pair_j": stack("pair_j", ("pair",)),
+        "pair_inv_dt": stack("pair_inv_dt", ("pair",)),
+        "pair_poisson": stack("pair_poisson", ("pair",)),
+        "pair_read": stack("pair_read", ("pair",)),
     }
+
+
+def _ramp_block(data, gdq, pdq, gain, rn, *tables):
+    nf = _nframes((data, 1), (gdq, 1), (pdq, 0))
+    ny, nx, n = np.broadcast_shapes(data.shape[-3:], gdq.shape[-3:])
+    ncore = [2] + [1] * (len(tables) - 1)  # weights (trunc, read); the rest one core dim
+    outs = [np.empty((nf, ny, nx), dtype=t) for t in (np.float32, np.float32, np.float32, np.uint32)]
+    tile = (ny, nx)
+    for f in range(nf):
+        kramp.fit_ramps(
+            _tile(data, f, (ny, nx, n)), _tile(gdq, f, (ny, nx, n)), _tile(pdq, f, tile), _tile(gain, f, tile),
+            _tile(rn, f, tile), *(_frame(t, f, nc)[0, 0] for t, nc in zip(tables, ncore)),
+            *(o[f] for o in outs))  # fmt: skip
+    return tuple(outs)
 
 
 @register("ramp_fit", RampFitParams, FAMILY)
@@ -246,12 +299,12 @@ def ramp_fit(ds: xr.Dataset, refs: xr.Dataset, p: RampFitParams) -> xr.Dataset:
         kramp.ramp_params(1 if p.exclude_first else 0, p.SthreshA, p.SthreshB, p.IthreshA, p.IthreshB,
                           p.jump_detection), dims="param")  # fmt: skip
     slope, vr, vp, dq = xr.apply_ufunc(
-        kramp.fit_ramp,
+        _ramp_block,
         ds["data"].astype(np.float32), ds["groupdq"], ds["pixeldq"],
         refs["gain_data"].astype(np.float32), refs["read_data"].astype(np.float32),
-        t["weights"], t["coef_poisson"], t["coef_read"], t["diff_poisson"], t["diff_read"], t["tbar"], params,
-        input_core_dims=[[READ], [READ], [], [], [], ["trunc", READ], ["trunc"], ["trunc"],
-                         ["trunc", READ, "diff"], ["trunc", READ, "diff"], [READ], ["param"]],
+        *t.values(), params,
+        input_core_dims=[[READ], [READ], [], [], [], ["trunc", READ], ["trunc"], ["trunc"], ["trunc1"],
+                         ["pair"], ["pair"], ["pair"], ["pair"], ["pair"], ["param"]],
         output_core_dims=[[], [], [], []],
         dask="parallelized", output_dtypes=[np.float32, np.float32, np.float32, np.uint32],
     )  # fmt: skip
