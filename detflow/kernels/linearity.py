@@ -20,27 +20,39 @@ _REF = np.uint32(DQ.REFERENCE_PIXEL)
 _SAT = np.uint32(DQ.SATURATED)
 
 
+# Bonnet recurrence P_{l+1} = A_l z P_l - B_l P_{l-1}, with the divisions done once here
+_MAXORDER = 64
+_REC_A = np.array([(2 * k + 1) / (k + 1) for k in range(_MAXORDER)])
+_REC_B = np.array([k / (k + 1) for k in range(_MAXORDER)])
+# slope of P_l at z = 1, for the linear continuation outside [-1, 1]
+_END_SLOPE = np.array([k * (k + 1) / 2.0 for k in range(_MAXORDER + 1)])
+
+
 @numba.njit(nogil=True, cache=False)
 def legendre_linearize(z, coefs):
     """``(phi, extrapolated)`` for one rescaled signal ``z`` and one pixel's coefficients."""
-    ex = abs(z) > 1.0
+    nc = coefs.shape[0]
+    if abs(z) > 1.0:  # each P_l continued along its tangent at the nearer end point
+        sgn = 1.0 if z >= 0 else -1.0
+        dz = abs(z) - 1.0
+        phi = float(coefs[0])
+        sign = 1.0
+        for order in range(1, nc):
+            sign *= sgn
+            phi += coefs[order] * sign * (1.0 + _END_SLOPE[order] * dz)
+        return phi, True
     phi = float(coefs[0])
     p_prev = 1.0
     p = z
-    sgn = 1.0 if z >= 0 else -1.0
-    for order in range(1, coefs.shape[0]):
-        if ex:
-            term = sgn**order * (1.0 + order * (order + 1) / 2.0 * (abs(z) - 1.0))
-        else:
-            term = p
-        phi += coefs[order] * term
-        p_next = ((2 * order + 1) * z * p - order * p_prev) / (order + 1)
+    for order in range(1, nc):
+        phi += coefs[order] * p
+        p_next = _REC_A[order] * z * p - _REC_B[order] * p_prev
         p_prev = p
         p = p_next
-    return phi, ex
+    return phi, False
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=False, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
 def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, out, dq_out):
     """Linearise the resultants of a tile: ``raw`` (ny, nx, n) DN_raw to ``out`` DN_lin above ``Sref``.
 
@@ -52,6 +64,14 @@ def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit
     ``S - Sref`` instead of the model (a kink in the ramp; off by default).
     """
     ny, nx, n = raw.shape
+    nc = coefs.shape[2]
+    # per-pixel scratch, allocated once: the resultants of one pixel are evaluated together so the
+    # Legendre recurrences of different resultants run side by side (vectorised over resultants)
+    z = np.empty(n)
+    zc = np.empty(n)
+    p = np.empty(n)
+    p_prev = np.empty(n)
+    phi = np.empty(n)
     for y in range(ny):
         for x in range(nx):
             flags = lin_dq[y, x]
@@ -60,15 +80,33 @@ def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit
             scale = 2.0 / (float(smax[y, x]) - lo)
             ref = float(sref[y, x])
             c = coefs[y, x]
+            c0 = float(c[0])
             for g in range(n):
+                zg = -1.0 + (float(raw[y, x, g]) - lo) * scale
+                if g == 0 and exempt_first:
+                    zg = min(max(zg, -1.0), 1.0)
+                z[g] = zg
+                zc[g] = min(max(zg, -1.0), 1.0)  # resultants outside the range are redone below
+                p_prev[g] = 1.0
+                p[g] = zc[g]
+                phi[g] = c0
+            for order in range(1, nc):
+                co = float(c[order])
+                a = _REC_A[order]
+                b = _REC_B[order]
+                for g in range(n):
+                    phi[g] += co * p[g]
+                    nxt = a * zc[g] * p[g] - b * p_prev[g]
+                    p_prev[g] = p[g]
+                    p[g] = nxt
+            for g in range(n):
+                zg = z[g]
+                ex = abs(zg) > 1.0
+                if ex:
+                    phi[g], _ = legendre_linearize(zg, c)
                 s = float(raw[y, x, g])
-                z = -1.0 + (s - lo) * scale
-                first = g == 0 and exempt_first
-                if first:
-                    z = min(max(z, -1.0), 1.0)
-                phi, ex = legendre_linearize(z, c)
                 uncorrected = direct or (pit_sticky and (flags & _NOLIN) != 0)
-                out[y, x, g] = s - ref if uncorrected else phi
-                if ex and not first and (gdq[y, x, g] & _SAT) == 0:
+                out[y, x, g] = s - ref if uncorrected else phi[g]
+                if ex and not (g == 0 and exempt_first) and (gdq[y, x, g] & _SAT) == 0:
                     flags |= _NOLIN
             dq_out[y, x] = flags

@@ -68,6 +68,7 @@ def flag_saturation(data, gdq, thresh, check, dilution, first_mean, third_last, 
     out = gdq.copy()
     prev = np.zeros((ny, nx), dtype=np.bool_)
     for g in range(n):
+        nsat = 0
         for y in range(ny):
             for x in range(nx):
                 v = data[g, y, x]
@@ -77,7 +78,9 @@ def flag_saturation(data, gdq, thresh, check, dilution, first_mean, third_last, 
                     out[g, y, x] |= _SAT
                 if v <= 0:
                     out[g, y, x] |= _ADF | _DNU
-        if ngrow > 0:
+                if out[g, y, x] & _SAT:
+                    nsat += 1
+        if ngrow > 0 and nsat > 0:
             sat = np.zeros((ny, nx), dtype=np.bool_)
             for y in range(ny):
                 for x in range(nx):
@@ -92,14 +95,17 @@ def flag_saturation(data, gdq, thresh, check, dilution, first_mean, third_last, 
         if dilution[g] == 1.0:
             continue
         part = np.zeros((ny, nx), dtype=np.bool_)
+        npart = 0
         for y in range(ny):
             for x in range(nx):
+                if (out[g + 1, y, x] & _SAT) == 0 or (out[g, y, x] & (_SAT | _DNU)) != 0:
+                    continue
                 f = dilution[g] if check[y, x] else 1.0
-                part[y, x] = (
-                    data[g, y, x] >= thresh[y, x] * f
-                    and (out[g, y, x] & (_SAT | _DNU)) == 0
-                    and (out[g + 1, y, x] & _SAT) != 0
-                )
+                if data[g, y, x] >= thresh[y, x] * f:
+                    part[y, x] = True
+                    npart += 1
+        if npart == 0:
+            continue
         if ngrow > 0:
             part = _grow(part, ngrow)
         for y in range(ny):
