@@ -106,7 +106,5 @@ def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple[int, in
                     dims = (schema.Y, schema.X)
                 variables[f"{name}_{field}"] = (dims, arr)
     refs = xr.Dataset(variables, coords={schema.Y: np.arange(nside), schema.X: np.arange(nside)})
-    refs.attrs["reference_files"] = [
-        {"name": k, "path": str(v), "sha256": sha256(v)} for k, v in sorted(caldir.items())
-    ]
+    refs.attrs["reference_files"] = [{"name": k, "path": str(v)} for k, v in sorted(caldir.items())]
     return refs

@@ -85,6 +85,10 @@ class StoreWriter:
         return ds.to_zarr(str(self.tmp), group=name, mode="w-", compute=False, zarr_format=3,
                           consolidated=False, encoding=_encoding(ds))  # fmt: skip
 
+    def set_group_attrs(self, name: str, attrs: dict) -> None:
+        g = zarr.open_group(str(self.tmp), path=name, mode="r+", zarr_format=3)
+        g.attrs.update(sanitize_attrs(attrs))
+
     def set_root_attrs(self, attrs: dict) -> None:
         g = zarr.open_group(str(self.tmp), mode="r+", zarr_format=3)
         g.attrs.update(sanitize_attrs(attrs))

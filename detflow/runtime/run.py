@@ -71,10 +71,9 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
         ds = record(ds, item.split(" ")[0], "SKIPPED", None, f"{item}: not available in detflow {__version__}")
     l2 = l2_product(l1, ds)
     l2.attrs["reference_files"] = refs.attrs["reference_files"] + [
-        {"name": k, "path": str(v), "sha256": sha256(v), "used": False}
-        for k, v in caldir.items() if k not in wfi_refs
+        {"name": k, "path": str(v), "used": False} for k, v in caldir.items() if k not in wfi_refs
     ]  # fmt: skip
-    l2.attrs["inputs"] = [dict(item, sha256=sha256(item["path"])) for item in l1.attrs.get("inputs", [])]
+    l2.attrs["inputs"] = list(l1.attrs.get("inputs", []))
     l2.attrs["job"] = job.model_dump(mode="json")
     l2.attrs["versions"] = versions()
     return {"l2": l2}
@@ -95,6 +94,11 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
         with StoreWriter(job.output, overwrite=job.overwrite) as writer:
+            first = next(iter(products.values()))
+            # checksums of every input and reference file, computed on the cluster alongside the run
+            files = sorted({i["path"] for i in first.attrs.get("inputs", [])} |
+                           {r["path"] for r in first.attrs.get("reference_files", [])})  # fmt: skip
+            sums = dict(zip(files, c.map(sha256, files, pure=False)))
             delayed = [writer.add(name, ds) for name, ds in products.items()]
             futures = c.compute(delayed)
             if progress:
@@ -103,14 +107,18 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
                 RichProgressBar([f.key for f in futures], scheduler=c.scheduler.address, console=console,
                                 description=f"detflow {job.pipeline}")  # fmt: skip
             c.gather(futures)  # re-raises the first task error; the writer then removes the partial store
-            first = next(iter(products.values()))
+            sums = dict(zip(sums, c.gather(list(sums.values()))))
+            inputs = [dict(i, sha256=sums[i["path"]]) for i in first.attrs.get("inputs", [])]
+            references = [dict(r, sha256=sums[r["path"]]) for r in first.attrs.get("reference_files", [])]
+            for name in products:  # the groups carry the same provenance as the root
+                writer.set_group_attrs(name, {"inputs": inputs, "reference_files": references})
             writer.set_root_attrs({
                 "detflow_version": __version__,
                 "pipeline": job.pipeline,
                 "products": list(products),
                 "job": job.model_dump(mode="json"),
-                "inputs": first.attrs.get("inputs", []),
-                "reference_files": first.attrs.get("reference_files", []),
+                "inputs": inputs,
+                "reference_files": references,
                 "versions": versions(),
                 "started": started,
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -14,7 +14,7 @@ import xarray as xr
 from pydantic import Field
 
 from .. import schema
-from ..instruments.roman_wfi import Geometry, reference_pixel_mask
+from ..instruments.roman_wfi import Geometry
 from ..kernels import linearity as klin
 from ..kernels import ramp as kramp
 from ..kernels import saturation as ksat
@@ -22,6 +22,22 @@ from ..schema import DQ, FRAME, READ, X, Y
 from .registry import StepParams, record, register
 
 FAMILY = "roman_wfi"
+
+
+def _pixel_index(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
+    """Row and column indices as lazy 1-D arrays chunked like ``data``: masks built from them stay
+    lazy and tiled (a full-frame numpy mask would be shipped inside the graph)."""
+    chunks = ds["data"].chunksizes if ds["data"].chunks else {}
+    y = da.arange(ds.sizes[Y], chunks=chunks.get(Y, -1))
+    x = da.arange(ds.sizes[X], chunks=chunks.get(X, -1))
+    return xr.DataArray(y, dims=Y), xr.DataArray(x, dims=X)
+
+
+def _active_mask(ds: xr.Dataset, geom: Geometry) -> xr.DataArray:
+    """True on the active pixels, False on the reference border."""
+    y, x = _pixel_index(ds)
+    nb, n = geom.nborder, geom.nside
+    return (y >= nb) & (y < n - nb) & (x >= nb) & (x < n - nb)
 
 
 def _read_patterns(ds: xr.Dataset) -> list[list[list[int]]]:
@@ -49,8 +65,7 @@ def dq_init(ds: xr.Dataset, refs: xr.Dataset | None, p: DQInitParams) -> xr.Data
 
     # guide window (romancal dq_init): columns x_start:x_stop get GW_AFFECTED_DATA on every row, the
     # window grown by expand_gw gets DO_NOT_USE | GW_AFFECTED_DATA; only for windows on the array
-    x = xr.DataArray(np.arange(nx), dims=X)
-    y = xr.DataArray(np.arange(ny), dims=Y)
+    y, x = _pixel_index(ds)
     x0, x1, y0, y1 = (ds[k] for k in ("gw_xstart", "gw_xstop", "gw_ystart", "gw_ystop"))
     valid = (x0 >= 0) & (x0 < nx) & (y0 >= 0) & (y0 < ny)
     e = p.expand_gw
@@ -58,8 +73,8 @@ def dq_init(ds: xr.Dataset, refs: xr.Dataset | None, p: DQInitParams) -> xr.Data
     win = ((x >= (x0 - e).clip(0, nx)) & (x < (x1 + e).clip(0, nx)) &
            (y >= (y0 - e).clip(0, ny)) & (y < (y1 + e).clip(0, ny)) & valid)  # fmt: skip
     gw = schema.flag_where(cols, DQ.GW_AFFECTED_DATA) | schema.flag_where(win, DQ.DO_NOT_USE | DQ.GW_AFFECTED_DATA)
-    border = xr.DataArray(reference_pixel_mask(geom), dims=(Y, X)) * np.uint32(DQ.REFERENCE_PIXEL)
-    pixeldq = (gw.astype(np.uint32) | border.astype(np.uint32)).transpose(FRAME, Y, X)
+    border = schema.flag_where(~_active_mask(ds, geom), DQ.REFERENCE_PIXEL)
+    pixeldq = (gw.astype(np.uint32) | border).transpose(FRAME, Y, X)
     if refs is not None and "mask_dq" in refs:
         pixeldq = pixeldq | refs["mask_dq"].astype(np.uint32)
     chunks = data.chunks
@@ -233,8 +248,7 @@ class DarkParams(StepParams):
 def dark_current(ds: xr.Dataset, refs: xr.Dataset, p: DarkParams) -> xr.Dataset:
     """Subtract ``tbar_j * dark_slope`` from each resultant (active pixels; reference pixels untouched)."""
     geom = Geometry.for_shape(ds.sizes[Y], ds.sizes[X])
-    active = xr.DataArray(~reference_pixel_mask(geom), dims=(Y, X))
-    slope = xr.where(active, refs["dark_dark_slope"].astype(np.float32), np.float32(0))
+    slope = refs["dark_dark_slope"].astype(np.float32) * _active_mask(ds, geom).astype(np.float32)
     out = ds.copy()
     out["data"] = (ds["data"] - ds["tbar"].astype(np.float32) * slope).astype(np.float32)
     out["data"].attrs = ds["data"].attrs
