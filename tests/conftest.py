@@ -13,6 +13,7 @@ import yaml
 from detflow.schema import DQ
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("DETFLOW_CHECKSUM_CACHE", "off")  # tests leave nothing in ~/.cache
 
 RP = [[0], [1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
 FT = 3.04

@@ -37,3 +37,20 @@ def test_sanitize_attrs_is_json_safe():
     assert back["1"] == 1.5 and back["a"] == [0, 1, 2] and back["nan"] == "nan" and back["p"] == "/x"
     assert back["nested"] == [2, [True, None]] and back["flag"] == "SATURATED"
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in back.values())
+
+
+def test_checksum_cache_rehashes_changed_files(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from detflow.io.caldir import sha256
+
+    monkeypatch.setenv("DETFLOW_CHECKSUM_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "ref.bin"
+    f.write_bytes(b"a" * 1000)
+    assert sha256(f) == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert sha256(f) == hashlib.sha256(b"a" * 1000).hexdigest()  # from the cache
+    f.write_bytes(b"b" * 1001)
+    os.utime(f, ns=(1, 2))
+    assert sha256(f) == hashlib.sha256(b"b" * 1001).hexdigest()

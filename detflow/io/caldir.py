@@ -19,6 +19,7 @@ chunked like the science tiles, so steps combine them with the data without rech
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import dask.array as da
@@ -41,12 +42,42 @@ WFI_FIELDS: dict[str, list[tuple[str, bool, str]]] = {
 }
 
 
+def _checksum_cache_dir() -> Path | None:
+    value = os.environ.get("DETFLOW_CHECKSUM_CACHE", str(Path.home() / ".cache" / "detflow" / "sha256"))
+    return None if value.lower() in ("", "0", "off", "none") else Path(value)
+
+
 def sha256(path: str | Path, blocksize: int = 2**22) -> str:
+    """SHA-256 of a file, remembered per (real path, size, mtime) so that reference files shared by
+    thousands of exposures are hashed once. ``DETFLOW_CHECKSUM_CACHE=off`` disables the cache (or
+    names another directory); a changed file has a new size or mtime and is hashed again."""
+    path = Path(path)
+    st = path.stat()
+    cache = _checksum_cache_dir()
+    entry = None
+    if cache is not None:
+        key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+        entry = cache / key
+        try:
+            value = entry.read_text().strip()
+            if len(value) == 64:
+                return value
+        except OSError:
+            pass
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(blocksize), b""):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if entry is not None:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
+            tmp.write_text(digest)
+            tmp.replace(entry)  # atomic: concurrent workers never see a partial entry
+        except OSError:
+            pass
+    return digest
 
 
 def check_caldir(caldir: dict, required, source: str | Path | None = None) -> dict[str, Path]:
