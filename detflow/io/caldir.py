@@ -94,8 +94,10 @@ def check_caldir(caldir: dict, required, source: str | Path | None = None) -> di
     return out
 
 
-def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple[int, int]) -> xr.Dataset:
-    """Open the WFI references of ``caldir`` lazily, validated against an ``nside`` detector."""
+def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple) -> xr.Dataset:
+    """Open the WFI references of ``caldir`` lazily, validated against an ``nside`` detector.
+
+    ``tile`` is the (y, x) chunking of the science data: sizes, or explicit chunk tuples."""
     ty, tx = tile
     nb = 4
     variables = {}
@@ -126,7 +128,7 @@ def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple[int, in
                             "2d_or_active": f"({nside}, {nside}) or ({nside - 8}, {nside - 8})"}[kind]  # fmt: skip
                     raise DetflowInputError(path, f"roman.{field}", f"shape {want}", f"shape {shape}")
                 if len(shape) == 3:
-                    arr = lazy_array(path, af, ("roman", field), (shape[0], ty, tx), name_hint=name)
+                    arr = lazy_array(path, af, ("roman", field), ((shape[0],), ty, tx), name_hint=name)
                     dims = (f"{name}_k", schema.Y, schema.X)
                 elif shape[0] != nside:
                     arr = lazy_array(path, af, ("roman", field), -1, name_hint=name)

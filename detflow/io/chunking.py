@@ -25,3 +25,25 @@ def pixel_chunks(nreads: int, ny: int, nx: int, chunks: dict | None = None,
         return rows, nx
     side = max(16, int((target_bytes / (4 * max(1, nreads))) ** 0.5) // 16 * 16)
     return min(side, ny), min(side, nx)
+
+
+def tile_chunks(n: int, tile: int, border: int = 0) -> tuple[int, ...]:
+    """Chunk sizes along one axis: tiles of ``tile``, the first one ``border`` longer.
+
+    With a reference border of ``border`` pixels, the active region ``[border:n-border]`` then starts
+    on a tile boundary, so products trimmed to it have regular chunks and are written without any
+    rechunking (4096 rows in 512-row tiles with a 4-pixel border: 516, 512 x 6, 508).
+    """
+    if tile >= n:
+        return (n,)
+    first = min(n, tile + border)
+    rest = n - first
+    full, rem = divmod(rest, tile)
+    return (first,) + (tile,) * full + ((rem,) if rem else ())
+
+
+def pixel_tiles(nreads: int, ny: int, nx: int, chunks: dict | None = None,
+                border: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:  # fmt: skip
+    """Explicit (y, x) chunk tuples of :func:`pixel_chunks` tiles, aligned to a reference border."""
+    ty, tx = pixel_chunks(nreads, ny, nx, chunks)
+    return tile_chunks(ny, ty, border), tile_chunks(nx, tx, border)

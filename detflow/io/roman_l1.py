@@ -17,7 +17,8 @@ import xarray as xr
 from .. import schema
 from ..errors import DetflowInputError
 from .asdf_lazy import lazy_array, node_get, open_asdf, to_plain, tree_get
-from .chunking import pixel_chunks
+from ..instruments.roman_wfi import NBORDER
+from .chunking import pixel_tiles
 
 
 def _validate_read_pattern(path, rp, ngroups: int) -> list[list[int]]:
@@ -108,13 +109,13 @@ def open_roman_l1(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
     path = Path(path)
     info = read_roman_l1_meta(path)
     ngroups, ny, nx = info["shape"]
-    ty, tx = pixel_chunks(ngroups, ny, nx, chunks)
+    ty, tx = pixel_tiles(ngroups, ny, nx, chunks, border=NBORDER)
     with open_asdf(path) as af:
-        data = lazy_array(path, af, ("roman", "data"), (ngroups, ty, tx), name_hint="data")
+        data = lazy_array(path, af, ("roman", "data"), ((ngroups,), ty, tx), name_hint="data")
         data_vars = {"data": ((schema.READ, schema.Y, schema.X), data, {"units": "DN"})}
         if info["amp33_shape"] is not None:
             w = info["amp33_shape"][2]
-            amp = lazy_array(path, af, ("roman", "amp33"), (ngroups, ty, w), name_hint="amp33")
+            amp = lazy_array(path, af, ("roman", "amp33"), ((ngroups,), ty, (w,)), name_hint="amp33")
             data_vars["amp33"] = ((schema.READ, schema.Y, "x_amp33"), amp, {"units": "DN"})
         if info["has_reference_read"]:
             rr = lazy_array(path, af, ("roman", "reference_read"), (ty, tx), name_hint="refread")

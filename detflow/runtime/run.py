@@ -20,7 +20,7 @@ from ..errors import DetflowInputError
 from ..instruments import roman_wfi
 from ..io import expand_inputs, open_l1
 from ..io.caldir import check_caldir, open_wfi_references, sha256
-from ..io.chunking import pixel_chunks
+from ..io.chunking import pixel_tiles
 from ..io.store import StoreWriter, check_output, open_store
 from ..steps.registry import get_step, record
 from ..steps.wfi import l2_product
@@ -59,7 +59,7 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
         raise DetflowInputError(files[0], "data", f"square WFI frames, a multiple of {roman_wfi.NCHANNEL} wide",
                                 f"{ny}x{nx}")  # fmt: skip
     caldir = check_caldir({k: str(v) for k, v in job.caldir.items()}, roman_wfi.CALDIR_REQUIRED, job.source)
-    tile = pixel_chunks(l1.sizes[schema.READ], ny, nx, job.chunks)
+    tile = pixel_tiles(l1.sizes[schema.READ], ny, nx, job.chunks, border=roman_wfi.NBORDER)
     wfi_refs = {k: v for k, v in caldir.items() if k in roman_wfi.CALDIR_REQUIRED}
     refs = open_wfi_references(wfi_refs, ny, tile)
     ds = l1
