@@ -52,7 +52,10 @@ def legendre_linearize(z, coefs):
     return phi, False
 
 
-@numba.njit(nogil=True, cache=False, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan/ninf: NaN and inf keep their meaning
+
+
+@numba.njit(nogil=True, cache=False, fastmath=FASTMATH)
 def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, out, dq_out):
     """Linearise the resultants of a tile: ``raw`` (ny, nx, n) DN_raw to ``out`` DN_lin above ``Sref``.
 

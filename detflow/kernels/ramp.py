@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from .linearity import FASTMATH, linearize_ramps
+
 from ..schema import DQ
 
 _SAT = np.uint32(DQ.SATURATED)
@@ -160,11 +162,7 @@ def ramp_params(start=1, sthresh_a=5.5, sthresh_b=4.5, ithresh_a=1.0, ithresh_b=
     return p
 
 
-# reassociation lets LLVM vectorise the reductions; NaN/inf semantics are kept (no nnan/ninf)
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-
-
-@numba.njit(nogil=True, cache=False, fastmath=_FASTMATH)
+@numba.njit(nogil=True, cache=False, fastmath=FASTMATH)
 def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson, coef_read, pair_start, pair_i,
               pair_j, pair_inv_dt, pair_poisson, pair_read, params, slope, var_rnoise, var_poisson, dq_out):  # fmt: skip
     """Fit every pixel ramp of a tile.
@@ -234,3 +232,33 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson,
                     if best > thresh * thresh:
                         flags |= _JUMP
             dq_out[y, x] = flags
+
+
+@numba.njit(nogil=True, cache=False)
+def linearize_dark_fit(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, dark_slope, tbar,
+                       pixeldq, gain, read_noise, weights, coef_poisson, coef_read, pair_start, pair_i, pair_j,
+                       pair_inv_dt, pair_poisson, pair_read, params, slope, var_rnoise, var_poisson,
+                       dq_out):  # fmt: skip
+    """Linearity, dark subtraction and ramp fit of a tile, one detector row at a time.
+
+    Calls :func:`~detflow.kernels.linearity.linearize_ramps` on a row into a row buffer (which stays
+    in cache), subtracts ``float32(tbar) * dark_slope`` in float32, and calls :func:`fit_ramps` on it:
+    the numerics of the three steps chained, without writing the linearised cube to memory.
+    ``dq_out`` is the OR of the linearity flags and the ramp flags (``pixeldq`` not included).
+    """
+    ny, nx, n = raw.shape
+    row = np.empty((1, nx, n), dtype=np.float32)
+    lin_flags = np.empty((1, nx), dtype=np.uint32)
+    tb32 = tbar.astype(np.float32)
+    for y in range(ny):
+        linearize_ramps(raw[y : y + 1], coefs[y : y + 1], smin[y : y + 1], smax[y : y + 1], sref[y : y + 1],
+                        lin_dq[y : y + 1], gdq[y : y + 1], exempt_first, pit_sticky, row, lin_flags)  # fmt: skip
+        for x in range(nx):
+            d = dark_slope[y, x]
+            for g in range(n):
+                row[0, x, g] = row[0, x, g] - tb32[g] * d
+        fit_ramps(row, gdq[y : y + 1], pixeldq[y : y + 1] | lin_flags, gain[y : y + 1], read_noise[y : y + 1],
+                  weights, coef_poisson, coef_read, pair_start, pair_i, pair_j, pair_inv_dt, pair_poisson, pair_read,
+                  params, slope[y : y + 1], var_rnoise[y : y + 1], var_poisson[y : y + 1], dq_out[y : y + 1])  # fmt: skip
+        for x in range(nx):
+            dq_out[y, x] |= lin_flags[0, x]

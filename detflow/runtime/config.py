@@ -42,6 +42,7 @@ class WFIJob(_Model):
     recipe: list[str] | None = Field(None, description="step names in order (default: the WFI recipe)")
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step")
     chunks: dict[str, int] | None = Field(None, description="pixel tile, e.g. {y: 512, x: 4096}")
+    fuse: bool = Field(True, description="run step sequences that have a one-pass kernel in one pass (same numerics)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     not_applied: list[str] = Field(default_factory=list, description="PIT options this version records as SKIPPED")
     source: str | None = Field(None, description="the file this job was read from")

@@ -22,7 +22,7 @@ from ..io import expand_inputs, open_l1
 from ..io.caldir import check_caldir, open_wfi_references, sha256
 from ..io.chunking import pixel_tiles
 from ..io.store import StoreWriter, check_output, open_store
-from ..steps.registry import get_step, record
+from ..steps.registry import apply_recipe, record
 from ..steps.wfi import l2_product
 from .cluster import get_client
 from .config import WFIJob, load_job
@@ -62,11 +62,8 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
     tile = pixel_tiles(l1.sizes[schema.READ], ny, nx, job.chunks, border=roman_wfi.NBORDER)
     wfi_refs = {k: v for k, v in caldir.items() if k in roman_wfi.CALDIR_REQUIRED}
     refs = open_wfi_references(wfi_refs, ny, tile)
-    ds = l1
     recipe = job.recipe or list(roman_wfi.DEFAULT_RECIPE)
-    for name in recipe:
-        step = get_step(name)
-        ds = step(ds, refs, step_params(job, name))
+    ds = apply_recipe(l1, refs, recipe, {name: step_params(job, name) for name in recipe}, fuse=job.fuse)
     for item in job.not_applied:
         ds = record(ds, item.split(" ")[0], "SKIPPED", None, f"{item}: not available in detflow {__version__}")
     l2 = l2_product(l1, ds)

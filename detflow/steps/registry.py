@@ -40,6 +40,8 @@ class Step:
 
 
 REGISTRY: dict[str, Step] = {}
+# runs of consecutive steps that have a one-pass implementation with the same numerics and records
+FUSIONS: dict[tuple[str, ...], Callable[..., xr.Dataset]] = {}
 
 
 def register(name: str, params: type[StepParams], family: str):
@@ -53,6 +55,32 @@ def register(name: str, params: type[StepParams], family: str):
         return func
 
     return deco
+
+
+def register_fusion(names: tuple[str, ...]):
+    """Decorator: ``func(ds, refs, *params)`` computes the steps ``names`` in one pass."""
+
+    def deco(func):
+        FUSIONS[tuple(names)] = func
+        return func
+
+    return deco
+
+
+def apply_recipe(ds: xr.Dataset, refs, recipe: list[str], params: dict[str, dict], fuse: bool = True) -> xr.Dataset:
+    """Apply the steps of ``recipe`` in order, using a registered fusion wherever one matches."""
+    _load_all()
+    i = 0
+    while i < len(recipe):
+        for names, func in FUSIONS.items() if fuse else ():
+            if tuple(recipe[i : i + len(names)]) == names:
+                ds = func(ds, refs, *(get_step(n).params(**params.get(n, {})) for n in names))
+                i += len(names)
+                break
+        else:
+            ds = get_step(recipe[i])(ds, refs, params.get(recipe[i], {}))
+            i += 1
+    return ds
 
 
 def get_step(name: str) -> Step:

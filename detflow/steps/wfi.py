@@ -19,7 +19,7 @@ from ..kernels import linearity as klin
 from ..kernels import ramp as kramp
 from ..kernels import saturation as ksat
 from ..schema import DQ, FRAME, READ, X, Y
-from .registry import StepParams, record, register
+from .registry import StepParams, record, register, register_fusion
 
 FAMILY = "roman_wfi"
 
@@ -215,18 +215,21 @@ def _linearity_block(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt, sticky):
     return out, dq
 
 
-@register("linearity", LinearityParams, FAMILY)
-def linearity(ds: xr.Dataset, refs: xr.Dataset, p: LinearityParams) -> xr.Dataset:
-    """Legendre nonlinearity correction to DN_lin above bias; NO_LIN_CORR where extrapolated."""
+def _linearity_inputs(ds: xr.Dataset, refs: xr.Dataset, p: LinearityParams):
     exempt = xr.DataArray([p.exempt_reset and rp[0] == [0] for rp in _read_patterns(ds)], dims=FRAME)
     lin_dq = refs["linearitylegendre_dq"].astype(np.uint32) if "linearitylegendre_dq" in refs else \
         xr.zeros_like(refs["linearitylegendre_Sref"], dtype=np.uint32)  # fmt: skip
-    coefs = refs["linearitylegendre_data"].astype(np.float32)
+    f32 = [refs[f"linearitylegendre_{k}"].astype(np.float32, copy=False) for k in ("data", "Smin", "Smax", "Sref")]
+    return (*f32, lin_dq, exempt)
+
+
+@register("linearity", LinearityParams, FAMILY)
+def linearity(ds: xr.Dataset, refs: xr.Dataset, p: LinearityParams) -> xr.Dataset:
+    """Legendre nonlinearity correction to DN_lin above bias; NO_LIN_CORR where extrapolated."""
+    coefs, smin, smax, sref, lin_dq, exempt = _linearity_inputs(ds, refs, p)
     data, dq = xr.apply_ufunc(
         _linearity_block,
-        ds["data"].astype(np.float32), coefs,
-        refs["linearitylegendre_Smin"].astype(np.float32), refs["linearitylegendre_Smax"].astype(np.float32),
-        refs["linearitylegendre_Sref"].astype(np.float32), lin_dq, ds["groupdq"], exempt,
+        ds["data"].astype(np.float32, copy=False), coefs, smin, smax, sref, lin_dq, ds["groupdq"], exempt,
         kwargs={"sticky": p.pit_sticky_no_lin_corr},
         input_core_dims=[[READ], ["linearitylegendre_k"], [], [], [], [], [READ], []],
         output_core_dims=[[READ], []],
@@ -244,13 +247,17 @@ class DarkParams(StepParams):
     pass
 
 
+def _dark_map(ds: xr.Dataset, refs: xr.Dataset) -> xr.DataArray:
+    """The dark slope on the active pixels, 0 on the reference border (float32)."""
+    geom = Geometry.for_shape(ds.sizes[Y], ds.sizes[X])
+    return refs["dark_dark_slope"].astype(np.float32) * _active_mask(ds, geom).astype(np.float32)
+
+
 @register("dark_current", DarkParams, FAMILY)
 def dark_current(ds: xr.Dataset, refs: xr.Dataset, p: DarkParams) -> xr.Dataset:
     """Subtract ``tbar_j * dark_slope`` from each resultant (active pixels; reference pixels untouched)."""
-    geom = Geometry.for_shape(ds.sizes[Y], ds.sizes[X])
-    slope = refs["dark_dark_slope"].astype(np.float32) * _active_mask(ds, geom).astype(np.float32)
     out = ds.copy()
-    out["data"] = (ds["data"] - ds["tbar"].astype(np.float32) * slope).astype(np.float32)
+    out["data"] = (ds["data"] - ds["tbar"].astype(np.float32) * _dark_map(ds, refs)).astype(np.float32, copy=False)
     out["data"].attrs = ds["data"].attrs
     return record(out, "dark_current", "COMPLETE", p)
 
@@ -305,28 +312,21 @@ def _ramp_block(data, gdq, pdq, gain, rn, *tables):
     return tuple(outs)
 
 
-@register("ramp_fit", RampFitParams, FAMILY)
-def ramp_fit(ds: xr.Dataset, refs: xr.Dataset, p: RampFitParams) -> xr.Dataset:
-    """Optimal-weight slopes (Casertano 2022) with jump flags (Sharma & Casertano 2024); returns L2."""
-    t = ramp_tables_for(ds, p)
-    params = xr.DataArray(
-        kramp.ramp_params(1 if p.exclude_first else 0, p.SthreshA, p.SthreshB, p.IthreshA, p.IthreshB,
-                          p.jump_detection), dims="param")  # fmt: skip
-    slope, vr, vp, dq = xr.apply_ufunc(
-        _ramp_block,
-        ds["data"].astype(np.float32), ds["groupdq"], ds["pixeldq"],
-        refs["gain_data"].astype(np.float32), refs["read_data"].astype(np.float32),
-        *t.values(), params,
-        input_core_dims=[[READ], [READ], [], [], [], ["trunc", READ], ["trunc"], ["trunc"], ["trunc1"],
-                         ["pair"], ["pair"], ["pair"], ["pair"], ["pair"], ["param"]],
-        output_core_dims=[[], [], [], []],
-        dask="parallelized", output_dtypes=[np.float32, np.float32, np.float32, np.uint32],
-    )  # fmt: skip
+_TABLE_CORE_DIMS = [["trunc", READ], ["trunc"], ["trunc"], ["trunc1"], ["pair"], ["pair"], ["pair"], ["pair"],
+                    ["pair"]]  # fmt: skip
+
+
+def _ramp_param_array(p: RampFitParams) -> xr.DataArray:
+    return xr.DataArray(kramp.ramp_params(1 if p.exclude_first else 0, p.SthreshA, p.SthreshB, p.IthreshA,
+                                          p.IthreshB, p.jump_detection), dims="param")  # fmt: skip
+
+
+def _l2_dataset(ds, t, slope, vr, vp, dq) -> xr.Dataset:
     dims = (FRAME, Y, X)
     out = xr.Dataset(
         {
             "data": slope.transpose(*dims).assign_attrs(units=schema.UNITS["DN/s"], long_name="slope"),
-            "dq": (ds["pixeldq"] | dq).astype(np.uint32).transpose(*dims).assign_attrs(schema.dq_attrs()),
+            "dq": dq.astype(np.uint32).transpose(*dims).assign_attrs(schema.dq_attrs()),
             "var_rnoise": vr.transpose(*dims).assign_attrs(units=schema.UNITS["DN2/s2"],
                                                            long_name="slope variance from read noise"),
             "var_poisson": vp.transpose(*dims).assign_attrs(units=schema.UNITS["DN2/s2"],
@@ -338,9 +338,69 @@ def ramp_fit(ds: xr.Dataset, refs: xr.Dataset, p: RampFitParams) -> xr.Dataset:
         units=schema.UNITS["DN/s"], long_name="total slope uncertainty")  # fmt: skip
     keep = [c for c in ("source_file", "frame_time") if c in ds.coords]
     out = out.assign_coords({c: ds[c] for c in keep})
-    out = out.assign_coords(ramp_weights=t["weights"].isel(trunc=-1).assign_attrs(
+    return out.assign_coords(ramp_weights=t["weights"].isel(trunc=-1).assign_attrs(
         long_name="slope weights of a full ramp", units="1 / s"))  # fmt: skip
+
+
+@register("ramp_fit", RampFitParams, FAMILY)
+def ramp_fit(ds: xr.Dataset, refs: xr.Dataset, p: RampFitParams) -> xr.Dataset:
+    """Optimal-weight slopes (Casertano 2022) with jump flags (Sharma & Casertano 2024); returns L2."""
+    t = ramp_tables_for(ds, p)
+    slope, vr, vp, dq = xr.apply_ufunc(
+        _ramp_block,
+        ds["data"].astype(np.float32, copy=False), ds["groupdq"], ds["pixeldq"],
+        refs["gain_data"].astype(np.float32, copy=False), refs["read_data"].astype(np.float32, copy=False),
+        *t.values(), _ramp_param_array(p),
+        input_core_dims=[[READ], [READ], [], [], [], *_TABLE_CORE_DIMS, ["param"]],
+        output_core_dims=[[], [], [], []],
+        dask="parallelized", output_dtypes=[np.float32, np.float32, np.float32, np.uint32],
+    )  # fmt: skip
+    out = _l2_dataset(ds, t, slope, vr, vp, ds["pixeldq"] | dq)
     return record(out, "ramp_fit", "COMPLETE", p)
+
+
+# ---- linearity + dark + ramp fit fused ------------------------------------------------------------
+def _chain_block(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt, dark, tbar, pdq, gain, rn, *tables, sticky):
+    nf = _nframes((raw, 1), (gdq, 1), (pdq, 0))
+    ny, nx, n = np.broadcast_shapes(raw.shape[-3:], gdq.shape[-3:])
+    outs = [np.empty((nf, ny, nx), dtype=t) for t in (np.float32, np.float32, np.float32, np.uint32)]
+    tile = (ny, nx)
+    ncore = [2] + [1] * (len(tables) - 1)
+    for f in range(nf):
+        kramp.linearize_dark_fit(
+            _tile(raw, f, (ny, nx, n)), _tile(coefs, f, (ny, nx, coefs.shape[-1])), _tile(smin, f, tile),
+            _tile(smax, f, tile), _tile(sref, f, tile), _tile(lin_dq, f, tile), _tile(gdq, f, (ny, nx, n)),
+            bool(_frame(exempt, f).flat[0]), bool(sticky), _tile(dark, f, tile), _frame(tbar, f, 1)[0, 0],
+            _tile(pdq, f, tile), _tile(gain, f, tile), _tile(rn, f, tile),
+            *(_frame(t, f, nc)[0, 0] for t, nc in zip(tables, ncore)), *(o[f] for o in outs))  # fmt: skip
+    return tuple(outs)
+
+
+@register_fusion(("linearity", "dark_current", "ramp_fit"))
+def linearity_dark_ramp(ds: xr.Dataset, refs: xr.Dataset, lin: LinearityParams, dark: DarkParams,
+                        ramp: RampFitParams) -> xr.Dataset:  # fmt: skip
+    """``ramp_fit(dark_current(linearity(ds)))`` in one pass per tile (same numerics, same records).
+
+    The runtime uses it when a recipe runs these three steps in a row: the linearised cube is never
+    materialised, which halves the memory traffic of the pipeline.
+    """
+    t = ramp_tables_for(ds, ramp)
+    coefs, smin, smax, sref, lin_dq, exempt = _linearity_inputs(ds, refs, lin)
+    slope, vr, vp, dq = xr.apply_ufunc(
+        _chain_block,
+        ds["data"].astype(np.float32, copy=False), coefs, smin, smax, sref, lin_dq, ds["groupdq"], exempt,
+        _dark_map(ds, refs), ds["tbar"], ds["pixeldq"], refs["gain_data"].astype(np.float32, copy=False),
+        refs["read_data"].astype(np.float32, copy=False), *t.values(), _ramp_param_array(ramp),
+        kwargs={"sticky": lin.pit_sticky_no_lin_corr},
+        input_core_dims=[[READ], ["linearitylegendre_k"], [], [], [], [], [READ], [], [], [READ], [], [], [],
+                         *_TABLE_CORE_DIMS, ["param"]],
+        output_core_dims=[[], [], [], []],
+        dask="parallelized", output_dtypes=[np.float32, np.float32, np.float32, np.uint32],
+    )  # fmt: skip
+    out = _l2_dataset(ds, t, slope, vr, vp, ds["pixeldq"] | dq)
+    out = record(out, "linearity", "COMPLETE", lin)
+    out = record(out, "dark_current", "COMPLETE", dark)
+    return record(out, "ramp_fit", "COMPLETE", ramp)
 
 
 # ---- the L2 product -------------------------------------------------------------------------------
