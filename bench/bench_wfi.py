@@ -133,7 +133,8 @@ STCAL_CHILD = textwrap.dedent("""
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nside", type=int, default=4096)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="worker processes")
+    ap.add_argument("--threads", type=int, default=2, help="threads per worker")
     ap.add_argument("--skip-stcal", action="store_true")
     ap.add_argument("--out", type=Path, default=HERE / "output")
     args = ap.parse_args(argv)
@@ -154,6 +155,7 @@ def main(argv=None):
     shutil.rmtree(store, ignore_errors=True)
     job = job.model_copy(update={"output": store,
                                  "cluster": job.cluster.model_copy(update={"n_workers": args.workers,
+                                                                           "threads_per_worker": args.threads,
                                                                            "dashboard_address": "127.0.0.1:0"})})  # fmt: skip
     l1 = Path(job.input if isinstance(job.input, str) else job.input[0])
     import asdf
@@ -183,7 +185,8 @@ def main(argv=None):
             t0 = time.perf_counter()
             run(job.model_copy(update={"output": store2}), client=client, progress=False)
             t_ours = time.perf_counter() - t0
-    res = {"nside": args.nside, "resultants": cube_shape[0], "workers": args.workers, "detflow_s": t_ours,
+    res = {"nside": args.nside, "resultants": cube_shape[0], "workers": args.workers, "threads": args.threads,
+           "detflow_s": t_ours,
            "detflow_cold_s": t_cold, "cluster_start_s": t_start, "detflow_peak_rss": mem.peak}  # fmt: skip
 
     res["kernel_pix_res_per_s_per_core"] = kernel_throughput(nread=cube_shape[0])
@@ -207,7 +210,8 @@ def main(argv=None):
                      f"{psutil.virtual_memory().total / 2**30:.0f} GiB"  # fmt: skip
     res["date"] = time.strftime("%Y-%m-%d %H:%M %Z")
     gib = 2**30
-    print(f"\nRoman WFI L1 -> L2, {args.nside}x{args.nside}, {cube_shape[0]} resultants, {args.workers} workers")
+    print(f"\nRoman WFI L1 -> L2, {args.nside}x{args.nside}, {cube_shape[0]} resultants, "
+          f"{args.workers} worker process(es) x {args.threads} threads")
     print(f"  detflow warm (all steps + store)  {t_ours:8.1f} s   peak RSS {mem.peak / gib:6.2f} GiB (client + workers)")
     print(f"  detflow cold (cluster start {t_start:.1f} s, numba compile, checksums, run) {t_cold:8.1f} s")
     if not args.skip_stcal:

@@ -29,7 +29,8 @@ def _fail(exc: Exception) -> None:
 def run(
     job: Path = typer.Argument(..., help="job YAML (detflow or PIT gen_cal_image spelling)"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running dask scheduler"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="LocalCluster worker processes"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="LocalCluster worker processes (default 1)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="threads per worker (default: cores / workers)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output store"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
 ) -> None:
@@ -42,8 +43,9 @@ def run(
         updates = {}
         if overwrite:
             updates["overwrite"] = True
-        if workers:
-            updates["cluster"] = cfg.cluster.model_copy(update={"n_workers": workers})
+        cluster = {k: v for k, v in (("n_workers", workers), ("threads_per_worker", threads)) if v}
+        if cluster:
+            updates["cluster"] = cfg.cluster.model_copy(update=cluster)
         cfg = cfg.model_copy(update=updates)
         tree = run_job(cfg, scheduler=scheduler, progress=not no_progress, console=console)
     except DetflowInputError as exc:

@@ -26,8 +26,8 @@ class _Model(pydantic.BaseModel):
 
 class ClusterConfig(_Model):
     scheduler: str | None = Field(None, description="address of a running dask scheduler")
-    n_workers: int | None = Field(None, ge=1, description="LocalCluster worker processes (default: cores)")
-    threads_per_worker: int = Field(1, ge=1)
+    n_workers: int = Field(1, ge=1, description="LocalCluster worker processes")
+    threads_per_worker: int | None = Field(None, ge=1, description="threads per worker (default: cores / workers)")
     memory_limit: str = Field("auto", description="per-worker memory limit of the LocalCluster")
     dashboard_address: str = Field("127.0.0.1:8787", description="LocalCluster dashboard (localhost only)")
 
