@@ -56,3 +56,15 @@ def test_bad_job_is_one_line_error(tmp_path):
     assert r.returncode == 2
     assert "bogus: expected a known key" in r.stderr and str(job) in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_demo_writes_store_and_png(tmp_path):
+    r = sh("demo", "--nside", "128", "--out", tmp_path / "demo")
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split(": ", 1) for line in r.stdout.strip().splitlines() if ": " in line)
+    store, png = lines["store"], lines["quicklook"]
+    assert store.endswith("l2.zarr") and png.endswith(".png")
+    l2 = xr.open_zarr(store, group="l2")
+    assert l2["data"].shape == (1, 120, 120) and np.isfinite(l2["data"].values).mean() > 0.95
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
