@@ -1,9 +1,9 @@
-"""Saturation and A/D-floor flagging of one exposure's resultants (one pixel tile).
+"""Saturation and A/D-floor flagging of one exposure's resultants.
 
 Semantics of ``stcal.saturation.saturation.flag_saturated_pixels`` as the Roman pipelines call it:
 
 1. A resultant is SATURATED once any resultant up to it reached the per-pixel threshold (thresholds
-   that are NaN or flagged NO_SAT_CHECK are replaced by ``atod_limit + 1`` before this kernel);
+   that are NaN or flagged NO_SAT_CHECK are replaced by ``atod_limit + 1`` before these kernels);
    resultants at or below 0 DN get AD_FLOOR | DO_NOT_USE. SATURATED is grown by ``ngrow`` pixels in a
    square box, resultant by resultant.
 2. Read-pattern dilution: a resultant averaging several frames can saturate part-way through. If it
@@ -14,8 +14,13 @@ Semantics of ``stcal.saturation.saturation.flag_saturated_pixels`` as the Roman 
    1-to-0 difference exceeds ``(threshold - R0) / N_1``.
 4. ``backup`` passes (romancal): a multi-frame resultant takes SATURATED from the next resultant.
 
-The growth makes this a tile operation: call it on a tile with a halo of ``2 * ngrow`` pixels (the
-dilution flags are grown from already-grown flags) and trim the halo.
+Because SATURATED is cumulative along the ramp, each pixel's flags are described by one number, the
+first saturated resultant; growing SATURATED in every resultant is a minimum filter of that map, and
+a dilution candidate can only sit at the resultant just before it. The spatial work is therefore
+done on small per-pixel maps (``first_crossing`` -> ``min_filter`` -> ``dilution_candidates``, then
+``apply_saturation`` reads the candidates of the neighbours), and only those maps need halos between
+tiles, not the resultant cubes. Input group flags are assumed to carry no SATURATED bits (true after
+dq_init); they are kept as they are.
 """
 
 from __future__ import annotations
@@ -31,103 +36,93 @@ _ADF = np.uint32(DQ.AD_FLOOR)
 
 
 @numba.njit(nogil=True, cache=False)
-def _grow(mask, ngrow):
-    """Square-box binary dilation by ``ngrow`` pixels (outside the tile counts as unflagged)."""
-    ny, nx = mask.shape
-    tmp = np.zeros_like(mask)
+def first_crossing(data, thresh, out):
+    """``out[y, x]`` = first resultant with ``data >= thresh`` (``n`` if none). data (n, ny, nx)."""
+    n, ny, nx = data.shape
     for y in range(ny):
         for x in range(nx):
-            if mask[y, x]:
-                lo = max(0, x - ngrow)
-                hi = min(nx, x + ngrow + 1)
-                for xx in range(lo, hi):
-                    tmp[y, xx] = True
-    out = np.zeros_like(mask)
-    for y in range(ny):
-        for x in range(nx):
-            if tmp[y, x]:
-                lo = max(0, y - ngrow)
-                hi = min(ny, y + ngrow + 1)
-                for yy in range(lo, hi):
-                    out[yy, x] = True
-    return out
+            out[y, x] = n
+    for g in range(n - 1, -1, -1):
+        for y in range(ny):
+            for x in range(nx):
+                if data[g, y, x] >= thresh[y, x]:
+                    out[y, x] = g
 
 
 @numba.njit(nogil=True, cache=False)
-def flag_saturation(data, gdq, thresh, check, dilution, first_mean, third_last, second_n, ngrow,
-                    backup_multi, backup):  # fmt: skip
-    """Return updated group flags for one exposure tile.
+def min_filter(a, k, out):
+    """Minimum over the (2k+1)^2 box around each pixel, the box cut at the array edges."""
+    ny, nx = a.shape
+    tmp = np.empty_like(a)
+    for y in range(ny):
+        for x in range(nx):
+            m = a[y, x]
+            for xx in range(max(0, x - k), min(nx, x + k + 1)):
+                m = min(m, a[y, xx])
+            tmp[y, x] = m
+    for y in range(ny):
+        for x in range(nx):
+            m = tmp[y, x]
+            for yy in range(max(0, y - k), min(ny, y + k + 1)):
+                m = min(m, tmp[yy, x])
+            out[y, x] = m
 
-    data (n, ny, nx) float32 resultants; gdq (n, ny, nx) uint32 input group flags (not modified);
-    thresh (ny, nx) float32 thresholds (already with NO_SAT_CHECK pixels raised); check (ny, nx) bool,
-    False where NO_SAT_CHECK (no dilution check there); dilution (n,) ``mean(frames)/last(frame)`` of
-    each resultant; first_mean, third_last, second_n: ``mean(rp[0])``, ``rp[2][-1]``, ``len(rp[1])``;
-    backup_multi (n,) bool, True where the resultant averages more than one frame.
+
+@numba.njit(nogil=True, cache=False)
+def dilution_candidates(data, gdq, thresh, check, first_sat, dilution, out):
+    """``out[y, x]`` = the resultant a dilution DO_NOT_USE starts from at this pixel, or -1.
+
+    ``first_sat`` is the grown first saturated resultant; the candidate is the resultant just before
+    it, when it averages several frames and already exceeds the diluted threshold.
     """
     n, ny, nx = data.shape
-    out = gdq.copy()
-    prev = np.zeros((ny, nx), dtype=np.bool_)
-    for g in range(n):
-        nsat = 0
-        for y in range(ny):
-            for x in range(nx):
-                v = data[g, y, x]
-                if v >= thresh[y, x]:
-                    prev[y, x] = True
-                if prev[y, x]:
-                    out[g, y, x] |= _SAT
-                if v <= 0:
-                    out[g, y, x] |= _ADF | _DNU
-                if out[g, y, x] & _SAT:
-                    nsat += 1
-        if ngrow > 0 and nsat > 0:
-            sat = np.zeros((ny, nx), dtype=np.bool_)
-            for y in range(ny):
-                for x in range(nx):
-                    sat[y, x] = (out[g, y, x] & _SAT) != 0
-            grown = _grow(sat, ngrow)
-            for y in range(ny):
-                for x in range(nx):
-                    if grown[y, x]:
-                        out[g, y, x] |= _SAT
+    for y in range(ny):
+        for x in range(nx):
+            out[y, x] = -1
+            g = first_sat[y, x] - 1
+            if g < 0 or g > n - 2 or dilution[g] == 1.0:
+                continue
+            v = data[g, y, x]
+            if v <= 0 or (gdq[g, y, x] & (_SAT | _DNU)) != 0:
+                continue
+            f = dilution[g] if check[y, x] else 1.0
+            if v >= thresh[y, x] * f:
+                out[y, x] = g
 
-    for g in range(n - 2, -1, -1):
-        if dilution[g] == 1.0:
-            continue
-        part = np.zeros((ny, nx), dtype=np.bool_)
-        npart = 0
-        for y in range(ny):
-            for x in range(nx):
-                if (out[g + 1, y, x] & _SAT) == 0 or (out[g, y, x] & (_SAT | _DNU)) != 0:
-                    continue
-                f = dilution[g] if check[y, x] else 1.0
-                if data[g, y, x] >= thresh[y, x] * f:
-                    part[y, x] = True
-                    npart += 1
-        if npart == 0:
-            continue
-        if ngrow > 0:
-            part = _grow(part, ngrow)
-        for y in range(ny):
-            for x in range(nx):
-                if part[y, x]:
-                    out[g, y, x] |= _DNU
 
-    if n > 2 and second_n > 0:
-        for y in range(ny):
-            for x in range(nx):
-                t = thresh[y, x]
+@numba.njit(nogil=True, cache=False)
+def apply_saturation(data, gdq, thresh, first_sat, cand, k, first_mean, third_last, second_n, multi, backup,
+                     out):  # fmt: skip
+    """Write the group flags of a tile into ``out`` (n, ny, nx).
+
+    ``first_sat`` (ny, nx) the grown first saturated resultant; ``cand`` (ny + 2k, nx + 2k) the
+    dilution candidates with a halo of ``k`` (-1 outside the detector); ``first_mean``,
+    ``third_last``, ``second_n``: ``mean(rp[0])``, ``rp[2][-1]``, ``len(rp[1])`` (0 disables the
+    second-resultant check); ``multi`` (n,) True for multi-frame resultants.
+    """
+    n, ny, nx = data.shape
+    for y in range(ny):
+        for x in range(nx):
+            fs = first_sat[y, x]
+            t = thresh[y, x]
+            grp2 = False
+            if n > 2 and second_n > 0 and fs == 2:
                 r0 = data[0, y, x]
-                ok = (r0 / first_mean) * third_last < t
-                ok = ok and (data[1, y, x] - r0) > (t - r0) / second_n
-                ok = ok and (out[2, y, x] & _SAT) != 0 and (out[1, y, x] & _SAT) == 0
-                if ok:
-                    out[1, y, x] |= _DNU
-
-    for _ in range(backup):
-        for g in range(n - 1):
-            if backup_multi[g]:
-                for y in range(ny):
-                    for x in range(nx):
-                        out[g, y, x] |= out[g + 1, y, x] & _SAT
-    return out
+                grp2 = (r0 / first_mean) * third_last < t and (data[1, y, x] - r0) > (t - r0) / second_n
+            for _ in range(backup):
+                if fs >= 1 and fs <= n - 1 and multi[fs - 1]:
+                    fs -= 1
+            for g in range(n):
+                f = gdq[g, y, x]
+                if g >= fs:
+                    f |= _SAT
+                if data[g, y, x] <= 0:
+                    f |= _ADF | _DNU
+                out[g, y, x] = f
+            if grp2:
+                out[1, y, x] |= _DNU
+            for yy in range(y, y + 2 * k + 1):
+                for xx in range(x, x + 2 * k + 1):
+                    c = cand[yy, xx]
+                    if c >= 0:
+                        out[c, y, x] |= _DNU

@@ -112,16 +112,41 @@ class SaturationParams(StepParams):
     atod_limit: float = Field(65535.0, description="A/D limit; NaN or NO_SAT_CHECK thresholds become this + 1")
 
 
-def _saturation_block(data, gdq, thresh, check, *, frame_params, ngrow, backup, block_info=None):
-    fidx = block_info[0]["chunk-location"][0]
-    out = np.empty_like(gdq)
+def _sat_first(data, thresh, fidx, *, frame_params):
+    """Block: first resultant over threshold, (frame, 1, y, x) int16; ``fidx`` the frame numbers."""
+    f0 = int(fidx.flat[0])
+    out = np.empty((data.shape[0], 1) + data.shape[2:], dtype=np.int16)
     for f in range(data.shape[0]):
-        k0, dil, m0, l2, n1, multi = frame_params[fidx + f]
+        k0 = frame_params[f0 + f][0]
+        ksat.first_crossing(data[f, k0:], thresh[0, 0], out[f, 0])
+    return out
+
+
+def _sat_grow(first, *, k):
+    out = np.empty_like(first)
+    for f in range(first.shape[0]):
+        ksat.min_filter(first[f, 0], k, out[f, 0])
+    return out
+
+
+def _sat_candidates(data, gdq, thresh, check, first_sat, fidx, *, frame_params):
+    f0 = int(fidx.flat[0])
+    out = np.empty(first_sat.shape, dtype=np.int16)
+    for f in range(data.shape[0]):
+        k0, dil = frame_params[f0 + f][:2]
+        ksat.dilution_candidates(data[f, k0:], gdq[f, k0:], thresh[0, 0], check[0, 0], first_sat[f, 0], dil,
+                                 out[f, 0])  # fmt: skip
+    return out
+
+
+def _sat_apply(data, gdq, thresh, first_sat, fidx, cand, *, frame_params, k, backup):
+    f0 = int(fidx.flat[0])
+    out = np.empty(gdq.shape, dtype=np.uint32)
+    for f in range(data.shape[0]):
+        k0, _, m0, l2, n1, multi = frame_params[f0 + f]
         out[f, :k0] = gdq[f, :k0]
-        out[f, k0:] = ksat.flag_saturation(
-            np.ascontiguousarray(data[f, k0:], dtype=np.float32), np.ascontiguousarray(gdq[f, k0:]),
-            np.ascontiguousarray(thresh[0, 0], dtype=np.float32), np.ascontiguousarray(check[0, 0]),
-            dil, m0, l2, n1, ngrow, multi, backup)  # fmt: skip
+        ksat.apply_saturation(data[f, k0:], gdq[f, k0:], thresh[0, 0], first_sat[f, 0], cand[f, 0], k, m0, l2, n1,
+                              multi, backup, out[f, k0:])  # fmt: skip
     return out
 
 
@@ -149,22 +174,30 @@ def saturation(ds: xr.Dataset, refs: xr.Dataset, p: SaturationParams) -> xr.Data
 
     data = ds["data"].transpose(FRAME, READ, Y, X)
     gdq = ds["groupdq"].transpose(FRAME, READ, Y, X)
-    frame_params = [saturation_frame_params(rp, p.skip_reset) for rp in _read_patterns(ds)]
-    ddata = data.data
-    if not isinstance(ddata, da.Array):
-        ddata = da.from_array(ddata, chunks=(1, -1, -1, -1))
-    ddata = ddata.rechunk({0: 1, 1: -1})
+    fp = [saturation_frame_params(rp, p.skip_reset) for rp in _read_patterns(ds)]
+    ddata = da.asarray(data.data).rechunk({0: 1, 1: -1})
     dgdq = da.asarray(gdq.data).rechunk(ddata.chunks)
     tchunks = ddata.chunks[2:]
     dthr = da.asarray(thresh_eff.transpose(Y, X).data).rechunk(tchunks)[None, None]
     dchk = da.asarray((~nsc).transpose(Y, X).data).rechunk(tchunks)[None, None]
-    depth = 2 * p.n_pix_grow_sat
-    flagged = da.map_overlap(
-        _saturation_block, ddata, dgdq, dthr, dchk,
-        depth=[{0: 0, 1: 0, 2: depth, 3: depth}] * 4, boundary="none", trim=True,
-        dtype=np.uint32, frame_params=frame_params, ngrow=p.n_pix_grow_sat, backup=p.backup,
-        align_arrays=False, allow_rechunk=False, meta=np.array((), dtype=np.uint32),
-    )  # fmt: skip
+    # per-pixel maps (frame, 1, y, x); only they cross tile borders, with halos of k pixels
+    k = p.n_pix_grow_sat
+    map_chunks = (ddata.chunks[0], (1,), *tchunks)
+    fidx = da.arange(ddata.shape[0], chunks=ddata.chunks[0]).reshape(-1, 1, 1, 1)
+    first = da.map_blocks(_sat_first, ddata, dthr, fidx, frame_params=fp, chunks=map_chunks, dtype=np.int16)
+    if k:
+        first = da.map_overlap(_sat_grow, first, depth={0: 0, 1: 0, 2: k, 3: k},
+                               boundary={2: 32767, 3: 32767}, k=k, dtype=np.int16)  # fmt: skip
+    cand = da.map_blocks(_sat_candidates, ddata, dgdq, dthr, dchk, first, fidx, frame_params=fp,
+                         chunks=map_chunks, dtype=np.int16)  # fmt: skip
+    if k:
+        cand = da.overlap.overlap(cand, depth={0: 0, 1: 0, 2: k, 3: k}, boundary={2: -1, 3: -1})
+    # the candidates' blocks carry their halo: zipped block by block with the others (no alignment);
+    # the output takes the chunks of the first argument, the data
+    ind = "fryx"
+    flagged = da.blockwise(_sat_apply, ind, ddata, ind, dgdq, ind, dthr, ind, first, ind, fidx, ind, cand, ind,
+                           frame_params=fp, k=k, backup=p.backup, dtype=np.uint32, align_arrays=False,
+                           meta=np.empty((0, 0, 0, 0), dtype=np.uint32))  # fmt: skip
     out = ds.copy()
     out["groupdq"] = xr.DataArray(flagged, dims=(FRAME, READ, Y, X), coords=gdq.coords,
                                   attrs=schema.dq_attrs())  # fmt: skip
