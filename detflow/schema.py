@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
-import json
 import math
 from pathlib import PurePath
 from typing import Any
@@ -125,7 +124,3 @@ def sanitize_attrs(value: Any) -> Any:
     if hasattr(value, "model_dump"):  # pydantic
         return sanitize_attrs(value.model_dump(mode="json"))
     return str(value)
-
-
-def to_json(value: Any) -> str:
-    return json.dumps(sanitize_attrs(value), sort_keys=True)

@@ -46,12 +46,3 @@ class Geometry:
         if ny != nx:
             raise ValueError(f"WFI frames are square, got {ny}x{nx}")
         return cls(nside=ny)
-
-
-def reference_pixel_mask(geom: Geometry):
-    """Boolean (nside, nside) mask, True on the border reference pixels."""
-    import numpy as np
-
-    m = np.ones((geom.nside, geom.nside), dtype=bool)
-    m[geom.active] = False
-    return m

@@ -152,10 +152,3 @@ def frame_coords(paths, infos) -> dict:
         "read_first": (rdims, first),
         "read_nframes": (rdims, count),
     }
-
-
-def read_pattern_of(ds: xr.Dataset, frame: int) -> list[list[int]]:
-    """The read pattern of one frame, rebuilt from the ``read_first``/``read_nframes`` coordinates."""
-    first = ds["read_first"].values[frame]
-    count = ds["read_nframes"].values[frame]
-    return [list(range(int(f), int(f) + int(c))) for f, c in zip(first, count)]

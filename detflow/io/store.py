@@ -129,12 +129,3 @@ def store_summary(path: str | Path) -> dict:
             "steps": ds.attrs.get("steps", []),
         }
     return out
-
-
-def assert_chunks_aligned(ds: xr.Dataset) -> None:
-    """Raise if any dask chunking would make two tasks write the same zarr chunk."""
-    for name, var in ds.variables.items():
-        if isinstance(var.data, da.Array):
-            for chunks in var.data.chunks:
-                if not _is_regular(chunks):
-                    raise ValueError(f"{name}: irregular chunks {chunks}")

@@ -489,7 +489,7 @@ def _pick_pixels(rng: np.random.Generator, n_active: int, count: int, exclude: n
 
 def _build_detector(cfg: SimConfig, rng: np.random.Generator) -> _Detector:
     geom = cfg.geometry
-    n, na, nb, cw = geom.nside, geom.nactive, geom.nborder, geom.channel_width
+    n, na, cw = geom.nside, geom.nactive, geom.channel_width
     act = geom.active
     f32 = np.float32
 
