@@ -27,6 +27,7 @@ def write_tiny_wfi(root: Path, n: int = 32, seed: int = 1, nexp: int = 1) -> dic
     cal = root / "cal"
     cal.mkdir(exist_ok=True)
     slope = rng.uniform(0, 50, (n, n)).astype(np.float32)
+    slope[:4] = slope[-4:] = slope[:, :4] = slope[:, -4:] = 0  # reference pixels see no light
     tb = np.array([(g[0] + (len(g) - 1) / 2) * FT for g in RP])
     files = []
     for e in range(nexp):
@@ -53,7 +54,7 @@ def write_tiny_wfi(root: Path, n: int = 32, seed: int = 1, nexp: int = 1) -> dic
         "saturation": {"data": np.full((n, n), 50000, np.float32), "dq": np.zeros((n, n), np.uint32)},
         "linearitylegendre": {"data": c, "Smin": smin, "Smax": smax, "Sref": np.full((n, n), BIAS, np.float32),
                               "dq": dq.copy()},  # fmt: skip
-        "dark": {"dark_slope": np.zeros((n, n), np.float32), "data": np.zeros((len(RP), n, n), np.float32)},
+        "dark": {"dark_slope": np.zeros((n, n), np.float32), "data": np.full((len(RP), n, n), BIAS, np.float32)},
         "gain": {"data": np.full((n, n), 1.8, np.float32)},
         "read": {"data": np.full((n, n), 3.0, np.float32)},
     }

@@ -45,11 +45,13 @@ def test_build_is_lazy(sim, tmp_path):
     assert steps["CALDIR.flat"] == "SKIPPED" and steps["CALDIR.ipc4d"] == "SKIPPED"  # come with issue 3
 
 
-def test_chunked_equals_eager(sim, tmp_path):
+@pytest.mark.parametrize("refpix", [False, True])
+def test_chunked_equals_eager(sim, tmp_path, refpix):
     prod, _ = sim
+    recipe = ["dq_init", "saturation"] + (["refpix"] if refpix else []) + ["linearity", "dark_current", "ramp_fit"]
     with dask.config.set(scheduler="sync"):
-        eager = detflow.build(_job(prod, tmp_path, chunks={"y": 128, "x": 128}))["l2"].compute()
-        tiled = detflow.build(_job(prod, tmp_path, chunks={"y": 37, "x": 53}))["l2"]
+        eager = detflow.build(_job(prod, tmp_path, recipe=recipe, chunks={"y": 128, "x": 128}))["l2"].compute()
+        tiled = detflow.build(_job(prod, tmp_path, recipe=recipe, chunks={"y": 37, "x": 53}))["l2"]
         assert len(tiled["data"].chunks[1]) > 1
         tiled = tiled.compute()
     for v in ("data", "var_rnoise", "var_poisson", "dq"):

@@ -20,6 +20,8 @@ CALDIR_REQUIRED = ("dark", "gain", "linearitylegendre", "mask", "read", "saturat
 CALDIR_OPTIONAL = ("flat", "ipc4d", "biascorr", "dark_decay")
 
 DEFAULT_RECIPE = ("dq_init", "saturation", "linearity", "dark_current", "ramp_fit")
+# reference-pixel correction ("refpix", after saturation) joins the default recipe with the rest of the
+# gen_cal_image steps; until then a job lists it in `recipe`
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ WFI_FIELDS: dict[str, list[tuple[str, bool, str]]] = {
     "saturation": [("data", True, "2d"), ("dq", False, "2d")],
     "linearitylegendre": [("data", True, "cube"), ("Smin", True, "2d"), ("Smax", True, "2d"),
                           ("Sref", True, "2d"), ("dq", False, "2d")],  # fmt: skip
-    "dark": [("dark_slope", True, "2d_or_active")],
+    "dark": [("dark_slope", True, "2d_or_active"), ("data", False, "cube")],
     "gain": [("data", True, "2d")],
     "read": [("data", True, "2d")],
 }
@@ -78,6 +78,32 @@ def sha256(path: str | Path, blocksize: int = 2**22) -> str:
         except OSError:
             pass
     return digest
+
+
+def _read_pink_model(path, nside: int, ty) -> dict:
+    """The optional amp33 block of the ``read`` reference: ``med`` (N, w) and the 1/f model scalars."""
+    out = {}
+    with open_asdf(path) as af:
+        roman = node_get(af.tree, "roman")
+        amp = node_get(roman, "amp33", None)
+        if amp is None:
+            return out
+        med = node_get(amp, "med", None)
+        if med is not None:
+            if np.ndim(med) != 2 or np.shape(med)[0] != nside:
+                raise DetflowInputError(path, "roman.amp33.med", f"shape ({nside}, w)", f"shape {np.shape(med)}")
+            w = np.shape(med)[1]
+            out["read_amp33_med"] = ((schema.Y, "x_amp33"), lazy_array(path, af, ("roman", "amp33", "med"),
+                                                                      (ty, (w,)), name_hint="amp33med"))  # fmt: skip
+        try:
+            pink = {"M_PINK": float(node_get(amp, "M_PINK")), "RU_PINK": float(node_get(amp, "RU_PINK")),
+                    "C_PINK": float(node_get(node_get(roman, "anc"), "C_PINK")),
+                    "std_median": float(np.median(np.asarray(node_get(amp, "std"))))}  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            pink = None
+        if pink is not None:
+            out["read_pink_model"] = ((), 0.0, pink)
+    return out
 
 
 def check_caldir(caldir: dict, required, source: str | Path | None = None) -> dict[str, Path]:
@@ -138,6 +164,8 @@ def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple) -> xr.
                     arr = lazy_array(path, af, ("roman", field), (ty, tx), name_hint=name)
                     dims = (schema.Y, schema.X)
                 variables[f"{name}_{field}"] = (dims, arr)
+    if "read" in caldir:
+        variables.update(_read_pink_model(caldir["read"], nside, ty))
     refs = xr.Dataset(variables, coords={schema.Y: np.arange(nside), schema.X: np.arange(nside)})
     refs.attrs["reference_files"] = [{"name": k, "path": str(v)} for k, v in sorted(caldir.items())]
     return refs
