@@ -29,6 +29,7 @@ import xarray as xr
 from .. import schema
 from ..errors import DetflowInputError
 from .asdf_lazy import lazy_array, node_get, open_asdf
+from .chunking import trim_chunks
 
 # entry -> [(field, required, kind)] ; kind "2d" = (N, N); "cube" = (k, N, N); "2d_or_active"
 WFI_FIELDS: dict[str, list[tuple[str, bool, str]]] = {
@@ -39,6 +40,7 @@ WFI_FIELDS: dict[str, list[tuple[str, bool, str]]] = {
     "dark": [("dark_slope", True, "2d_or_active"), ("data", False, "cube")],
     "gain": [("data", True, "2d")],
     "read": [("data", True, "2d")],
+    "ipc4d": [("data", True, "ipc")],
 }
 
 
@@ -78,6 +80,13 @@ def sha256(path: str | Path, blocksize: int = 2**22) -> str:
         except OSError:
             pass
     return digest
+
+
+def _axis_chunks(c, n: int) -> tuple[int, ...]:
+    """Explicit chunk sizes along an axis of length ``n`` given a size or a tuple."""
+    if isinstance(c, tuple):
+        return c
+    return tuple(min(c, n - i) for i in range(0, n, c))
 
 
 def _read_pink_model(path, nside: int, ty) -> dict:
@@ -148,12 +157,19 @@ def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple) -> xr.
                     "2d": shape == (nside, nside),
                     "cube": len(shape) == 3 and shape[1:] == (nside, nside),
                     "2d_or_active": shape in ((nside, nside), (nside - 2 * nb, nside - 2 * nb)),
+                    "ipc": shape == (3, 3, nside - 2 * nb, nside - 2 * nb),
                 }[kind]
                 if not ok:
                     want = {"2d": f"({nside}, {nside})", "cube": f"(k, {nside}, {nside})",
-                            "2d_or_active": f"({nside}, {nside}) or ({nside - 8}, {nside - 8})"}[kind]  # fmt: skip
+                            "2d_or_active": f"({nside}, {nside}) or ({nside - 8}, {nside - 8})",
+                            "ipc": f"(3, 3, {nside - 8}, {nside - 8})"}[kind]  # fmt: skip
                     raise DetflowInputError(path, f"roman.{field}", f"shape {want}", f"shape {shape}")
-                if len(shape) == 3:
+                if kind == "ipc":  # active region only, chunked like the active part of the tiles
+                    ychunks = trim_chunks(_axis_chunks(ty, nside), nb)
+                    xchunks = trim_chunks(_axis_chunks(tx, nside), nb)
+                    arr = lazy_array(path, af, ("roman", field), ((3,), (3,), ychunks, xchunks), name_hint=name)
+                    dims = ("ipc_dy", "ipc_dx", "y_active", "x_active")
+                elif len(shape) == 3:
                     arr = lazy_array(path, af, ("roman", field), ((shape[0],), ty, tx), name_hint=name)
                     dims = (f"{name}_k", schema.Y, schema.X)
                 elif shape[0] != nside:

@@ -47,3 +47,10 @@ def pixel_tiles(nreads: int, ny: int, nx: int, chunks: dict | None = None,
     """Explicit (y, x) chunk tuples of :func:`pixel_chunks` tiles, aligned to a reference border."""
     ty, tx = pixel_chunks(nreads, ny, nx, chunks)
     return tile_chunks(ny, ty, border), tile_chunks(nx, tx, border)
+
+
+def trim_chunks(chunks: tuple[int, ...], border: int) -> tuple[int, ...]:
+    """The chunks of ``[border:-border]`` of an axis chunked as ``chunks``."""
+    if len(chunks) == 1:
+        return (chunks[0] - 2 * border,)
+    return (chunks[0] - border, *chunks[1:-1], chunks[-1] - border)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["ipc_forward"]
+__all__ = ["ipc_forward", "ipc_reverse"]
 
 
 @njit(nogil=True, cache=False)
@@ -92,4 +92,40 @@ def ipc_forward(image: np.ndarray, kernel: np.ndarray, out: np.ndarray | None = 
     elif np.may_share_memory(out, image):
         raise ValueError("ipc_forward: out must not overlap image")
     _ipc_forward_core(image, kernel, out)
+    return out
+
+
+@njit(nogil=True, cache=False)
+def _ipc_reverse_core(image, kernel, gain, order, out):
+    ny, nx = image.shape
+    x = np.empty((ny, nx))
+    for y in range(ny):
+        for xx in range(nx):
+            x[y, xx] = image[y, xx] * gain[y, xx]
+    est = x.copy()
+    fwd = np.empty((ny, nx))
+    for _ in range(order):
+        _ipc_forward_core(est, kernel, fwd)
+        for y in range(ny):
+            for xx in range(nx):
+                est[y, xx] += x[y, xx] - fwd[y, xx]
+    for y in range(ny):
+        for xx in range(nx):
+            out[y, xx] = est[y, xx] / gain[y, xx]
+
+
+def ipc_reverse(image: np.ndarray, kernel: np.ndarray, gain: np.ndarray | None = None, order: int = 2,
+                out: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """Undo IPC to ``order``: ``est = x; repeat order times: est = est + x - K est`` (error ~ alpha^(order+1)).
+
+    With ``gain`` (e/DN) the image is in DN and the operator acts in electrons: ``g^-1 K^-1 (g image)``.
+    Each pass widens a pixel's footprint by one, so a tile needs a halo of ``order`` pixels.
+    """
+    image = np.asarray(image)
+    if kernel.shape != (3, 3) + image.shape:
+        raise ValueError(f"ipc_reverse: kernel must have shape (3, 3, {image.shape[0]}, {image.shape[1]})")
+    g = np.ones(image.shape) if gain is None else np.broadcast_to(np.asarray(gain, dtype=np.float64), image.shape)
+    if out is None:
+        out = np.empty(image.shape, dtype=np.float32 if image.dtype == np.float32 else np.float64)
+    _ipc_reverse_core(image, kernel, g, int(order), out)
     return out

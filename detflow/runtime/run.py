@@ -60,11 +60,14 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
                                 f"{ny}x{nx}")  # fmt: skip
     caldir = check_caldir({k: str(v) for k, v in job.caldir.items()}, roman_wfi.CALDIR_REQUIRED, job.source)
     tile = pixel_tiles(l1.sizes[schema.READ], ny, nx, job.chunks, border=roman_wfi.NBORDER)
-    wfi_refs = {k: v for k, v in caldir.items() if k in roman_wfi.CALDIR_REQUIRED}
-    refs = open_wfi_references(wfi_refs, ny, tile)
     recipe = job.recipe or list(roman_wfi.DEFAULT_RECIPE)
+    opened = set(roman_wfi.CALDIR_REQUIRED) | ({"ipc4d"} if "ipc" in recipe else set())
+    wfi_refs = {k: v for k, v in caldir.items() if k in opened}
+    refs = open_wfi_references(wfi_refs, ny, tile)
     ds = apply_recipe(l1, refs, recipe, {name: step_params(job, name) for name in recipe}, fuse=job.fuse)
     for item in job.not_applied:
+        if item.startswith("CALDIR.ipc4d") and "ipc" in recipe:
+            continue
         ds = record(ds, item.split(" ")[0], "SKIPPED", None, f"{item}: not available in detflow {__version__}")
     l2 = l2_product(l1, ds)
     l2.attrs["reference_files"] = refs.attrs["reference_files"] + [
