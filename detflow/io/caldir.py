@@ -41,6 +41,7 @@ WFI_FIELDS: dict[str, list[tuple[str, bool, str]]] = {
     "gain": [("data", True, "2d")],
     "read": [("data", True, "2d")],
     "ipc4d": [("data", True, "ipc")],
+    "flat": [("data", True, "2d_or_active")],
 }
 
 

@@ -61,12 +61,13 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
     caldir = check_caldir({k: str(v) for k, v in job.caldir.items()}, roman_wfi.CALDIR_REQUIRED, job.source)
     tile = pixel_tiles(l1.sizes[schema.READ], ny, nx, job.chunks, border=roman_wfi.NBORDER)
     recipe = job.recipe or list(roman_wfi.DEFAULT_RECIPE)
-    opened = set(roman_wfi.CALDIR_REQUIRED) | ({"ipc4d"} if "ipc" in recipe else set())
+    opened = set(roman_wfi.CALDIR_REQUIRED) | ({"ipc4d"} if "ipc" in recipe else set()) | (
+        {"flat"} if "flat" in recipe else set())
     wfi_refs = {k: v for k, v in caldir.items() if k in opened}
     refs = open_wfi_references(wfi_refs, ny, tile)
     ds = apply_recipe(l1, refs, recipe, {name: step_params(job, name) for name in recipe}, fuse=job.fuse)
     for item in job.not_applied:
-        if item.startswith("CALDIR.ipc4d") and "ipc" in recipe:
+        if (item.startswith("CALDIR.ipc4d") and "ipc" in recipe) or (item.startswith("CALDIR.flat") and "flat" in recipe):
             continue
         ds = record(ds, item.split(" ")[0], "SKIPPED", None, f"{item}: not available in detflow {__version__}")
     l2 = l2_product(l1, ds)

@@ -528,6 +528,48 @@ def ramp_fit(ds: xr.Dataset, refs: xr.Dataset, p: RampFitParams) -> xr.Dataset:
     return record(out, "ramp_fit", "COMPLETE", p)
 
 
+# ---- flat field -----------------------------------------------------------------------------------
+class FlatParams(StepParams):
+    min_flat: float = Field(0.1, gt=0, description="NO_FLAT_FIELD below this flat value (then clipped to it)")
+    max_flat: float = Field(10.0, gt=0, description="NO_FLAT_FIELD above this flat value (then clipped to it)")
+    min_gain: float = Field(0.1, gt=0, description="NO_GAIN_VALUE at or below this gain (e/DN)")
+
+
+def flat_map(ds: xr.Dataset, refs: xr.Dataset, p: FlatParams) -> tuple[xr.DataArray, xr.DataArray]:
+    """The flat to divide by (full frame, 1 on the reference border, clipped, IPC-deconvolved in
+    electrons when the ipc step ran) and the flags it brings (NO_FLAT_FIELD, NO_GAIN_VALUE)."""
+    geom = Geometry.for_shape(ds.sizes[Y], ds.sizes[X])
+    active = _active_mask(ds, geom)
+    flat = xr.where(active, refs["flat_data"].astype(np.float32), np.float32(1.0))
+    bad = (flat < p.min_flat) | (flat > p.max_flat) | flat.isnull()
+    gain = refs["gain_data"].astype(np.float32)
+    flags = schema.flag_where(bad, DQ.NO_FLAT_FIELD) | schema.flag_where(active & (gain <= p.min_gain),
+                                                                        DQ.NO_GAIN_VALUE)  # fmt: skip
+    flat = flat.fillna(1.0).clip(p.min_flat, p.max_flat)
+    if ds.attrs.get("ipc_order") and "ipc4d_data" in refs:
+        g = gain.clip(p.min_gain, None)
+        arr = ipc_deconvolve(da.asarray(flat.transpose(Y, X).data)[None, None], refs["ipc4d_data"].data,
+                             da.asarray(g.transpose(Y, X).data), geom.nborder, int(ds.attrs["ipc_order"]))[0, 0]  # fmt: skip
+        flat = flat.transpose(Y, X).copy(data=arr)
+    return flat.astype(np.float32), flags
+
+
+@register("flat", FlatParams, FAMILY)
+def flat(ds: xr.Dataset, refs: xr.Dataset, p: FlatParams) -> xr.Dataset:
+    """Divide the slope by the flat and both variances by its square; NO_FLAT_FIELD, NO_GAIN_VALUE."""
+    if "flat_data" not in refs:
+        return record(ds, "flat", "SKIPPED", p, "no flat reference")
+    f, flags = flat_map(ds, refs, p)
+    out = ds.copy()
+    out["data"] = (ds["data"] / f).astype(np.float32).assign_attrs(ds["data"].attrs)
+    for v in ("var_rnoise", "var_poisson"):
+        out[v] = (ds[v] / (f * f)).astype(np.float32).assign_attrs(ds[v].attrs)
+    out["err"] = np.sqrt(out["var_rnoise"] + out["var_poisson"]).astype(np.float32).assign_attrs(ds["err"].attrs)
+    out["dq"] = (ds["dq"] | flags).astype(np.uint32).transpose(*ds["dq"].dims).assign_attrs(ds["dq"].attrs)
+    note = "IPC-deconvolved flat" if ds.attrs.get("ipc_order") else ""
+    return record(out, "flat", "COMPLETE", p, (note + "; " if note else "") + "pixel-area factor 1 (no WCS)")
+
+
 # ---- linearity + dark + ramp fit fused ------------------------------------------------------------
 def _chain_block(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt, dark, tbar, pdq, gain, rn, *tables, sticky):
     nf = _nframes((raw, 1), (gdq, 1), (pdq, 0))
