@@ -42,6 +42,7 @@ class WFIJob(_Model):
     recipe: list[str] | None = Field(None, description="step names in order (default: the WFI recipe)")
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step")
     chunks: dict[str, int] | None = Field(None, description="pixel tile, e.g. {y: 512, x: 4096}")
+    wcs: Path | None = Field(None, description="FITS header text file with the celestial WCS (PIT FITSWCS)")
     fuse: bool = Field(True, description="run step sequences that have a one-pass kernel in one pass (same numerics)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     not_applied: list[str] = Field(default_factory=list, description="PIT options this version records as SKIPPED")
@@ -71,8 +72,8 @@ class WFIJob(_Model):
 
 
 PIT_KEYS_TRANSLATED = {"IN", "OUT", "CALDIR", "RAMP_OPT_PARS", "JUMP_DETECT_PARS", "EXCLUDE_FIRST",
-                       "SATURATION_BACKUP"}  # fmt: skip
-PIT_KEYS_LATER = {"FITSWCS": "WCS", "SKYORDER": "sky subtraction", "FITSOUT": "FITS export"}
+                       "SATURATION_BACKUP", "FITSWCS"}  # fmt: skip
+PIT_KEYS_LATER = {"SKYORDER": "sky subtraction", "FITSOUT": "FITS export"}
 PIT_KEYS_OFF_ONLY = {"romancal_ramp_fit", "correct_wfi18_transient", "SLICEOUT"}
 PIT_CALDIR_LATER = {"flat": "flat field", "ipc4d": "IPC deconvolution", "biascorr": "bias correction",
                     "dark_decay": "dark decay"}  # fmt: skip
@@ -118,7 +119,8 @@ def from_pit(raw: dict, source: str | None = None) -> dict:
         steps["ramp_fit"] = ramp
     if "SATURATION_BACKUP" in raw:
         steps["saturation"] = {"backup": int(raw["SATURATION_BACKUP"])}
-    return {
+    out = {"wcs": str(_resolve(base, raw["FITSWCS"]))} if raw.get("FITSWCS") else {}
+    return out | {
         "pipeline": "roman_wfi",
         "input": str(_resolve(base, raw["IN"])),
         "output": str(_resolve(base, raw["OUT"])),
@@ -171,6 +173,8 @@ def load_job(job: str | Path | dict | WFIJob) -> WFIJob:
         for key in ("output",):
             if key in raw and not Path(str(raw[key])).is_absolute():
                 raw[key] = str(base / str(raw[key]))
+        if raw.get("wcs") and not Path(str(raw["wcs"])).is_absolute():
+            raw["wcs"] = str(base / str(raw["wcs"]))
         if isinstance(raw.get("caldir"), dict):
             raw["caldir"] = {k: str(_resolve(base, v)) for k, v in raw["caldir"].items()}
         if isinstance(raw.get("input"), str) and not Path(raw["input"]).is_absolute():

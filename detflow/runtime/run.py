@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import platform
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -42,6 +43,35 @@ def versions() -> dict[str, str]:
     return out
 
 
+def read_wcs_header(path) -> str:
+    """The FITS header text of a ``FITSWCS`` file, checked to hold a celestial WCS."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    path = Path(path)
+    if not path.is_file():
+        raise DetflowInputError(path, "wcs", "an existing FITS header text file", "no such file")
+    text = path.read_text(errors="replace")
+    header = None
+    for sep in ("", "\n"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the wrong separator makes astropy warn card by card
+                header = fits.Header.fromstring(text, sep=sep)
+        except Exception:
+            continue
+        if len(header):
+            break
+    try:
+        ok = header is not None and WCS(header).has_celestial
+    except Exception:
+        ok = False
+    if not ok:
+        raise DetflowInputError(path, "wcs", "a FITS header (80-character cards) with a celestial WCS",
+                                "no celestial WCS in it")  # fmt: skip
+    return header.tostring()
+
+
 def step_params(job: WFIJob, name: str) -> dict:
     params = dict(job.steps.get(name, {}))
     if name in ("dq_init", "ramp_fit"):
@@ -65,6 +95,8 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
         {"flat"} if "flat" in recipe else set())
     wfi_refs = {k: v for k, v in caldir.items() if k in opened}
     refs = open_wfi_references(wfi_refs, ny, tile)
+    if job.wcs is not None:
+        refs.attrs["wcs_header"] = read_wcs_header(job.wcs)
     ds = apply_recipe(l1, refs, recipe, {name: step_params(job, name) for name in recipe}, fuse=job.fuse)
     for item in job.not_applied:
         if (item.startswith("CALDIR.ipc4d") and "ipc" in recipe) or (item.startswith("CALDIR.flat") and "flat" in recipe):
@@ -75,6 +107,8 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
         {"name": k, "path": str(v), "used": False} for k, v in caldir.items() if k not in wfi_refs
     ]  # fmt: skip
     l2.attrs["inputs"] = list(l1.attrs.get("inputs", []))
+    if "wcs_header" in refs.attrs:
+        l2.attrs["fits_wcs"] = refs.attrs["wcs_header"]
     l2.attrs["job"] = job.model_dump(mode="json")
     l2.attrs["versions"] = versions()
     return {"l2": l2}

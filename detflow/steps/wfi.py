@@ -16,9 +16,10 @@ from typing import Literal
 from pydantic import Field
 
 from .. import schema
-from ..instruments.roman_wfi import Geometry
+from ..instruments.roman_wfi import OMEGA_IDEAL, Geometry
 from ..kernels import ipc as kipc
 from ..kernels import linearity as klin
+from ..kernels import pixel_area as kpix
 from ..kernels import ramp as kramp
 from ..kernels import saturation as ksat
 from ..schema import DQ, FRAME, READ, X, Y
@@ -546,12 +547,36 @@ def flat_map(ds: xr.Dataset, refs: xr.Dataset, p: FlatParams) -> tuple[xr.DataAr
     flags = schema.flag_where(bad, DQ.NO_FLAT_FIELD) | schema.flag_where(active & (gain <= p.min_gain),
                                                                         DQ.NO_GAIN_VALUE)  # fmt: skip
     flat = flat.fillna(1.0).clip(p.min_flat, p.max_flat)
+    if "wcs_header" in refs.attrs:  # the flat holds pixel area x QE: keep the QE (as the PIT does)
+        flat = flat / _area_factor(flat, refs.attrs["wcs_header"])
     if ds.attrs.get("ipc_order") and "ipc4d_data" in refs:
         g = gain.clip(p.min_gain, None)
         arr = ipc_deconvolve(da.asarray(flat.transpose(Y, X).data)[None, None], refs["ipc4d_data"].data,
                              da.asarray(g.transpose(Y, X).data), geom.nborder, int(ds.attrs["ipc_order"]))[0, 0]  # fmt: skip
         flat = flat.transpose(Y, X).copy(data=arr)
     return flat.astype(np.float32), flags
+
+
+def _area_block(block, *, header: str, north: bool, nx: int, block_info=None):
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    area = kpix.pixel_area(WCS(fits.Header.fromstring(header)), y0, y1, nx, north)
+    return (area[:, x0:x1] / OMEGA_IDEAL).astype(np.float32)
+
+
+def _area_factor(like: xr.DataArray, header: str) -> xr.DataArray:
+    """Pixel solid angle over (0.11 arcsec)^2, tiled like ``like`` (y, x); pixel indices 0-based full frame."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    w = WCS(fits.Header.fromstring(header))
+    north = float(w.all_pix2world([[-1.0, -1.0]], 0)[0, 1]) > 0  # the PIT's choice of projection pole
+    like = like.transpose(Y, X)
+    arr = da.map_blocks(_area_block, da.asarray(like.data), header=header, north=north, nx=like.sizes[X],
+                        dtype=np.float32)  # fmt: skip
+    return like.copy(data=arr)
 
 
 @register("flat", FlatParams, FAMILY)
@@ -567,7 +592,8 @@ def flat(ds: xr.Dataset, refs: xr.Dataset, p: FlatParams) -> xr.Dataset:
     out["err"] = np.sqrt(out["var_rnoise"] + out["var_poisson"]).astype(np.float32).assign_attrs(ds["err"].attrs)
     out["dq"] = (ds["dq"] | flags).astype(np.uint32).transpose(*ds["dq"].dims).assign_attrs(ds["dq"].attrs)
     note = "IPC-deconvolved flat" if ds.attrs.get("ipc_order") else ""
-    return record(out, "flat", "COMPLETE", p, (note + "; " if note else "") + "pixel-area factor 1 (no WCS)")
+    area = "pixel-area factor from the WCS" if "wcs_header" in refs.attrs else "pixel-area factor 1 (no WCS)"
+    return record(out, "flat", "COMPLETE", p, (note + "; " if note else "") + area)
 
 
 # ---- linearity + dark + ramp fit fused ------------------------------------------------------------
