@@ -52,24 +52,18 @@ def read_wcs_header(path) -> str:
     if not path.is_file():
         raise DetflowInputError(path, "wcs", "an existing FITS header text file", "no such file")
     text = path.read_text(errors="replace")
-    header = None
-    for sep in ("", "\n"):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the wrong separator makes astropy warn card by card
+    # cards of 80 characters, as the PIT reads it, or one card per line
+    for sep in ("\n", "") if "\n" in text.strip() else ("",):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a wrong separator makes astropy warn card by card
+            try:
                 header = fits.Header.fromstring(text, sep=sep)
-        except Exception:
-            continue
-        if len(header):
-            break
-    try:
-        ok = header is not None and WCS(header).has_celestial
-    except Exception:
-        ok = False
-    if not ok:
-        raise DetflowInputError(path, "wcs", "a FITS header (80-character cards) with a celestial WCS",
-                                "no celestial WCS in it")  # fmt: skip
-    return header.tostring()
+                if WCS(header).has_celestial:
+                    return header.tostring()
+            except Exception:
+                continue
+    raise DetflowInputError(path, "wcs", "a FITS header (80-character cards) with a celestial WCS",
+                            "no celestial WCS in it")  # fmt: skip
 
 
 def step_params(job: WFIJob, name: str) -> dict:
