@@ -73,6 +73,28 @@ def dq_attrs() -> dict[str, Any]:
     }
 
 
+# Footprint (pixels) each DQ bit masks in the "good pixel" mask of exports and sky estimates, as the
+# PIT's PixelMask1: 1 the pixel, 5 plus its nearest neighbours, 9 the 3x3 box, 25 the 5x5 box.
+# SATURATED is not masked (bright stars keep their pre-saturation slopes).
+PIXEL_MASK_1 = {
+    "DO_NOT_USE": 1, "JUMP_DET": 5, "DROPOUT": 25, "GW_AFFECTED_DATA": 1, "PERSISTENCE": 1, "AD_FLOOR": 5,
+    "UNRELIABLE_ERROR": 1, "NON_SCIENCE": 1, "DEAD": 9, "HOT": 9, "WARM": 1, "LOW_QE": 9, "TELEGRAPH": 1,
+    "NO_FLAT_FIELD": 9, "NO_GAIN_VALUE": 9, "NO_LIN_CORR": 9, "NO_SAT_CHECK": 9, "UNRELIABLE_BIAS": 1,
+    "UNRELIABLE_DARK": 9, "UNRELIABLE_SLOPE": 9, "UNRELIABLE_FLAT": 9, "UNRELIABLE_RESET": 9,
+    "OTHER_BAD_PIXEL": 9,
+}  # fmt: skip
+
+
+def mask_sizes(table: dict[str, int]) -> np.ndarray:
+    """(32,) int8 footprint per bit number from a ``{flag name: footprint}`` table."""
+    sizes = np.zeros(32, dtype=np.int8)
+    for name, size in table.items():
+        if size not in (0, 1, 5, 9, 25):
+            raise ValueError(f"{name}: footprint must be 1, 5, 9 or 25 pixels, got {size}")
+        sizes[int(DQ[name.upper()]).bit_length() - 1] = size
+    return sizes
+
+
 def flag_where(cond, flag: int):
     """``flag`` (uint32) where ``cond`` is true, else 0; works on numpy, dask and xarray alike."""
     return cond.astype(DQ_DTYPE) * DQ_DTYPE(flag)

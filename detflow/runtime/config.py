@@ -73,7 +73,7 @@ class WFIJob(_Model):
 
 PIT_KEYS_TRANSLATED = {"IN", "OUT", "CALDIR", "RAMP_OPT_PARS", "JUMP_DETECT_PARS", "EXCLUDE_FIRST",
                        "SATURATION_BACKUP", "FITSWCS"}  # fmt: skip
-PIT_KEYS_LATER = {"SKYORDER": "sky subtraction", "FITSOUT": "FITS export"}
+PIT_KEYS_LATER = {"SKYORDER": "sky subtraction", "FITSOUT": "FITS export"}  # recorded SKIPPED unless run
 PIT_KEYS_OFF_ONLY = {"romancal_ramp_fit", "correct_wfi18_transient", "SLICEOUT"}
 PIT_CALDIR_LATER = {"flat": "flat field", "ipc4d": "IPC deconvolution", "biascorr": "bias correction",
                     "dark_decay": "dark decay"}  # fmt: skip
@@ -117,6 +117,8 @@ def from_pit(raw: dict, source: str | None = None) -> dict:
     exclude_first = bool(raw.get("EXCLUDE_FIRST", True))
     if ramp:
         steps["ramp_fit"] = ramp
+    if raw.get("SKYORDER") is not None:
+        steps["sky"] = {"order": int(raw["SKYORDER"])}
     if "SATURATION_BACKUP" in raw:
         steps["saturation"] = {"backup": int(raw["SATURATION_BACKUP"])}
     out = {"wcs": str(_resolve(base, raw["FITSWCS"]))} if raw.get("FITSWCS") else {}

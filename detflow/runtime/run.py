@@ -93,7 +93,8 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
         refs.attrs["wcs_header"] = read_wcs_header(job.wcs)
     ds = apply_recipe(l1, refs, recipe, {name: step_params(job, name) for name in recipe}, fuse=job.fuse)
     for item in job.not_applied:
-        if (item.startswith("CALDIR.ipc4d") and "ipc" in recipe) or (item.startswith("CALDIR.flat") and "flat" in recipe):
+        done_by = {"CALDIR.ipc4d": "ipc", "CALDIR.flat": "flat", "SKYORDER": "sky"}
+        if any(item.startswith(key) and step in recipe for key, step in done_by.items()):
             continue
         ds = record(ds, item.split(" ")[0], "SKIPPED", None, f"{item}: not available in detflow {__version__}")
     l2 = l2_product(l1, ds)
