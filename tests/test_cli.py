@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import xarray as xr
 
 DETFLOW = [sys.executable, "-m", "detflow.cli"]
@@ -68,3 +69,34 @@ def test_demo_writes_store_and_png(tmp_path):
     assert l2["data"].shape == (1, 120, 120) and np.isfinite(l2["data"].values).mean() > 0.95
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fitsout_writes_pit_layout(tiny_wfi):
+    import yaml
+    from astropy.io import fits
+
+    import asdf
+
+    with asdf.open(tiny_wfi["caldir"]["mask"]) as af:
+        mask = np.array(af["roman"]["dq"])
+    mask[14, 14] |= np.uint32(1 << 10)  # DEAD: masked with its 3x3 box in the good-pixel image
+    asdf.AsdfFile({"roman": {"dq": mask}}).write_to(tiny_wfi["caldir"]["mask"])
+    cfg = yaml.safe_load(tiny_wfi["pit_yaml"].read_text())
+    cfg["FITSOUT"] = True
+    tiny_wfi["pit_yaml"].write_text(yaml.safe_dump(cfg))
+    r = sh("run", tiny_wfi["pit_yaml"], "--workers", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    path = tiny_wfi["root"] / "out_asdf_to.fits"  # OUT without ".zarr", as the PIT names it
+    l2 = xr.open_zarr(tiny_wfi["root"] / "out.zarr", group="l2")
+    with fits.open(path) as hdul:
+        assert len(hdul) == 3 and hdul[0].header["DFSTEP04"] == "ramp_fit=COMPLETE"
+        np.testing.assert_array_equal(hdul[0].data, l2["data"].values[0])
+        np.testing.assert_array_equal(hdul[1].data, l2["dq"].values[0])
+        bad = hdul[2].data == -1000
+        assert not bad.all()
+        np.testing.assert_array_equal(hdul[2].data[~bad], l2["data"].values[0][~bad])
+        # the good-pixel image is the PIT's: its PixelMask1 on our dq masks exactly these pixels
+        mh = pytest.importorskip("romanimpreprocess.utils.maskhandling")
+        dq = l2["dq"].values[0].copy()
+        np.testing.assert_array_equal(bad, mh.PixelMask1.build(dq))
+        assert bad[9:12, 9:12].all() and bad.sum() >= 9  # the dead pixel (active coordinates 10, 10)

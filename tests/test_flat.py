@@ -71,3 +71,25 @@ def test_flat_recovers_incident_flux(tmp_path):
     # without the flat the same slopes are off by the 10% pixel-to-pixel QE
     raw = (l2["data"].values * t["flat"][act] - incident)[good] / l2["err"].values[good] / t["flat"][act][good]
     assert np.mean(raw**2) > 1.5 * np.mean(chi**2)
+
+
+def test_bias_correction_subtracts_last_resultants(tiny_wfi, tmp_path):
+    import detflow
+    from detflow.runtime.config import load_job
+
+    n, a, nread = 32, 24, 6
+    corr = np.arange(8 * a * a, dtype=np.float32).reshape(8, a, a) % 7  # 8 resultants: the last 6 are used
+    path = tmp_path / "biascorr.asdf"
+    asdf.AsdfFile({"roman": {"data": corr}}).write_to(path)
+    job = load_job(tiny_wfi["pit_yaml"])
+    base = ["dq_init", "saturation"]
+    with dask.config.set(scheduler="sync"):
+        ref = detflow.build(job.model_copy(update={"recipe": base + ["ramp_fit"]}))
+        job2 = job.model_copy(update={"recipe": base + ["bias_correction", "ramp_fit"],
+                                      "caldir": {**job.caldir, "biascorr": path}})  # fmt: skip
+        got = detflow.build(job2)
+        assert got["l2"].attrs["steps"][2]["status"] == "COMPLETE"
+        # the slope changes by the slope of the subtracted correction ramp (same weights, linear)
+        w = ref["l2"]["ramp_weights"].values[0]
+        expected = ref["l2"]["data"].values[0] - np.einsum("r,ryx->yx", w, corr[2:])
+        np.testing.assert_allclose(got["l2"]["data"].values[0], expected, rtol=1e-5, atol=1e-3)

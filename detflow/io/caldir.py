@@ -42,6 +42,7 @@ WFI_FIELDS: dict[str, list[tuple[str, bool, str]]] = {
     "read": [("data", True, "2d")],
     "ipc4d": [("data", True, "ipc")],
     "flat": [("data", True, "2d_or_active")],
+    "biascorr": [("data", True, "cube_active")],
 }
 
 
@@ -159,17 +160,23 @@ def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple) -> xr.
                     "cube": len(shape) == 3 and shape[1:] == (nside, nside),
                     "2d_or_active": shape in ((nside, nside), (nside - 2 * nb, nside - 2 * nb)),
                     "ipc": shape == (3, 3, nside - 2 * nb, nside - 2 * nb),
+                    "cube_active": len(shape) == 3 and shape[1:] == (nside - 2 * nb, nside - 2 * nb),
                 }[kind]
                 if not ok:
                     want = {"2d": f"({nside}, {nside})", "cube": f"(k, {nside}, {nside})",
                             "2d_or_active": f"({nside}, {nside}) or ({nside - 8}, {nside - 8})",
-                            "ipc": f"(3, 3, {nside - 8}, {nside - 8})"}[kind]  # fmt: skip
+                            "ipc": f"(3, 3, {nside - 8}, {nside - 8})",
+                            "cube_active": f"(k, {nside - 8}, {nside - 8})"}[kind]  # fmt: skip
                     raise DetflowInputError(path, f"roman.{field}", f"shape {want}", f"shape {shape}")
                 if kind == "ipc":  # active region only, chunked like the active part of the tiles
                     ychunks = trim_chunks(_axis_chunks(ty, nside), nb)
                     xchunks = trim_chunks(_axis_chunks(tx, nside), nb)
                     arr = lazy_array(path, af, ("roman", field), ((3,), (3,), ychunks, xchunks), name_hint=name)
                     dims = ("ipc_dy", "ipc_dx", "y_active", "x_active")
+                elif kind == "cube_active":  # padded to the full frame with zeros on the border
+                    arr = lazy_array(path, af, ("roman", field), -1, name_hint=name)
+                    arr = da.pad(arr, ((0, 0), (nb, nb), (nb, nb))).rechunk(((shape[0],), ty, tx))
+                    dims = (f"{name}_k", schema.Y, schema.X)
                 elif len(shape) == 3:
                     arr = lazy_array(path, af, ("roman", field), ((shape[0],), ty, tx), name_hint=name)
                     dims = (f"{name}_k", schema.Y, schema.X)

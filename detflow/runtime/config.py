@@ -42,6 +42,7 @@ class WFIJob(_Model):
     recipe: list[str] | None = Field(None, description="step names in order (default: the WFI recipe)")
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step")
     chunks: dict[str, int] | None = Field(None, description="pixel tile, e.g. {y: 512, x: 4096}")
+    fits_out: bool = Field(False, description="also export the L2 slope, dq and good-pixel image to FITS (PIT FITSOUT)")
     wcs: Path | None = Field(None, description="FITS header text file with the celestial WCS (PIT FITSWCS)")
     fuse: bool = Field(True, description="run step sequences that have a one-pass kernel in one pass (same numerics)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
@@ -72,8 +73,8 @@ class WFIJob(_Model):
 
 
 PIT_KEYS_TRANSLATED = {"IN", "OUT", "CALDIR", "RAMP_OPT_PARS", "JUMP_DETECT_PARS", "EXCLUDE_FIRST",
-                       "SATURATION_BACKUP", "FITSWCS"}  # fmt: skip
-PIT_KEYS_LATER = {"SKYORDER": "sky subtraction", "FITSOUT": "FITS export"}  # recorded SKIPPED unless run
+                       "SATURATION_BACKUP", "FITSWCS", "FITSOUT"}  # fmt: skip
+PIT_KEYS_LATER = {"SKYORDER": "sky subtraction"}  # recorded SKIPPED unless the recipe runs it
 PIT_KEYS_OFF_ONLY = {"romancal_ramp_fit", "correct_wfi18_transient", "SLICEOUT"}
 PIT_CALDIR_LATER = {"flat": "flat field", "ipc4d": "IPC deconvolution", "biascorr": "bias correction",
                     "dark_decay": "dark decay"}  # fmt: skip
@@ -122,6 +123,7 @@ def from_pit(raw: dict, source: str | None = None) -> dict:
     if "SATURATION_BACKUP" in raw:
         steps["saturation"] = {"backup": int(raw["SATURATION_BACKUP"])}
     out = {"wcs": str(_resolve(base, raw["FITSWCS"]))} if raw.get("FITSWCS") else {}
+    out["fits_out"] = bool(raw.get("FITSOUT", False))
     return out | {
         "pipeline": "roman_wfi",
         "input": str(_resolve(base, raw["IN"])),

@@ -85,15 +85,16 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
     caldir = check_caldir({k: str(v) for k, v in job.caldir.items()}, roman_wfi.CALDIR_REQUIRED, job.source)
     tile = pixel_tiles(l1.sizes[schema.READ], ny, nx, job.chunks, border=roman_wfi.NBORDER)
     recipe = job.recipe or list(roman_wfi.DEFAULT_RECIPE)
-    opened = set(roman_wfi.CALDIR_REQUIRED) | ({"ipc4d"} if "ipc" in recipe else set()) | (
-        {"flat"} if "flat" in recipe else set())
+    optional = {"ipc4d": "ipc", "flat": "flat", "biascorr": "bias_correction"}
+    opened = set(roman_wfi.CALDIR_REQUIRED) | {k for k, step in optional.items() if step in recipe}
     wfi_refs = {k: v for k, v in caldir.items() if k in opened}
     refs = open_wfi_references(wfi_refs, ny, tile)
     if job.wcs is not None:
         refs.attrs["wcs_header"] = read_wcs_header(job.wcs)
     ds = apply_recipe(l1, refs, recipe, {name: step_params(job, name) for name in recipe}, fuse=job.fuse)
     for item in job.not_applied:
-        done_by = {"CALDIR.ipc4d": "ipc", "CALDIR.flat": "flat", "SKYORDER": "sky"}
+        done_by = {"CALDIR.ipc4d": "ipc", "CALDIR.flat": "flat", "CALDIR.biascorr": "bias_correction",
+                   "SKYORDER": "sky"}
         if any(item.startswith(key) and step in recipe for key, step in done_by.items()):
             continue
         ds = record(ds, item.split(" ")[0], "SKIPPED", None, f"{item}: not available in detflow {__version__}")
@@ -156,4 +157,10 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
                 "history": first.attrs.get("history", []),
             })  # fmt: skip
             writer.commit()
+    if job.fits_out:
+        from ..io.exporters import export_wfi_fits, pit_fits_path
+
+        path = export_wfi_fits(job.output, pit_fits_path(job.output))
+        if console is not None:
+            console.print(f"FITS export: {path}")
     return open_store(job.output)

@@ -293,6 +293,25 @@ def refpix(ds: xr.Dataset, refs: xr.Dataset, p: RefPixParams) -> xr.Dataset:
     return record(out, "refpix", "COMPLETE", p, f"row step {mode}{', channel step' if p.channel else ''}")
 
 
+# ---- bias correction ------------------------------------------------------------------------------
+class BiasCorrParams(StepParams):
+    pass
+
+
+@register("bias_correction", BiasCorrParams, FAMILY)
+def bias_correction(ds: xr.Dataset, refs: xr.Dataset, p: BiasCorrParams) -> xr.Dataset:
+    """Subtract the ``biascorr`` reference (its last ``nread`` resultants) from the active region."""
+    nread = ds.sizes[READ]
+    if "biascorr_data" not in refs or refs.sizes["biascorr_k"] < nread:
+        return record(ds, "bias_correction", "SKIPPED", p, "no biascorr reference for every resultant")
+    k = refs.sizes["biascorr_k"]
+    corr = refs["biascorr_data"].isel(biascorr_k=slice(k - nread, k)).rename(biascorr_k=READ)
+    out = ds.copy()
+    out["data"] = (ds["data"] - corr.astype(np.float32)).astype(np.float32).transpose(*ds["data"].dims)
+    out["data"].attrs = ds["data"].attrs
+    return record(out, "bias_correction", "COMPLETE", p)
+
+
 # ---- linearity ------------------------------------------------------------------------------------
 class LinearityParams(StepParams):
     exempt_reset: bool = Field(True, description="clip and never flag the first resultant when it is the reset read [0]")
