@@ -50,7 +50,7 @@ def run(
         tree = run_job(cfg, scheduler=scheduler, progress=not no_progress, console=console)
     except DetflowInputError as exc:
         _fail(exc)
-    out.print(f"wrote {cfg.output}")
+    out.print(f"wrote {cfg.store}" + (f" and {cfg.output}" if cfg.output != cfg.store else ""))
     for node in tree.subtree:
         if node.has_data:
             out.print(f"  group {node.path}: " + ", ".join(
@@ -66,7 +66,7 @@ def validate(job: Path = typer.Argument(..., help="job YAML")) -> None:
 
     try:
         cfg = load_job(job)
-        check_output(cfg.output, cfg.overwrite)
+        check_output(cfg.store, cfg.overwrite)
         products = build(cfg)
     except DetflowInputError as exc:
         _fail(exc)

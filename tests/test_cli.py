@@ -100,3 +100,25 @@ def test_fitsout_writes_pit_layout(tiny_wfi):
         dq = l2["dq"].values[0].copy()
         np.testing.assert_array_equal(bad, mh.PixelMask1.build(dq))
         assert bad[9:12, 9:12].all() and bad.sum() >= 9  # the dead pixel (active coordinates 10, 10)
+
+
+def test_asdf_output_like_the_pit(tiny_wfi):
+    import asdf
+    import yaml
+
+    cfg = yaml.safe_load(tiny_wfi["pit_yaml"].read_text())
+    cfg["OUT"] = str(tiny_wfi["root"] / "l2.asdf")
+    tiny_wfi["pit_yaml"].write_text(yaml.safe_dump(cfg))
+    r = sh("run", tiny_wfi["pit_yaml"], "--workers", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    l2 = xr.open_zarr(tiny_wfi["root"] / "l2.zarr", group="l2")  # the store beside it
+    with asdf.open(tiny_wfi["root"] / "l2.asdf") as af:
+        roman = af["roman"]
+        np.testing.assert_array_equal(roman["data"], l2["data"].values[0])
+        np.testing.assert_array_equal(roman["dq"], l2["dq"].values[0])
+        np.testing.assert_array_equal(roman["var_poisson"], l2["var_poisson"].values[0])
+        assert roman["border_ref_pix_left"].shape == (6, 32, 4) and roman["amp33"].shape[0] == 6
+        assert roman["meta"]["cal_step"]["ramp_fit"] == "COMPLETE"
+        assert len(af["processinfo"]["weights"]) == 6 and af["processinfo"]["ramp_opt_pars"]["slope"] == 0.4
+    r = sh("run", tiny_wfi["pit_yaml"], "--workers", "1", "--no-progress")
+    assert r.returncode == 2 and "expected a path that does not exist yet" in r.stderr

@@ -52,3 +52,49 @@ def export_wfi_fits(store: str | Path, path: str | Path, frame: int = 0) -> Path
     hdus.writeto(tmp)
     tmp.replace(path)
     return path
+
+
+def export_wfi_asdf(store: str | Path, path: str | Path, frame: int = 0) -> Path:
+    """An L2 ASDF laid out as the Roman tools lay it out (the PIT ``gen_cal_image`` output): ``roman``
+    with ``data``, ``dq``, ``var_rnoise``, ``var_poisson``, ``err``, ``data_withsky``, the border
+    reference pixels and their DQ, ``amp33`` and ``meta``; ``processinfo`` with the sky, the ramp
+    weights and the configuration. Complete or absent."""
+    import asdf
+
+    tree = open_store(store)
+    l2 = tree["l2"].to_dataset().isel(frame=frame)
+    roman = {}
+    for name in ("data", "dq", "var_rnoise", "var_poisson", "err", "data_withsky", "amp33",
+                 "border_ref_pix_left", "border_ref_pix_right", "border_ref_pix_top", "border_ref_pix_bottom",
+                 "dq_border_ref_pix_left", "dq_border_ref_pix_right", "dq_border_ref_pix_top",
+                 "dq_border_ref_pix_bottom"):  # fmt: skip
+        if name in l2:
+            arr = l2[name].values
+            roman[name] = arr.astype(np.float32) if arr.dtype.kind == "f" or name.startswith("border") else arr
+    if "data_withsky" not in roman:
+        roman["data_withsky"] = roman["data"]
+    attrs = tree.attrs
+    inputs = attrs.get("inputs", [])
+    roman["meta"] = {
+        "calibration_software_name": "detflow",
+        "calibration_software_version": __version__,
+        "l1_meta": inputs[frame].get("meta", {}) if len(inputs) > frame else {},
+        "cal_step": {s["name"]: s["status"] for s in attrs.get("steps", [])},
+        "wcs_header": tree["l2"].attrs.get("fits_wcs"),
+    }
+    steps = {s["name"]: s.get("params", {}) for s in attrs.get("steps", [])}
+    processinfo = {
+        "medsky": float(l2["sky_mode"].values) if "sky_mode" in l2 else None,
+        "skyorder": int(steps.get("sky", {}).get("order") or -1),
+        "skycoefs": l2["sky_coefs"].values.astype(np.float32) if "sky_coefs" in l2 else np.zeros(0, np.float32),
+        "weights": l2["ramp_weights"].values.astype(np.float32) if "ramp_weights" in l2.coords else None,
+        "ramp_opt_pars": {k: steps.get("ramp_fit", {}).get(k) for k in ("slope", "gain", "sigma_read")},
+        "exclude_first": steps.get("ramp_fit", {}).get("exclude_first"),
+        "config": attrs.get("job", {}),
+        "log": attrs.get("history", []),
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
+    asdf.AsdfFile({"roman": roman, "processinfo": processinfo}).write_to(tmp)
+    tmp.replace(path)
+    return path

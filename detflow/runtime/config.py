@@ -51,12 +51,15 @@ class WFIJob(_Model):
 
     @pydantic.field_validator("output")
     @classmethod
-    def _zarr_suffix(cls, v: Path) -> Path:
-        if v.suffix == ".asdf":
-            raise ValueError("an ASDF L2 output comes with the exports (issue 3); name a .zarr store")
-        if v.suffix != ".zarr":
-            raise ValueError(f"a .zarr store path, got {v.name!r}")
+    def _output_suffix(cls, v: Path) -> Path:
+        if v.suffix not in (".zarr", ".asdf"):
+            raise ValueError(f"a .zarr store (or an .asdf L2 file, written beside its .zarr store), got {v.name!r}")
         return v
+
+    @property
+    def store(self) -> Path:
+        """The zarr store of the run (for an .asdf output: the same name with .zarr)."""
+        return self.output.with_suffix(".zarr")
 
     @pydantic.model_validator(mode="after")
     def _steps_known(self) -> "WFIJob":

@@ -118,13 +118,15 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
     else an embedded LocalCluster). The output store appears only when every product is written.
     """
     job = load_job(job)
-    check_output(job.output, job.overwrite)
+    check_output(job.store, job.overwrite)
+    if job.output != job.store:
+        check_output(job.output, job.overwrite)
     products = build(job)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
-        with StoreWriter(job.output, overwrite=job.overwrite) as writer:
+        with StoreWriter(job.store, overwrite=job.overwrite) as writer:
             first = next(iter(products.values()))
             # checksums of every input and reference file, computed on the cluster alongside the run
             files = sorted({i["path"] for i in first.attrs.get("inputs", [])} |
@@ -157,10 +159,14 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
                 "history": first.attrs.get("history", []),
             })  # fmt: skip
             writer.commit()
-    if job.fits_out:
-        from ..io.exporters import export_wfi_fits, pit_fits_path
+    from ..io.exporters import export_wfi_asdf, export_wfi_fits, pit_fits_path
 
-        path = export_wfi_fits(job.output, pit_fits_path(job.output))
-        if console is not None:
-            console.print(f"FITS export: {path}")
-    return open_store(job.output)
+    exports = []
+    if job.output.suffix == ".asdf":
+        exports.append(export_wfi_asdf(job.store, job.output))
+    if job.fits_out:
+        exports.append(export_wfi_fits(job.store, pit_fits_path(job.output)))
+    if console is not None:
+        for path in exports:
+            console.print(f"export: {path}")
+    return open_store(job.store)
