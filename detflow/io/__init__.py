@@ -73,3 +73,20 @@ def open_l1(inputs, chunks: dict | None = None) -> xr.Dataset:
     out = out.assign_coords({schema.FRAME: range(out.sizes[schema.FRAME])})
     out.attrs["inputs"] = inputs_attr
     return out
+
+
+def detector_of(path: Path) -> str:
+    """The detector an exposure file comes from (Roman ``meta.instrument.detector``, FITS ``DETECTOR``)."""
+    kind = _kind(Path(path))
+    if kind == "roman_asdf":
+        from .roman_l1 import read_roman_l1_meta
+
+        return read_roman_l1_meta(path)["detector"]
+    if kind == "fits_ramp":
+        from astropy.io import fits
+
+        try:
+            return str(fits.getheader(path).get("DETECTOR", "detector"))
+        except Exception:
+            return "detector"
+    raise DetflowInputError(path, "file name", "an .asdf or .fits exposure", Path(path).suffix or "no suffix")

@@ -90,6 +90,10 @@ def read_roman_l1_meta(path: str | Path) -> dict:
                                         f"shape {ashape}")  # fmt: skip
             amp33 = ashape
         has_ref_read = node_get(roman, "reference_read", None) is not None
+        try:
+            detector = str(tree_get(roman, ("meta", "instrument", "detector")))
+        except (KeyError, TypeError):
+            detector = "WFI"
         meta = to_plain(node_get(roman, "meta", {}))
         return {
             "shape": shape,
@@ -100,6 +104,7 @@ def read_roman_l1_meta(path: str | Path) -> dict:
             "data_encoding_offset": offset,
             "amp33_shape": amp33,
             "has_reference_read": has_ref_read,
+            "detector": detector,
             "meta": meta,
         }
 

@@ -19,7 +19,7 @@ from distributed import Client
 from .. import __version__, schema
 from ..errors import DetflowInputError
 from ..instruments import roman_wfi
-from ..io import expand_inputs, open_l1
+from ..io import detector_of, expand_inputs, open_l1
 from ..io.caldir import check_caldir, open_wfi_references, sha256
 from ..io.chunking import pixel_tiles
 from ..io.store import StoreWriter, check_output, open_store
@@ -73,16 +73,40 @@ def step_params(job: WFIJob, name: str) -> dict:
     return params
 
 
+DETECTOR_FIELD = "{detector}"
+
+
 def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
-    """The lazy products of a job, by store group (for the WFI pipeline: ``{"l2": ...}``)."""
+    """The lazy products of a job, by store group: ``{"l2": ...}`` for one detector; for the exposures
+    of several detectors (the 18 SCAs of a Roman exposure), ``{"l2/WFI01": ..., "l2/WFI02": ...}``,
+    with each detector's reference files named by ``{detector}`` in the CALDIR paths."""
     job = load_job(job)
     files = expand_inputs(job.input)
+    by_det: dict[str, list[Path]] = {}
+    for f in files:
+        by_det.setdefault(detector_of(f), []).append(f)
+    if len(by_det) == 1:
+        (det,) = by_det
+        return {"l2": _build_one(job, files, det)}
+    if not any(DETECTOR_FIELD in str(v) for v in job.caldir.values()):
+        raise DetflowInputError(job.source, "CALDIR", f"per-detector reference files ('{DETECTOR_FIELD}' in the "
+                                f"paths) for the {len(by_det)} detectors {', '.join(sorted(by_det))}",
+                                "one set for all")  # fmt: skip
+    if job.output.suffix == ".asdf" or job.fits_out:
+        raise DetflowInputError(job.source, "OUT" if job.output.suffix == ".asdf" else "FITSOUT",
+                                "a .zarr store for a multi-detector exposure (exports are per detector)",
+                                f"{len(by_det)} detectors")  # fmt: skip
+    return {f"l2/{det}": _build_one(job, fs, det) for det, fs in sorted(by_det.items())}
+
+
+def _build_one(job: WFIJob, files: list[Path], detector: str) -> xr.Dataset:
     l1 = open_l1(files, job.chunks)
     ny, nx = l1.sizes[schema.Y], l1.sizes[schema.X]
     if ny != nx or ny % roman_wfi.NCHANNEL:
         raise DetflowInputError(files[0], "data", f"square WFI frames, a multiple of {roman_wfi.NCHANNEL} wide",
                                 f"{ny}x{nx}")  # fmt: skip
-    caldir = check_caldir({k: str(v) for k, v in job.caldir.items()}, roman_wfi.CALDIR_REQUIRED, job.source)
+    named = {k: str(v).replace(DETECTOR_FIELD, detector) for k, v in job.caldir.items()}
+    caldir = check_caldir(named, roman_wfi.CALDIR_REQUIRED, job.source)
     tile = pixel_tiles(l1.sizes[schema.READ], ny, nx, job.chunks, border=roman_wfi.NBORDER)
     recipe = job.recipe or list(roman_wfi.DEFAULT_RECIPE)
     optional = {"ipc4d": "ipc", "flat": "flat", "biascorr": "bias_correction"}
@@ -90,7 +114,7 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
     wfi_refs = {k: v for k, v in caldir.items() if k in opened}
     refs = open_wfi_references(wfi_refs, ny, tile)
     if job.wcs is not None:
-        refs.attrs["wcs_header"] = read_wcs_header(job.wcs)
+        refs.attrs["wcs_header"] = read_wcs_header(str(job.wcs).replace(DETECTOR_FIELD, detector))
     ds = apply_recipe(l1, refs, recipe, {name: step_params(job, name) for name in recipe}, fuse=job.fuse)
     for item in job.not_applied:
         done_by = {"CALDIR.ipc4d": "ipc", "CALDIR.flat": "flat", "CALDIR.biascorr": "bias_correction",
@@ -99,6 +123,7 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
             continue
         ds = record(ds, item.split(" ")[0], "SKIPPED", None, f"{item}: not available in detflow {__version__}")
     l2 = l2_product(l1, ds)
+    l2.attrs["detector"] = detector
     l2.attrs["reference_files"] = refs.attrs["reference_files"] + [
         {"name": k, "path": str(v), "used": False} for k, v in caldir.items() if k not in wfi_refs
     ]  # fmt: skip
@@ -107,7 +132,7 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
         l2.attrs["fits_wcs"] = refs.attrs["wcs_header"]
     l2.attrs["job"] = job.model_dump(mode="json")
     l2.attrs["versions"] = versions()
-    return {"l2": l2}
+    return l2
 
 
 def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, scheduler: str | None = None,
@@ -129,8 +154,8 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
         with StoreWriter(job.store, overwrite=job.overwrite) as writer:
             first = next(iter(products.values()))
             # checksums of every input and reference file, computed on the cluster alongside the run
-            files = sorted({i["path"] for i in first.attrs.get("inputs", [])} |
-                           {r["path"] for r in first.attrs.get("reference_files", [])})  # fmt: skip
+            files = sorted({i["path"] for ds in products.values() for i in ds.attrs.get("inputs", [])} |
+                           {r["path"] for ds in products.values() for r in ds.attrs.get("reference_files", [])})  # fmt: skip
             sums = dict(zip(files, c.map(sha256, files, pure=False)))
             delayed = [writer.add(name, ds) for name, ds in products.items()]
             futures = c.compute(delayed)
@@ -141,10 +166,13 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
                                 description=f"detflow {job.pipeline}")  # fmt: skip
             c.gather(futures)  # re-raises the first task error; the writer then removes the partial store
             sums = dict(zip(sums, c.gather(list(sums.values()))))
-            inputs = [dict(i, sha256=sums[i["path"]]) for i in first.attrs.get("inputs", [])]
-            references = [dict(r, sha256=sums[r["path"]]) for r in first.attrs.get("reference_files", [])]
-            for name in products:  # the groups carry the same provenance as the root
-                writer.set_group_attrs(name, {"inputs": inputs, "reference_files": references})
+            inputs, references = [], []
+            for name, ds in products.items():  # each group carries its own provenance; the root all of it
+                ins = [dict(i, sha256=sums[i["path"]]) for i in ds.attrs.get("inputs", [])]
+                refs = [dict(r, sha256=sums[r["path"]]) for r in ds.attrs.get("reference_files", [])]
+                writer.set_group_attrs(name, {"inputs": ins, "reference_files": refs})
+                inputs += ins
+                references += [r for r in refs if r not in references]
             writer.set_root_attrs({
                 "detflow_version": __version__,
                 "pipeline": job.pipeline,
