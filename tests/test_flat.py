@@ -77,7 +77,7 @@ def test_bias_correction_subtracts_last_resultants(tiny_wfi, tmp_path):
     import detflow
     from detflow.runtime.config import load_job
 
-    n, a, nread = 32, 24, 6
+    a = 24  # active size of the 32x32 fixture; it has 6 resultants
     corr = np.arange(8 * a * a, dtype=np.float32).reshape(8, a, a) % 7  # 8 resultants: the last 6 are used
     path = tmp_path / "biascorr.asdf"
     asdf.AsdfFile({"roman": {"data": corr}}).write_to(path)
