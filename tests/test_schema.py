@@ -54,3 +54,19 @@ def test_checksum_cache_rehashes_changed_files(tmp_path, monkeypatch):
     f.write_bytes(b"b" * 1001)
     os.utime(f, ns=(1, 2))
     assert sha256(f) == hashlib.sha256(b"b" * 1001).hexdigest()
+
+
+def test_numba_cache_opt_in(tmp_path):
+    """DETFLOW_NUMBA_CACHE=1 writes compiled kernels to NUMBA_CACHE_DIR; off by default."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from detflow.kernels.mask import grow_bits; "
+            "o = np.empty((4, 4), bool); grow_bits(np.ones((4, 4), np.uint32), np.ones(32, np.int8), o)")  # fmt: skip
+    for flag, expect in (("0", False), ("1", True)):
+        cache = tmp_path / f"cache{flag}"
+        env = dict(os.environ, DETFLOW_NUMBA_CACHE=flag, NUMBA_CACHE_DIR=str(cache))
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+        found = any(p.suffix in (".nbi", ".nbc") for p in cache.rglob("*")) if cache.exists() else False
+        assert found == expect

@@ -17,10 +17,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._config import CACHE
+
 __all__ = ["ipc_forward", "ipc_reverse"]
 
 
-@njit(nogil=True, cache=False)
+@njit(nogil=True, cache=CACHE)
 def _gather_checked(image, kernel, y, x, ny, nx):
     """One output pixel of the forward operator, with bounds checks (used on the edges)."""
     acc = 0.0
@@ -36,7 +38,7 @@ def _gather_checked(image, kernel, y, x, ny, nx):
     return acc
 
 
-@njit(nogil=True, cache=False)
+@njit(nogil=True, cache=CACHE)
 def _ipc_forward_core(image, kernel, out):
     ny, nx = image.shape
     for y in range(ny):
@@ -95,7 +97,7 @@ def ipc_forward(image: np.ndarray, kernel: np.ndarray, out: np.ndarray | None = 
     return out
 
 
-@njit(nogil=True, cache=False)
+@njit(nogil=True, cache=CACHE)
 def _ipc_reverse_core(image, kernel, gain, order, out):
     ny, nx = image.shape
     x = np.empty((ny, nx))

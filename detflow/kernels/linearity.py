@@ -14,6 +14,7 @@ import numba
 import numpy as np
 
 from ..schema import DQ
+from ._config import CACHE
 
 _NOLIN = np.uint32(DQ.NO_LIN_CORR)
 _REF = np.uint32(DQ.REFERENCE_PIXEL)
@@ -28,7 +29,7 @@ _REC_B = np.array([k / (k + 1) for k in range(_MAXORDER)])
 _END_SLOPE = np.array([k * (k + 1) / 2.0 for k in range(_MAXORDER + 1)])
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def legendre_linearize(z, coefs):
     """``(phi, extrapolated)`` for one rescaled signal ``z`` and one pixel's coefficients."""
     nc = coefs.shape[0]
@@ -55,7 +56,7 @@ def legendre_linearize(z, coefs):
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan/ninf: NaN and inf keep their meaning
 
 
-@numba.njit(nogil=True, cache=False, fastmath=FASTMATH)
+@numba.njit(nogil=True, cache=CACHE, fastmath=FASTMATH)
 def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, out, dq_out):
     """Linearise the resultants of a tile: ``raw`` (ny, nx, n) DN_raw to ``out`` DN_lin above ``Sref``.
 

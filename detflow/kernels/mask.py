@@ -10,10 +10,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._config import CACHE
+
 FOOTPRINTS = (0, 1, 5, 9, 25)
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def grow_bits(dq, sizes, out):
     """``out[y, x]`` True where any bit ``b`` set within footprint ``sizes[b]`` of the pixel."""
     ny, nx = dq.shape

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .linearity import FASTMATH, linearize_ramps
-
 from ..schema import DQ
+from ._config import CACHE
+from .linearity import FASTMATH, linearize_ramps
 
 _SAT = np.uint32(DQ.SATURATED)
 _DNU = np.uint32(DQ.DO_NOT_USE)
@@ -162,7 +162,7 @@ def ramp_params(start=1, sthresh_a=5.5, sthresh_b=4.5, ithresh_a=1.0, ithresh_b=
     return p
 
 
-@numba.njit(nogil=True, cache=False, fastmath=FASTMATH)
+@numba.njit(nogil=True, cache=CACHE, fastmath=FASTMATH)
 def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson, coef_read, pair_start, pair_i,
               pair_j, pair_inv_dt, pair_poisson, pair_read, params, slope, var_rnoise, var_poisson, dq_out):  # fmt: skip
     """Fit every pixel ramp of a tile.
@@ -234,7 +234,7 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson,
             dq_out[y, x] = flags
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def linearize_dark_fit(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, dark_slope, tbar,
                        pixeldq, gain, read_noise, weights, coef_poisson, coef_read, pair_start, pair_i, pair_j,
                        pair_inv_dt, pair_poisson, pair_read, params, slope, var_rnoise, var_poisson,

@@ -29,13 +29,14 @@ import numba
 import numpy as np
 
 from ..schema import DQ
+from ._config import CACHE
 
 _SAT = np.uint32(DQ.SATURATED)
 _DNU = np.uint32(DQ.DO_NOT_USE)
 _ADF = np.uint32(DQ.AD_FLOOR)
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def first_crossing(data, thresh, out):
     """``out[y, x]`` = first resultant with ``data >= thresh`` (``n`` if none). data (n, ny, nx)."""
     n, ny, nx = data.shape
@@ -49,7 +50,7 @@ def first_crossing(data, thresh, out):
                     out[y, x] = g
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def min_filter(a, k, out):
     """Minimum over the (2k+1)^2 box around each pixel, the box cut at the array edges."""
     ny, nx = a.shape
@@ -68,7 +69,7 @@ def min_filter(a, k, out):
             out[y, x] = m
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def dilution_candidates(data, gdq, thresh, check, first_sat, dilution, out):
     """``out[y, x]`` = the resultant a dilution DO_NOT_USE starts from at this pixel, or -1.
 
@@ -90,7 +91,7 @@ def dilution_candidates(data, gdq, thresh, check, first_sat, dilution, out):
                 out[y, x] = g
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def apply_saturation(data, gdq, thresh, first_sat, cand, k, first_mean, third_last, second_n, multi, backup,
                      out):  # fmt: skip
     """Write the group flags of a tile into ``out`` (n, ny, nx).
