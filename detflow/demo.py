@@ -23,7 +23,9 @@ def run_demo(outdir: Path, nside: int = 1024, workers: int | None = None, consol
         console.print(f"simulated {nside}x{nside} L1 exposure + calibration files in "
                       f"{time.perf_counter() - t0:.1f} s: {products.l1_files[0]}")  # fmt: skip
     job = load_job(products.job_yaml)
-    job = job.model_copy(update={"output": work / "l2.zarr"})
+    # the default recipe plus the reference-pixel correction, which removes the simulated 1/f noise
+    recipe = ["dq_init", "saturation", "refpix", "linearity", "dark_current", "ramp_fit"]
+    job = job.model_copy(update={"output": work / "l2.zarr", "recipe": recipe})
     if workers:
         job = job.model_copy(update={"cluster": job.cluster.model_copy(update={"n_workers": workers})})
     t0 = time.perf_counter()
