@@ -289,7 +289,10 @@ def refpix(ds: xr.Dataset, refs: xr.Dataset, p: RefPixParams) -> xr.Dataset:
         yy, _ = _pixel_index(ds)
         img = img - (bottom.isel(channel=chan) + slope.isel(channel=chan) * (yy.astype(np.float32) - y0))
     out = ds.copy()
-    out["data"] = (img + dark).astype(np.float32).transpose(*ds["data"].dims).assign_attrs(ds["data"].attrs)
+    result = (img + dark).astype(np.float32).transpose(*ds["data"].dims).assign_attrs(ds["data"].attrs)
+    if ds["data"].chunks:  # keep the tiles of the input (the per-channel terms would split x otherwise)
+        result = _rechunk(result, dict(zip(ds["data"].dims, ds["data"].chunks)))
+    out["data"] = result
     return record(out, "refpix", "COMPLETE", p, f"row step {mode}{', channel step' if p.channel else ''}")
 
 
