@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from detflow.kernels.sky import sky_block_medians, sky_fit, smooth_mode
 from detflow.schema import DQ, PIXEL_MASK_1, mask_sizes
-from detflow.steps.wfi import SkyParams, grown_mask, sky, sky_block_medians, sky_fit, smooth_mode
+from detflow.steps.wfi import SkyParams, grown_mask, sky
 
 mh = pytest.importorskip("romanimpreprocess.utils.maskhandling")
 pitsky = pytest.importorskip("romanimpreprocess.utils.sky")

@@ -18,6 +18,8 @@ OMEGA_IDEAL = 2.8440360952308436e-13
 # the CALDIR entries the PIT gen_cal_image knows; the first group is required by the WFI recipe
 CALDIR_REQUIRED = ("dark", "gain", "linearitylegendre", "mask", "read", "saturation")
 CALDIR_OPTIONAL = ("flat", "ipc4d", "biascorr", "dark_decay")
+# optional reference file -> the step that uses it (opened only when the recipe has that step)
+CALDIR_STEP = {"ipc4d": "ipc", "flat": "flat", "biascorr": "bias_correction"}
 
 DEFAULT_RECIPE = ("dq_init", "saturation", "linearity", "dark_current", "ramp_fit")
 # reference-pixel correction ("refpix", after saturation) joins the default recipe with the rest of the

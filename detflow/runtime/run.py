@@ -109,16 +109,14 @@ def _build_one(job: WFIJob, files: list[Path], detector: str) -> xr.Dataset:
     caldir = check_caldir(named, roman_wfi.CALDIR_REQUIRED, job.source)
     tile = pixel_tiles(l1.sizes[schema.READ], ny, nx, job.chunks, border=roman_wfi.NBORDER)
     recipe = job.recipe or list(roman_wfi.DEFAULT_RECIPE)
-    optional = {"ipc4d": "ipc", "flat": "flat", "biascorr": "bias_correction"}
-    opened = set(roman_wfi.CALDIR_REQUIRED) | {k for k, step in optional.items() if step in recipe}
+    opened = set(roman_wfi.CALDIR_REQUIRED) | {k for k, step in roman_wfi.CALDIR_STEP.items() if step in recipe}
     wfi_refs = {k: v for k, v in caldir.items() if k in opened}
     refs = open_wfi_references(wfi_refs, ny, tile)
     if job.wcs is not None:
         refs.attrs["wcs_header"] = read_wcs_header(str(job.wcs).replace(DETECTOR_FIELD, detector))
     ds = apply_recipe(l1, refs, recipe, {name: step_params(job, name) for name in recipe}, fuse=job.fuse)
     for item in job.not_applied:
-        done_by = {"CALDIR.ipc4d": "ipc", "CALDIR.flat": "flat", "CALDIR.biascorr": "bias_correction",
-                   "SKYORDER": "sky"}
+        done_by = {**{f"CALDIR.{k}": step for k, step in roman_wfi.CALDIR_STEP.items()}, "SKYORDER": "sky"}
         if any(item.startswith(key) and step in recipe for key, step in done_by.items()):
             continue
         ds = record(ds, item.split(" ")[0], "SKIPPED", None, f"{item}: not available in detflow {__version__}")

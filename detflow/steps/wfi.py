@@ -8,11 +8,11 @@ and the resultant times ``tbar``/``tau`` as (frame, read) coordinates. ``refs`` 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import dask.array as da
 import numpy as np
 import xarray as xr
-from typing import Literal
-
 from pydantic import Field
 
 from .. import schema
@@ -23,6 +23,7 @@ from ..kernels import mask as kmask
 from ..kernels import pixel_area as kpix
 from ..kernels import ramp as kramp
 from ..kernels import saturation as ksat
+from ..kernels import sky as ksky
 from ..schema import DQ, FRAME, READ, X, Y
 from .registry import StepParams, record, register, register_fusion
 
@@ -637,72 +638,6 @@ def grown_mask(dq: xr.DataArray, table: dict[str, int] | None = None) -> xr.Data
     return dq.copy(data=arr)
 
 
-def _bin4(a: np.ndarray) -> np.ndarray:
-    ny, nx = a.shape[-2] // 4 * 4, a.shape[-1] // 4 * 4
-    return a[..., :ny, :nx].reshape(a.shape[:-2] + (ny // 4, 4, nx // 4, 4)).mean(axis=(-3, -1))
-
-
-def smooth_mode(values: np.ndarray, pc: float = 25.0, pksmooth: float = 0.5, niter: int = 3) -> float:
-    """Mode of a Gaussian-smoothed histogram (NaNs ignored): start at the median with the IQR width,
-    three times take the peak of 19 kernel-density samples and refine it by a parabola."""
-    from scipy.stats import norm
-
-    v = values[np.isfinite(values)].astype(np.float64)
-    if v.size == 0:
-        return np.nan
-    c1, ctr, c3 = np.percentile(v, [pc, 50.0, 100.0 - pc])
-    sigma = (c3 - c1) / (norm.ppf((100.0 - pc) / 100.0) * 2)
-    if not sigma > 0:
-        return float(ctr)
-    n = 21
-    for _ in range(niter):
-        z = ctr + np.linspace(-1, 1, n) * sigma
-        hist = np.zeros(n)
-        for i in range(1, n - 1):
-            hist[i] = np.exp(-0.5 * ((z[i] - v) / (pksmooth * sigma)) ** 2).sum()
-        i = int(np.argmax(hist))
-        b = (hist[i + 1] - hist[i - 1]) / 2.0
-        a = (hist[i + 1] + hist[i - 1]) / 2.0 - hist[i]
-        ctr = z[i] + (z[1] - z[0]) * (-b / 2.0 / a)
-    return float(ctr)
-
-
-def _legendre_basis(order: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Products P_i(u) P_j(v), i + j <= order, ordered i then j (the PIT's coefficient order)."""
-    from scipy.special import eval_legendre
-
-    return np.stack([eval_legendre(i, u) * eval_legendre(j, v)
-                     for i in range(order + 1) for j in range(order + 1 - i)])  # fmt: skip
-
-
-def sky_block_medians(img: np.ndarray, nblock: int = 8) -> np.ndarray:
-    """NaN-medians of an ``nblock x nblock`` grid of equal blocks centred on the image."""
-    ny, nx = img.shape
-    ky, kx = ny // nblock, nx // nblock
-    py, px = (ny % nblock) // 2, (nx % nblock) // 2
-    sub = img[py : py + nblock * ky, px : px + nblock * kx].reshape(nblock, ky, nblock, kx)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks give NaN, left out of the fit
-            return np.nanmedian(sub, axis=(1, 3))
-
-
-def sky_fit(meds: np.ndarray, ny: int, nx: int, order: int, nblock: int = 8) -> np.ndarray:
-    """Least-squares coefficients of the 2-D Legendre sky (total degree <= order) through block medians
-    at the block centres, in ``u = 2 x / nx - 1``, ``v = 2 y / ny - 1``."""
-    ky, kx = ny // nblock, nx // nblock
-    py, px = (ny % nblock) // 2, (nx % nblock) // 2
-    u1 = 2 * (px - 0.5 + kx * np.linspace(0.5, nblock - 0.5, nblock)) / nx - 1
-    v1 = 2 * (py - 0.5 + ky * np.linspace(0.5, nblock - 0.5, nblock)) / ny - 1
-    u, v = np.meshgrid(u1, v1)
-    basis = _legendre_basis(order, u, v)
-    ok = np.isfinite(meds)
-    b = basis[:, ok]
-    return np.linalg.solve(b @ b.T, b @ meds[ok])
-
-
 def _sky_model(coefs: xr.DataArray, slope: xr.DataArray, order: int) -> xr.DataArray:
     """``sum_k c_k P_i(u) P_j(v)`` on the grid of ``slope`` (separable, so built from 1-D Legendre rows)."""
     from scipy.special import eval_legendre
@@ -734,7 +669,7 @@ def sky(ds: xr.Dataset, refs: xr.Dataset, p: SkyParams) -> xr.Dataset:
     slope = ds["data"].transpose(FRAME, Y, X).isel(act)
     one = {Y: -1, X: -1}
     binned_src = _rechunk(xr.where(masked, np.float32(np.nan), slope).astype(np.float32), one)
-    mode = xr.apply_ufunc(lambda a: smooth_mode(_bin4(a)), binned_src, input_core_dims=[[Y, X]], vectorize=True,
+    mode = xr.apply_ufunc(lambda a: ksky.smooth_mode(ksky.bin4(a)), binned_src, input_core_dims=[[Y, X]], vectorize=True,
                           dask="parallelized", output_dtypes=[np.float64])  # fmt: skip
     out = ds.copy()
     out["sky_mode"] = mode.astype(np.float32).assign_attrs(
@@ -742,11 +677,11 @@ def sky(ds: xr.Dataset, refs: xr.Dataset, p: SkyParams) -> xr.Dataset:
     if p.order is None:
         return record(out, "sky", "COMPLETE", p, "sky mode measured, no sky subtracted")
     a = geom.nactive
-    meds = xr.apply_ufunc(sky_block_medians, _rechunk(slope, one), input_core_dims=[[Y, X]],
+    meds = xr.apply_ufunc(ksky.sky_block_medians, _rechunk(slope, one), input_core_dims=[[Y, X]],
                           output_core_dims=[["sky_by", "sky_bx"]], vectorize=True, dask="parallelized",
                           output_dtypes=[np.float64], dask_gufunc_kwargs={"output_sizes": {"sky_by": 8, "sky_bx": 8}})  # fmt: skip
     ncoef = (p.order + 1) * (p.order + 2) // 2
-    coefs = xr.apply_ufunc(lambda m: sky_fit(m, a, a, p.order), meds, input_core_dims=[["sky_by", "sky_bx"]],
+    coefs = xr.apply_ufunc(lambda m: ksky.sky_fit(m, a, a, p.order), meds, input_core_dims=[["sky_by", "sky_bx"]],
                            output_core_dims=[["sky_coef"]], vectorize=True, dask="parallelized",
                            output_dtypes=[np.float64], dask_gufunc_kwargs={"output_sizes": {"sky_coef": ncoef}})  # fmt: skip
     model = _sky_model(coefs, slope, p.order).data
