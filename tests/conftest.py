@@ -35,7 +35,8 @@ def write_tiny_wfi(root: Path, n: int = 32, seed: int = 1, nexp: int = 1) -> dic
         meta = {"exposure": {"read_pattern": RP, "frame_time": FT},
                 "guide_star": {"window_xstart": -1, "window_xstop": -1, "window_ystart": -1, "window_ystop": -1}}  # fmt: skip
         f = root / f"l1_{e:02d}.asdf"
-        asdf.AsdfFile({"roman": {"data": data, "amp33": data[:, :, : n // 32].copy(), "meta": meta}}).write_to(f)
+        amp33 = (BIAS + rng.normal(0, 3, (len(RP), n, max(n // 32, 1)))).astype(np.uint16)  # a dark output
+        asdf.AsdfFile({"roman": {"data": data, "amp33": amp33, "meta": meta}}).write_to(f)
         files.append(f)
     nb = 4
     dq = np.zeros((n, n), np.uint32)
@@ -75,3 +76,9 @@ def write_tiny_wfi(root: Path, n: int = 32, seed: int = 1, nexp: int = 1) -> dic
 @pytest.fixture
 def tiny_wfi(tmp_path):
     return write_tiny_wfi(tmp_path / "tiny")
+
+
+@pytest.fixture
+def small_wfi(tmp_path):
+    """128 x 128: big enough for the reference-pixel step of a PIT configuration (4-column channels)."""
+    return write_tiny_wfi(tmp_path / "small", n=128)

@@ -10,6 +10,7 @@ from scipy import ndimage
 from xarray.tests import raise_if_dask_computes
 
 import detflow
+from detflow.instruments import roman_wfi
 from detflow.runtime.config import WFIJob, load_job
 from detflow.schema import DQ
 from detflow.sim.wfi import SimConfig, simulate
@@ -34,15 +35,18 @@ def _job(prod, tmp_path, **update):
 
 def test_build_is_lazy(sim, tmp_path):
     prod, _ = sim
+    noise = {"layers": ["Ra", "R", "Pbr", "Pb1", "O", "RS1", "Raz3"], "seed": 1}
     with raise_if_dask_computes():
-        products = detflow.build(_job(prod, tmp_path))
-    assert set(products) == {"l2"}
+        products = detflow.build(_job(prod, tmp_path, noise=noise))
+    assert set(products) == {"l2", "noise"}
     l2 = products["l2"]
     assert l2["data"].dims == ("frame", "y", "x") and l2.sizes["y"] == 120
+    assert products["noise"]["noise"].dims == ("frame", "layer", "y", "x")
     steps = {s["name"]: s["status"] for s in l2.attrs["steps"]}
-    assert list(steps)[:5] == ["dq_init", "saturation", "linearity", "dark_current", "ramp_fit"]
-    assert set(steps.values()) == {"COMPLETE", "SKIPPED"}
-    assert steps["CALDIR.flat"] == "SKIPPED" and steps["CALDIR.ipc4d"] == "SKIPPED"  # come with issue 3
+    # a PIT configuration runs every gen_cal_image step its CALDIR allows
+    assert list(steps) == ["dq_init", "saturation", "refpix", "linearity", "ipc", "dark_current", "ramp_fit",
+                           "flat", "sky"]  # fmt: skip
+    assert set(steps.values()) == {"COMPLETE"}
 
 
 @pytest.mark.parametrize("refpix", [False, True])
@@ -60,7 +64,7 @@ def test_chunked_equals_eager(sim, tmp_path, refpix):
 
 def test_recovers_truth(sim, tmp_path):
     prod, truth = sim
-    job = _job(prod, tmp_path, input=[str(p) for p in prod.l1_files],
+    job = _job(prod, tmp_path, input=[str(p) for p in prod.l1_files], recipe=list(roman_wfi.DEFAULT_RECIPE),
                cluster={"n_workers": 2, "dashboard_address": "127.0.0.1:0"})  # fmt: skip
     tree = detflow.run(job, progress=False)
     l2 = tree["l2"].to_dataset().isel(frame=0)

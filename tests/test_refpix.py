@@ -49,13 +49,36 @@ def test_refpix_matches_pit(mode):
                      "amp33": (("frame", "read", "y", "x_amp33"), amp33[None])}).chunk(tile)  # fmt: skip
     refs = xr.Dataset({"dark_data": (("dark_k", "y", "x"), dark), "read_amp33_med": (("y", "x_amp33"), med),
                        "read_pink_model": ((), 0.0, pink)}).chunk(tile)  # fmt: skip
-    out = refpix(ds, refs, RefPixParams(row_slope=mode))
+    out = refpix(ds, refs, RefPixParams(row_slope=mode, fit_rows="all"))
     with dask.config.set(scheduler="threads"):
         got = out["data"].values[0]
     want = _pit(data, dark, med, amp33, pink_model_slope(pink) if mode == "pink_model" else None)
     err = np.abs(got - want)
     assert err.max() < 2e-3, err.max()  # float32 medians and sums in another order
     assert out.attrs["steps"][-1]["name"] == "refpix"
+
+
+def test_refpix_row_fit_ignores_the_dark_border_rows():
+    """With a bright scene the PIT's all-row fit sees the step from the unlit border rows to the lit rows
+    and corrupts m; fitting the active rows recovers the injected reference gain."""
+    rng = np.random.default_rng(8)
+    n, w, m_true = 512, 16, 0.8
+    common = np.cumsum(rng.normal(0, 0.5, n)).astype(np.float32)
+    data = rng.normal(0, 3, (1, n, n)).astype(np.float32) + m_true * common[None, :, None]
+    data[:, 4:-4, 4:-4] += 300.0  # sky on the active area only
+    amp33 = (common[None, :, None] + rng.normal(0, 3, (1, n, w))).astype(np.float32)
+    ds = xr.Dataset({"data": (("frame", "read", "y", "x"), data[None]),
+                     "amp33": (("frame", "read", "y", "x_amp33"), amp33[None])}).chunk({"y": 128})  # fmt: skip
+    refs = xr.Dataset({"dark_data": (("dark_k", "y", "x"), np.zeros((1, n, n), np.float32)),
+                       "read_amp33_med": (("y", "x_amp33"), np.zeros((n, w), np.float32))}).chunk({"y": 128})  # fmt: skip
+    rows = {}
+    for fit_rows in ("active", "all"):
+        with dask.config.set(scheduler="sync"):
+            got = refpix(ds, refs, RefPixParams(row_slope="fit", channel=False, fit_rows=fit_rows))["data"].values
+        rows[fit_rows] = np.median(got[0, 0, 4:-4, 4:-4], axis=1)  # row medians after the correction
+    # the correlated rows are removed down to the noise of the 16-column reference median
+    assert np.std(rows["active"]) < 0.35 * np.std(np.median(data[0, 4:-4, 4:-4], axis=1))
+    assert np.std(rows["all"]) > 2 * np.std(rows["active"])
 
 
 def test_refpix_removes_simulated_1f_noise(tmp_path):

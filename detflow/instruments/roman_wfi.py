@@ -22,8 +22,16 @@ CALDIR_OPTIONAL = ("flat", "ipc4d", "biascorr", "dark_decay")
 CALDIR_STEP = {"ipc4d": "ipc", "flat": "flat", "biascorr": "bias_correction"}
 
 DEFAULT_RECIPE = ("dq_init", "saturation", "linearity", "dark_current", "ramp_fit")
-# reference-pixel correction ("refpix", after saturation) joins the default recipe with the rest of the
-# gen_cal_image steps; until then a job lists it in `recipe`
+# every step of gen_cal_image in its order; a PIT configuration runs this (without the steps whose
+# optional reference file it does not name), a detflow job asks for it with `recipe: full`
+PIT_RECIPE = ("dq_init", "saturation", "refpix", "bias_correction", "linearity", "ipc", "dark_current", "ramp_fit",
+              "flat", "sky")  # fmt: skip
+
+
+def full_recipe(caldir) -> list[str]:
+    """:data:`PIT_RECIPE` without the steps whose optional reference file ``caldir`` lacks."""
+    needs = {step: entry for entry, step in CALDIR_STEP.items()}
+    return [s for s in PIT_RECIPE if s not in needs or needs[s] in caldir]
 
 
 @dataclass(frozen=True)

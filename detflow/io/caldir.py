@@ -9,7 +9,8 @@ linearity-   ``data`` (ncoef, N, N) Legendre coefficients, ``Smin``, ``Smax``, `
 legendre
 dark         ``dark_slope`` in DN/s (N x N, or the active (N-8) x (N-8) region), ``data`` cube
 gain         ``data`` in e/DN
-read         ``data`` single-read noise in DN
+read         ``data`` single-read noise in DN, optional ``resetnoise``; optional ``amp33`` (``med``,
+             ``std``, ``M_PINK``, ``RU_PINK``) and ``anc`` (``C_PINK``, ``U_PINK``): the 1/f model
 ============ ======================================================================================
 
 The variables of the returned dataset are named ``<entry>_<field>`` (``saturation_data``...) and
@@ -39,7 +40,7 @@ WFI_FIELDS: dict[str, list[tuple[str, bool, str]]] = {
                           ("Sref", True, "2d"), ("dq", False, "2d")],  # fmt: skip
     "dark": [("dark_slope", True, "2d_or_active"), ("data", False, "cube")],
     "gain": [("data", True, "2d")],
-    "read": [("data", True, "2d")],
+    "read": [("data", True, "2d"), ("resetnoise", False, "2d")],
     "ipc4d": [("data", True, "ipc")],
     "flat": [("data", True, "2d_or_active")],
     "biascorr": [("data", True, "cube_active")],
@@ -92,23 +93,38 @@ def _axis_chunks(c, n: int) -> tuple[int, ...]:
 
 
 def _read_pink_model(path, nside: int, ty) -> dict:
-    """The optional amp33 block of the ``read`` reference: ``med`` (N, w) and the 1/f model scalars."""
+    """The optional 1/f blocks of the ``read`` reference: ``anc`` (``C_PINK``, ``U_PINK``) as the attrs
+    of ``read_anc``; ``amp33`` (``med`` and ``std`` (N, w) arrays, ``M_PINK``, ``RU_PINK``) as
+    ``read_amp33_med``/``read_amp33_std`` and, with ``C_PINK``, the scalars of ``read_pink_model``."""
     out = {}
     with open_asdf(path) as af:
         roman = node_get(af.tree, "roman")
+        anc = node_get(roman, "anc", None)
+        pink_anc = {}
+        for key in ("C_PINK", "U_PINK"):
+            value = node_get(anc, key, None) if anc is not None else None
+            if value is not None:
+                try:
+                    pink_anc[key] = float(value)
+                except (TypeError, ValueError):
+                    raise DetflowInputError(path, f"roman.anc.{key}", "a number", repr(value)[:40]) from None
+        if pink_anc:
+            out["read_anc"] = ((), 0.0, pink_anc)
         amp = node_get(roman, "amp33", None)
         if amp is None:
             return out
-        med = node_get(amp, "med", None)
-        if med is not None:
-            if np.ndim(med) != 2 or np.shape(med)[0] != nside:
-                raise DetflowInputError(path, "roman.amp33.med", f"shape ({nside}, w)", f"shape {np.shape(med)}")
-            w = np.shape(med)[1]
-            out["read_amp33_med"] = ((schema.Y, "x_amp33"), lazy_array(path, af, ("roman", "amp33", "med"),
-                                                                      (ty, (w,)), name_hint="amp33med"))  # fmt: skip
+        for field in ("med", "std"):
+            arr = node_get(amp, field, None)
+            if arr is None:
+                continue
+            if np.ndim(arr) != 2 or np.shape(arr)[0] != nside:
+                raise DetflowInputError(path, f"roman.amp33.{field}", f"shape ({nside}, w)", f"shape {np.shape(arr)}")
+            w = np.shape(arr)[1]
+            out[f"read_amp33_{field}"] = ((schema.Y, "x_amp33"), lazy_array(
+                path, af, ("roman", "amp33", field), (ty, (w,)), name_hint=f"amp33{field}"))  # fmt: skip
         try:
             pink = {"M_PINK": float(node_get(amp, "M_PINK")), "RU_PINK": float(node_get(amp, "RU_PINK")),
-                    "C_PINK": float(node_get(node_get(roman, "anc"), "C_PINK")),
+                    "C_PINK": pink_anc["C_PINK"], "valid": bool(node_get(amp, "valid", True)),
                     "std_median": float(np.median(np.asarray(node_get(amp, "std"))))}  # fmt: skip
         except (KeyError, TypeError, ValueError):
             pink = None

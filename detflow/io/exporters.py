@@ -98,3 +98,36 @@ def export_wfi_asdf(store: str | Path, path: str | Path, frame: int = 0) -> Path
     asdf.AsdfFile({"roman": roman, "processinfo": processinfo}).write_to(tmp)
     tmp.replace(path)
     return path
+
+
+def export_noise_asdf(store: str | Path, path: str | Path, frame: int = 0) -> Path:
+    """The noise cube as the PIT ``gen_noise_image`` writes it: ``{"config": ..., "noise": (layer, y, x)}``
+    (float16 or float32 as stored), with the layer codes and seed beside it. Complete or absent."""
+    import asdf
+
+    tree = open_store(store)
+    noise = tree["noise"].to_dataset()
+    cube = noise["noise"].isel(frame=frame).values
+    out = {"config": tree.attrs.get("job", {}), "noise": cube, "layers": list(noise.attrs.get("layers", [])),
+           "seed": noise.attrs.get("seed")}  # fmt: skip
+    path = Path(path)
+    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
+    asdf.AsdfFile(out).write_to(tmp)
+    tmp.replace(path)
+    return path
+
+
+def export_noise_fits(store: str | Path, path: str | Path, frame: int = 0) -> Path:
+    """The noise cube as one float32 primary HDU (FITS has no float16), layer codes in LAYERn keywords."""
+    tree = open_store(store)
+    noise = tree["noise"].to_dataset()
+    hdu = fits.PrimaryHDU(noise["noise"].isel(frame=frame).values.astype(np.float32))
+    hdu.header["SEED"] = (int(noise.attrs.get("seed", 0)), "noise realization seed")
+    for i, code in enumerate(noise.attrs.get("layers", [])):
+        hdu.header[f"LAYER{i}"] = (str(code), f"layer {i} code")
+    hdu.header["CREATOR"] = f"detflow {__version__}"
+    path = Path(path)
+    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
+    hdu.writeto(tmp)
+    tmp.replace(path)
+    return path

@@ -32,6 +32,33 @@ class ClusterConfig(_Model):
     dashboard_address: str = Field("127.0.0.1:8787", description="LocalCluster dashboard (localhost only)")
 
 
+class NoiseConfig(_Model):
+    """Noise realizations (the PIT ``NOISE`` block): one layer per code, seeded, reproducible."""
+
+    layers: list[str] = Field(..., min_length=1, description="layer codes: R[a][z<k>], P[b<order>][r], O, S<order>, C...")
+    seed: int = Field(..., ge=0, description="random seed; the same seed gives the same layers bit for bit")
+    out: Path | None = Field(None, description="also export the noise cube to this .asdf file (PIT NOISE.OUT)")
+    precision: Literal[16, 32] = Field(32, description="float bits of the stored cube (PIT NOISE_PRECISION)")
+
+    @pydantic.field_validator("layers")
+    @classmethod
+    def _codes(cls, v: list[str]) -> list[str]:
+        from ..steps.wfi_noise import parse_layers
+
+        try:
+            parse_layers(v)
+        except DetflowInputError as exc:
+            raise ValueError(f"{exc.got}; expected {exc.expected}") from None
+        return v
+
+    @pydantic.field_validator("out")
+    @classmethod
+    def _out_suffix(cls, v: Path | None) -> Path | None:
+        if v is not None and v.suffix != ".asdf":
+            raise ValueError(f"an .asdf file, got {v.name!r}")
+        return v
+
+
 class WFIJob(_Model):
     pipeline: Literal["roman_wfi"] = "roman_wfi"
     input: str | list[str] = Field(..., description="L1 file, directory, glob, or a list of these")
@@ -39,12 +66,15 @@ class WFIJob(_Model):
     caldir: dict[str, Path] = Field(..., description="reference files: dark, gain, linearitylegendre, mask, read, saturation")
     overwrite: bool = False
     exclude_first: bool = Field(True, description="leave the first resultant out (PIT EXCLUDE_FIRST)")
-    recipe: list[str] | None = Field(None, description="step names in order (default: the WFI recipe)")
+    recipe: list[str] | Literal["full"] | None = Field(
+        None, description="step names in order; 'full': every gen_cal_image step the CALDIR allows (the default "
+                          "for PIT configurations); default: dq_init, saturation, linearity, dark_current, ramp_fit")  # fmt: skip
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step")
     chunks: dict[str, int] | None = Field(None, description="pixel tile, e.g. {y: 512, x: 4096}")
     fits_out: bool = Field(False, description="also export the L2 slope, dq and good-pixel image to FITS (PIT FITSOUT)")
     wcs: Path | None = Field(None, description="FITS header text file with the celestial WCS (PIT FITSWCS)")
     fuse: bool = Field(True, description="run step sequences that have a one-pass kernel in one pass (same numerics)")
+    noise: NoiseConfig | None = Field(None, description="noise realizations of the L2 slope (PIT NOISE)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     not_applied: list[str] = Field(default_factory=list, description="PIT options this version records as SKIPPED")
     source: str | None = Field(None, description="the file this job was read from")
@@ -56,6 +86,13 @@ class WFIJob(_Model):
             raise ValueError(f"a .zarr store (or an .asdf L2 file, written beside its .zarr store), got {v.name!r}")
         return v
 
+    def resolved_recipe(self) -> list[str]:
+        from ..instruments import roman_wfi
+
+        if self.recipe == "full":
+            return roman_wfi.full_recipe(self.caldir)
+        return list(self.recipe or roman_wfi.DEFAULT_RECIPE)
+
     @property
     def store(self) -> Path:
         """The zarr store of the run (for an .asdf output: the same name with .zarr)."""
@@ -66,7 +103,7 @@ class WFIJob(_Model):
         from ..steps.registry import all_steps
 
         reg = all_steps()
-        names = self.recipe or []
+        names = self.recipe if isinstance(self.recipe, list) else []
         for name in list(self.steps) + names:
             if name not in reg:
                 raise ValueError(f"unknown step {name!r}; known: {', '.join(sorted(reg))}")
@@ -76,11 +113,11 @@ class WFIJob(_Model):
 
 
 PIT_KEYS_TRANSLATED = {"IN", "OUT", "CALDIR", "RAMP_OPT_PARS", "JUMP_DETECT_PARS", "EXCLUDE_FIRST",
-                       "SATURATION_BACKUP", "FITSWCS", "FITSOUT"}  # fmt: skip
-PIT_KEYS_LATER = {"SKYORDER": "sky subtraction"}  # recorded SKIPPED unless the recipe runs it
+                       "SATURATION_BACKUP", "SKYORDER", "FITSWCS", "FITSOUT", "NOISE", "NOISE_PRECISION"}  # fmt: skip
+PIT_NOISE_KEYS = {"LAYER", "SEED", "OUT", "TEMP"}  # TEMP: the PIT's scratch file, not needed by detflow
+PIT_KEYS_LATER: dict[str, str] = {}  # recorded SKIPPED unless the recipe runs it
 PIT_KEYS_OFF_ONLY = {"romancal_ramp_fit", "correct_wfi18_transient", "SLICEOUT"}
-PIT_CALDIR_LATER = {"flat": "flat field", "ipc4d": "IPC deconvolution", "biascorr": "bias correction",
-                    "dark_decay": "dark decay"}  # fmt: skip
+PIT_CALDIR_LATER = {"dark_decay": "dark decay"}
 
 
 def is_pit(raw: dict) -> bool:
@@ -126,6 +163,26 @@ def from_pit(raw: dict, source: str | None = None) -> dict:
     if "SATURATION_BACKUP" in raw:
         steps["saturation"] = {"backup": int(raw["SATURATION_BACKUP"])}
     out = {"wcs": str(_resolve(base, raw["FITSWCS"]))} if raw.get("FITSWCS") else {}
+    if raw.get("NOISE") is not None:
+        noise = raw["NOISE"]
+        if not isinstance(noise, dict):
+            raise DetflowInputError(source, "NOISE", "a mapping with LAYER, SEED and OUT", type(noise).__name__)
+        for key in noise:
+            if key not in PIT_NOISE_KEYS:
+                raise DetflowInputError(source, f"NOISE.{key}", "LAYER, SEED, OUT or TEMP", "unknown key")
+        for key in ("LAYER", "SEED"):
+            if key not in noise:
+                raise DetflowInputError(source, f"NOISE.{key}", "a value", "missing")
+        layers = noise["LAYER"] if isinstance(noise["LAYER"], list) else [noise["LAYER"]]
+        from ..steps.wfi_noise import parse_layers
+
+        parse_layers(layers, source)
+        out["noise"] = {"layers": layers, "seed": noise["SEED"],
+                        "precision": raw.get("NOISE_PRECISION", 32)}  # fmt: skip
+        if noise.get("OUT"):
+            out["noise"]["out"] = str(_resolve(base, noise["OUT"]))
+    elif "NOISE_PRECISION" in raw:
+        raise DetflowInputError(source, "NOISE_PRECISION", "a NOISE block to go with it", "no NOISE block")
     out["fits_out"] = bool(raw.get("FITSOUT", False))
     return out | {
         "pipeline": "roman_wfi",
@@ -133,6 +190,7 @@ def from_pit(raw: dict, source: str | None = None) -> dict:
         "output": str(_resolve(base, raw["OUT"])),
         "caldir": {k: str(v) for k, v in caldir.items()},
         "exclude_first": exclude_first,
+        "recipe": "full",
         "steps": steps,
         "not_applied": not_applied,
     }
@@ -180,6 +238,8 @@ def load_job(job: str | Path | dict | WFIJob) -> WFIJob:
         for key in ("output",):
             if key in raw and not Path(str(raw[key])).is_absolute():
                 raw[key] = str(base / str(raw[key]))
+        if isinstance(raw.get("noise"), dict) and raw["noise"].get("out"):
+            raw["noise"] = dict(raw["noise"], out=str(_resolve(base, raw["noise"]["out"])))
         if raw.get("wcs") and not Path(str(raw["wcs"])).is_absolute():
             raw["wcs"] = str(base / str(raw["wcs"]))
         if isinstance(raw.get("caldir"), dict):

@@ -87,19 +87,23 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
         by_det.setdefault(detector_of(f), []).append(f)
     if len(by_det) == 1:
         (det,) = by_det
-        return {"l2": _build_one(job, files, det)}
+        return _build_one(job, files, det, "")
     if not any(DETECTOR_FIELD in str(v) for v in job.caldir.values()):
         raise DetflowInputError(job.source, "CALDIR", f"per-detector reference files ('{DETECTOR_FIELD}' in the "
                                 f"paths) for the {len(by_det)} detectors {', '.join(sorted(by_det))}",
                                 "one set for all")  # fmt: skip
-    if job.output.suffix == ".asdf" or job.fits_out:
-        raise DetflowInputError(job.source, "OUT" if job.output.suffix == ".asdf" else "FITSOUT",
-                                "a .zarr store for a multi-detector exposure (exports are per detector)",
-                                f"{len(by_det)} detectors")  # fmt: skip
-    return {f"l2/{det}": _build_one(job, fs, det) for det, fs in sorted(by_det.items())}
+    if job.output.suffix == ".asdf" or job.fits_out or (job.noise and job.noise.out):
+        field = "OUT" if job.output.suffix == ".asdf" else "FITSOUT" if job.fits_out else "NOISE.OUT"
+        raise DetflowInputError(job.source, field, "a .zarr store for a multi-detector exposure (exports are per "
+                                "detector)", f"{len(by_det)} detectors")  # fmt: skip
+    out = {}
+    for det, fs in sorted(by_det.items()):
+        out.update(_build_one(job, fs, det, f"/{det}"))
+    return out
 
 
-def _build_one(job: WFIJob, files: list[Path], detector: str) -> xr.Dataset:
+def _build_one(job: WFIJob, files: list[Path], detector: str, suffix: str) -> dict[str, xr.Dataset]:
+    """The groups of one detector: ``l2<suffix>`` and, with a noise block, ``noise<suffix>``."""
     l1 = open_l1(files, job.chunks)
     ny, nx = l1.sizes[schema.Y], l1.sizes[schema.X]
     if ny != nx or ny % roman_wfi.NCHANNEL:
@@ -108,13 +112,14 @@ def _build_one(job: WFIJob, files: list[Path], detector: str) -> xr.Dataset:
     named = {k: str(v).replace(DETECTOR_FIELD, detector) for k, v in job.caldir.items()}
     caldir = check_caldir(named, roman_wfi.CALDIR_REQUIRED, job.source)
     tile = pixel_tiles(l1.sizes[schema.READ], ny, nx, job.chunks, border=roman_wfi.NBORDER)
-    recipe = job.recipe or list(roman_wfi.DEFAULT_RECIPE)
+    recipe = job.resolved_recipe()
     opened = set(roman_wfi.CALDIR_REQUIRED) | {k for k, step in roman_wfi.CALDIR_STEP.items() if step in recipe}
     wfi_refs = {k: v for k, v in caldir.items() if k in opened}
     refs = open_wfi_references(wfi_refs, ny, tile)
     if job.wcs is not None:
         refs.attrs["wcs_header"] = read_wcs_header(str(job.wcs).replace(DETECTOR_FIELD, detector))
-    ds = apply_recipe(l1, refs, recipe, {name: step_params(job, name) for name in recipe}, fuse=job.fuse)
+    params = {name: step_params(job, name) for name in recipe}
+    ds = apply_recipe(l1, refs, recipe, params, fuse=job.fuse)
     for item in job.not_applied:
         done_by = {**{f"CALDIR.{k}": step for k, step in roman_wfi.CALDIR_STEP.items()}, "SKYORDER": "sky"}
         if any(item.startswith(key) and step in recipe for key, step in done_by.items()):
@@ -130,7 +135,16 @@ def _build_one(job: WFIJob, files: list[Path], detector: str) -> xr.Dataset:
         l2.attrs["fits_wcs"] = refs.attrs["wcs_header"]
     l2.attrs["job"] = job.model_dump(mode="json")
     l2.attrs["versions"] = versions()
-    return l2
+    out = {f"l2{suffix}": l2}
+    if job.noise is not None:
+        from ..steps.wfi_noise import noise_product, parse_layers
+
+        layers = parse_layers(job.noise.layers, job.source)
+        noise = noise_product(l1, refs, ds, recipe, params, job.fuse, layers, job.noise.seed, job.noise.precision)
+        noise.attrs.update({k: l2.attrs[k] for k in ("detector", "reference_files", "inputs", "job", "versions")})
+        noise.attrs["recipe"] = recipe
+        out[f"noise{suffix}"] = noise
+    return out
 
 
 def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, scheduler: str | None = None,
@@ -144,13 +158,15 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
     check_output(job.store, job.overwrite)
     if job.output != job.store:
         check_output(job.output, job.overwrite)
+    if job.noise is not None and job.noise.out is not None:
+        check_output(job.noise.out, job.overwrite)
     products = build(job)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
         with StoreWriter(job.store, overwrite=job.overwrite) as writer:
-            first = next(iter(products.values()))
+            first = next(v for k, v in products.items() if k.startswith("l2"))
             # checksums of every input and reference file, computed on the cluster alongside the run
             files = sorted({i["path"] for ds in products.values() for i in ds.attrs.get("inputs", [])} |
                            {r["path"] for ds in products.values() for r in ds.attrs.get("reference_files", [])})  # fmt: skip
@@ -192,6 +208,12 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
         exports.append(export_wfi_asdf(job.store, job.output))
     if job.fits_out:
         exports.append(export_wfi_fits(job.store, pit_fits_path(job.output)))
+    if job.noise is not None and job.noise.out is not None:
+        from ..io.exporters import export_noise_asdf, export_noise_fits
+
+        exports.append(export_noise_asdf(job.store, job.noise.out))
+        if job.fits_out:
+            exports.append(export_noise_fits(job.store, pit_fits_path(job.noise.out)))
     if console is not None:
         for path in exports:
             console.print(f"export: {path}")

@@ -218,6 +218,9 @@ class RefPixParams(StepParams):
         "auto", description="row-step gain m: fitted, from the read reference's 1/f model, or the model when "
                             "the data have amp33 and the reference has the model (as gen_cal_image)")  # fmt: skip
     channel: bool = Field(True, description="subtract each channel's line through its bottom and top reference rows")
+    fit_rows: Literal["active", "all"] = Field(
+        "active", description="rows of the row-step fit: 'active' (the illuminated rows); 'all' includes the "
+                              "dark border rows as gen_cal_image does, which biases m by the step between them")  # fmt: skip
 
 
 def pink_model_slope(pink: dict) -> float:
@@ -273,8 +276,12 @@ def refpix(ds: xr.Dataset, refs: xr.Dataset, p: RefPixParams) -> xr.Dataset:
             raise KeyError("row_slope: pink_model needs M_PINK, RU_PINK, C_PINK in the read reference")
         m = pink_model_slope(refs["read_pink_model"].attrs)
     else:
-        dr = rm - rm.mean(Y)
-        m = (dr * (sm - sm.mean(Y))).sum(Y) / (dr * dr).sum(Y)
+        # least squares over the active rows only: the border rows see no light, and the step from
+        # them to the illuminated rows is not reference-pixel noise (it biases the PIT's m)
+        rows = {Y: slice(nb, n - nb) if p.fit_rows == "active" else slice(None)}
+        ra, sa = rm.isel(rows), sm.isel(rows)
+        dr = ra - ra.mean(Y)
+        m = (dr * (sa - sa.mean(Y))).sum(Y) / (dr * dr).sum(Y)
     img = img - m * (ref_med - _median(rm, [Y]))
     # channel step: a line through the medians of the bottom and top reference rows of each channel
     if p.channel:

@@ -1,0 +1,427 @@
+"""Noise realizations of a WFI L2 image: the layer language of the PIT ``gen_noise_image``.
+
+A layer code is a string of directives, each a capital letter with lower-case/number flags:
+
+* ``R`` read noise: white noise per resultant (the ``read`` map / sqrt(N)), reference pixels rebuilt
+  from the dark cube plus white and reset noise, correlated 1/f noise per channel (``C_PINK`` common,
+  ``U_PINK`` per channel) and the amp33 output; the noisy L1 is calibrated like the science and the
+  layer is the difference of the two L2 images. Flags: ``a`` add the noise to the science exposure
+  (otherwise to the dark cube, against the calibrated dark cube); ``z<k>`` clip at
+  median +/- k IQR/1.349.
+* ``P`` Poisson noise of the pre-sky slope (``b<order>``: of its Legendre sky model only). Flag ``r``
+  resamples every frame's counts and propagates them through the pixel's ramp weights up to its last
+  used resultant; without ``r`` the Gaussian limit with the same variance (the PIT leaves plain ``P``
+  a placeholder that adds nothing).
+* ``O`` pseudo-Poisson bias realizations: Pearson-family deviates with the moments of Poisson noise
+  through the ramp weights (Laliotis et al. 2024).
+* ``S<order>`` subtract the Legendre sky of that order fitted to the layer itself.
+* ``C...`` a comment (lower case only).
+
+Directives apply in the PIT's order: R, O, P, S. Every random deviate is addressed by (seed, frame,
+layer, component, resultant or channel, full-frame pixel): a realization never depends on chunking,
+task order or worker count.
+
+What is shared instead of recomputed (all exact):
+
+* the baseline calibrations: the science L2 for every ``a`` layer is the run's own product, and the
+  calibrated dark cube is built once for all other ``R`` layers;
+* everything derived from reference files alone (IPC-deconvolved dark and flat, pixel areas, masks,
+  linearity and saturation inputs, ramp weights): the layer graphs call the same functions on the same
+  inputs, so their tasks have the same keys and dask computes them once;
+* ``P``, ``O``: no re-run at all. For a fixed truncation the slope is a linear function of the
+  resultants (``slope = sum_i K_i R_i``), so the slope noise is the weights applied to the resampled
+  resultant perturbations, with the main run's truncation and weights.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .. import schema
+from ..errors import DetflowInputError
+from ..instruments.roman_wfi import Geometry
+from ..kernels import noise as knoise
+from ..kernels import rng as krng
+from ..kernels import sky as ksky
+from ..schema import DQ, FRAME, READ, X, Y
+from .registry import apply_recipe
+from .wfi import RampFitParams, _read_patterns, ramp_tables_for
+
+LAYER = "layer"
+# stream components (the second element of every stream key path)
+_WHITE, _RESET, _COMMON, _CHANNEL, _A33_WHITE, _A33_PINK, _POISSON, _BIAS = range(8)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    code: str
+    read: bool = False
+    add: bool = False  # R: add to the science exposure
+    zclip: float | None = None
+    bias: bool = False  # O
+    poisson: bool = False
+    poisson_sky_order: int | None = None  # P b<order>: the sky model only
+    resample: bool = False  # P r
+    sky_order: int | None = None  # S<order>
+
+
+_FLAGS = {
+    "R": re.compile(r"^(?=(?:[^a]*a)?[^a]*$)(?=(?:[^z]*z)?[^z]*$)(?:a|z\d+(?:\.\d*)?|z\.\d+)*$"),
+    "P": re.compile(r"^(?=(?:[^b]*b)?[^b]*$)(?=(?:[^r]*r)?[^r]*$)(?:b\d*|r)*$"),
+    "S": re.compile(r"^\d*$"),
+    "O": re.compile(r"^$"),
+    "C": re.compile(r"^[^A-Z]*$"),
+}
+_FLAG_HELP = {"R": "R[a][z<k>]", "P": "P[b<order>][r]", "S": "S<order>", "O": "O", "C": "C<comment, no capitals>"}
+
+
+def parse_layer(code: str, source=None, field: str = "NOISE.LAYER") -> LayerSpec:
+    """Parse one layer code; an unknown directive or flag is one error naming the code."""
+    def bad(why: str):
+        return DetflowInputError(source, field, "layer codes of R[a][z<k>], P[b<order>][r], O, S<order>, C...",
+                                 f"{code!r} ({why})")  # fmt: skip
+
+    if not isinstance(code, str) or not code or not code[0].isupper():
+        raise bad("must start with a directive letter")
+    if "C" in code:  # a comment runs to the end of the code
+        code_part, _, comment = code.partition("C")
+        if any(ch.isupper() for ch in comment):
+            raise bad("a comment takes no capital letters")
+    else:
+        code_part = code
+    seen: dict[str, str] = {}
+    for letter, flags in re.findall(r"([A-Z])([^A-Z]*)", code_part):
+        if letter not in _FLAGS:
+            raise bad(f"unknown directive {letter!r}")
+        if letter in seen:
+            raise bad(f"directive {letter!r} given twice")
+        if not _FLAGS[letter].match(flags):
+            raise bad(f"flags {flags!r} of {letter!r}; expected {_FLAG_HELP[letter]}")
+        seen[letter] = flags
+    spec = {"code": code}
+    if "R" in seen:
+        f = seen["R"]
+        z = re.search(r"z(\d*\.?\d*)", f)
+        spec.update(read=True, add="a" in f, zclip=float(z.group(1)) if z else None)
+        if z and not spec["zclip"] > 0:
+            raise bad("z<k> needs k > 0")
+    if "O" in seen:
+        spec["bias"] = True
+    if "P" in seen:
+        f = seen["P"]
+        b = re.search(r"b(\d*)", f)
+        spec.update(poisson=True, resample="r" in f, poisson_sky_order=int("0" + b.group(1)) if b else None)
+    if "S" in seen:
+        spec["sky_order"] = int("0" + seen["S"])
+    return LayerSpec(**spec)
+
+
+def parse_layers(codes: list[str], source=None) -> list[LayerSpec]:
+    return [parse_layer(c, source, f"NOISE.LAYER[{i}]") for i, c in enumerate(codes)]
+
+
+# ---- the noisy L1 ---------------------------------------------------------------------------------
+def _noisy_block(src, dark, rn, reset, corr, white_keys, reset_keys, inv_sqrt_n, *, nb: int, nside: int,
+                 block_info=None):  # fmt: skip
+    """One (frame, read, y, x) tile of the noisy L1 (uint16), in the PIT's arithmetic."""
+    (f0, _), _, (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    nf, nr, ny, nx = src.shape
+    yy = np.arange(y0, y1)[:, None]
+    xx = np.arange(x0, x1)[None, :]
+    active = (yy >= nb) & (yy < nside - nb) & (xx >= nb) & (xx < nside - nb)
+    out = np.empty(src.shape, dtype=np.uint16)
+    for f in range(nf):
+        reset_field = krng.normals(int(reset_keys[f, 0, 0, 0]), y0, x0, ny, nx, nside).astype(np.float32)
+        reset_field *= reset[0, 0]
+        for k in range(nr):
+            white = krng.normals(int(white_keys[f, k, 0, 0]), y0, x0, ny, nx, nside).astype(np.float32)
+            white *= rn[0, 0] * np.float32(inv_sqrt_n[f, k, 0, 0])
+            sci = np.round(np.clip(src[f, k].astype(np.float32) + white, 0, 65535))
+            ref = dark[f, k] + white + reset_field
+            value = np.where(active, sci, ref) + corr[f, k]
+            out[f, k] = np.clip(np.round(value), 0, 65535).astype(np.uint16)
+    return out
+
+
+def _keys(seed: int, nframe: int, nread: int, layer: int, comp: int) -> np.ndarray:
+    return np.array([[krng.stream_key(seed, f, layer, comp, k) for k in range(nread)] for f in range(nframe)],
+                    dtype=np.uint64)  # fmt: skip
+
+
+def _correlated(l1: xr.Dataset, refs: xr.Dataset, seed: int, layer: int, geom: Geometry) -> tuple[da.Array, bool]:
+    """(frame, read, y, x + w) correlated noise (image 1/f, then the amp33 output if rebuilt)."""
+    anc = refs["read_anc"].attrs if "read_anc" in refs else {}
+    c_pink, u_pink = float(anc.get("C_PINK", 0.0)), float(anc.get("U_PINK", 0.0))
+    pink = refs["read_pink_model"].attrs if "read_pink_model" in refs else None
+    with_amp33 = ("amp33" in l1 and pink is not None and bool(pink.get("valid", True))
+                  and "read_amp33_std" in refs and "read_amp33_med" in refs)  # fmt: skip
+    amp33 = None
+    if with_amp33:  # dask arrays inside the dict: the delayed tasks depend on them, nothing computes now
+        amp33 = {"med": refs["read_amp33_med"].data.astype(np.float64), "std": refs["read_amp33_std"].data.astype(np.float64),
+                 "M_PINK": float(pink["M_PINK"]), "RU_PINK": float(pink["RU_PINK"])}  # fmt: skip
+    n, cw = geom.nside, geom.channel_width
+    width = n + (cw if with_amp33 else 0)
+    nframes = np.asarray(l1["read_nframes"].values)
+    frames = []
+    for f in range(l1.sizes[FRAME]):
+        reads = []
+        for k in range(l1.sizes[READ]):
+            keys = {"common": krng.stream_key(seed, f, layer, _COMMON, k),
+                    "amp33_white": krng.stream_key(seed, f, layer, _A33_WHITE, k),
+                    "amp33_pink": krng.stream_key(seed, f, layer, _A33_PINK, k)}  # fmt: skip
+            chan = [krng.stream_key(seed, f, layer, _CHANNEL, k, ch) for ch in range(geom.nchannel)]
+            task = dask.delayed(knoise.correlated_frame, pure=True)(
+                keys, chan, n, geom.nchannel, int(nframes[f, k]), c_pink, u_pink, amp33)
+            reads.append(da.from_delayed(task, (n, width), dtype=np.float32))
+        frames.append(da.stack(reads))
+    return da.stack(frames), with_amp33
+
+
+def noisy_l1(l1: xr.Dataset, refs: xr.Dataset, seed: int, layer: int, add: bool) -> xr.Dataset:
+    """The L1 of one ``R`` layer: the science (``add``) or the dark cube with the read noise added."""
+    geom = Geometry.for_shape(l1.sizes[Y], l1.sizes[X])
+    nread, nframe = l1.sizes[READ], l1.sizes[FRAME]
+    data = l1["data"]
+    chunks = data.data.chunks
+    dark = _dark_cube(l1, refs).data.astype(np.float32)
+    src = data.data if add else _dark_as_l1(l1, refs).data
+    rn = refs["read_data"].astype(np.float32).data
+    reset = (refs["read_resetnoise"].astype(np.float32).data if "read_resetnoise" in refs
+             else da.zeros_like(rn))  # fmt: skip
+    corr, with_amp33 = _correlated(l1, refs, seed, layer, geom)
+    n = geom.nside
+    img_corr = corr[..., :n].rechunk(chunks)
+    white_keys = _keys(seed, nframe, nread, layer, _WHITE)[:, :, None, None]
+    reset_keys = np.array([krng.stream_key(seed, f, layer, _RESET) for f in range(nframe)],
+                          dtype=np.uint64)[:, None, None, None]  # fmt: skip
+    inv_sqrt_n = (1.0 / np.sqrt(np.asarray(l1["read_nframes"].values, np.float64)))[:, :, None, None]
+    noisy = da.map_blocks(
+        _noisy_block, src, da.broadcast_to(dark[None], src.shape, chunks=chunks), rn[None, None],
+        reset[None, None], img_corr,
+        da.from_array(white_keys, chunks=((1,) * nframe, (nread,), 1, 1)),
+        da.from_array(reset_keys, chunks=((1,) * nframe, 1, 1, 1)),
+        da.from_array(inv_sqrt_n, chunks=((1,) * nframe, (nread,), 1, 1)),
+        nb=geom.nborder, nside=n, dtype=np.uint16, chunks=chunks,
+    )  # fmt: skip
+    out = l1.copy()
+    out["data"] = data.copy(data=noisy)
+    if with_amp33:
+        a33 = l1["amp33"]
+        vals = da.clip(da.round(corr[..., n:]), 0, np.iinfo(a33.dtype).max).astype(a33.dtype)
+        out["amp33"] = a33.copy(data=vals.rechunk(a33.data.chunks))
+    return out
+
+
+def _dark_cube(l1: xr.Dataset, refs: xr.Dataset) -> xr.DataArray:
+    """The last ``nread`` planes of the dark cube (the PIT allows one leading reference read)."""
+    nread = l1.sizes[READ]
+    if "dark_data" not in refs:
+        raise DetflowInputError(None, "CALDIR.dark", "a dark reference with a roman.data cube (R noise layers)",
+                                "no cube")  # fmt: skip
+    k = refs.sizes["dark_k"]
+    if k - nread not in (0, 1):
+        path = next((r["path"] for r in refs.attrs.get("reference_files", []) if r["name"] == "dark"), None)
+        raise DetflowInputError(path, "roman.data", f"{nread} or {nread + 1} planes (one per resultant)", f"{k}")
+    cube = refs["dark_data"].isel(dark_k=slice(k - nread, k)).rename(dark_k=READ)
+    return cube.transpose(READ, Y, X)
+
+
+def _dark_as_l1(l1: xr.Dataset, refs: xr.Dataset) -> xr.DataArray:
+    """The dark cube as raw L1 counts (truncated to the L1 integer type, as the PIT casts it)."""
+    cube = _dark_cube(l1, refs)
+    top = np.iinfo(l1["data"].dtype).max
+    arr = da.clip(cube.data, 0, top).astype(l1["data"].dtype)
+    arr = da.broadcast_to(arr[None], l1["data"].shape, chunks=l1["data"].data.chunks)
+    return l1["data"].copy(data=arr)
+
+
+# ---- per-pixel truncation and the Poisson-type layers ----------------------------------------------
+def _ntrunc_block(gdq, *, n):
+    """Number of used resultants per pixel as the PIT's SLICEOUT defines it: up to the resultant before
+    the first newly saturated one, the full ramp when none (or when the first resultant saturates)."""
+    sat = (gdq & np.uint32(DQ.SATURATED)) != 0
+    new = sat[..., 1:] & ~sat[..., :-1]
+    has = new.any(axis=-1)
+    first = np.argmax(new, axis=-1)  # index into 1.. minus one = the last used resultant
+    endslice = np.where(has, first, -1)
+    return np.where(endslice > 0, endslice + 1, n).astype(np.int64)
+
+
+def ntrunc(sat_ds: xr.Dataset) -> xr.DataArray:
+    """(frame, y, x) number of used resultants, from a dataset after the saturation step."""
+    n = sat_ds.sizes[READ]
+    return xr.apply_ufunc(_ntrunc_block, sat_ds["groupdq"], input_core_dims=[[READ]], kwargs={"n": n},
+                          dask="parallelized", output_dtypes=[np.int64])  # fmt: skip
+
+
+def _pixel_stream_block(*arrays, fn, key_table, nside, nb, block_info=None, **kw):
+    (f0, f1), (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    out = np.empty(arrays[0].shape, dtype=np.float64)
+    for i, f in enumerate(range(f0, f1)):
+        fn(*(a[i] for a in arrays), key=int(key_table[f]), y0=y0 + nb, x0=x0 + nb, stride=nside, out=out[i], **kw)
+    return out.astype(np.float32)
+
+
+def _resampled(sky, gain, L, *, key, y0, x0, stride, out, frame_time, first, nfr, weights):
+    knoise.poisson_resampled_slopes(sky, gain, frame_time, first, nfr, weights, L, np.uint64(key), y0, x0,
+                                    stride, out)  # fmt: skip
+
+
+def _gaussian(sky, gain, L, *, key, y0, x0, stride, out, coef_poisson):
+    knoise.poisson_gaussian_slopes(sky, gain, coef_poisson, L, np.uint64(key), y0, x0, stride, out)
+
+
+def _pearson(gi, gain, L, *, key, y0, x0, stride, out, tnus):
+    from ..kernels import pearson as kpearson
+
+    ny, nx = gi.shape
+    idx = ((y0 + np.arange(ny))[:, None] * stride + (x0 + np.arange(nx))[None, :]).astype(np.int64)
+    out[:] = 0.0
+    for trunc, (t21, t31, t41) in tnus.items():
+        sel = L == trunc
+        if sel.any():
+            out[sel] = kpearson.pearson_draws(t21, t31, t41, gi[sel].astype(np.float64), key, idx[sel]) / gain[sel]
+
+
+def _per_pixel(fn, arrays: list[xr.DataArray], keys: list[int], nside: int, nb: int, **kw) -> xr.DataArray:
+    """Apply a per-pixel noise generator tile by tile over (frame, y, x) active-region arrays."""
+    arrays = [a.transpose(FRAME, Y, X) for a in xr.broadcast(*arrays)]
+    like = arrays[0]
+    chunks = like.chunks or tuple((s,) for s in like.shape)
+    blocks = [da.asarray(a.data).rechunk(chunks) for a in arrays]
+    arr = da.map_blocks(_pixel_stream_block, *blocks, fn=fn, key_table=np.asarray(keys, np.uint64), nside=nside,
+                        nb=nb, dtype=np.float32, **kw)  # fmt: skip
+    return like.copy(data=arr).astype(np.float32)
+
+
+# ---- layers ---------------------------------------------------------------------------------------
+def _sky_model_2d(img: np.ndarray, order: int) -> np.ndarray:
+    ny, nx = img.shape
+    coefs = ksky.sky_fit(ksky.sky_block_medians(img), ny, nx, order)
+    u = 2 * np.arange(nx) / nx - 1
+    v = 2 * np.arange(ny) / ny - 1
+    uu, vv = np.meshgrid(u, v)
+    return np.tensordot(coefs, ksky.legendre_basis(order, uu, vv), axes=1).astype(np.float32)
+
+
+def _whole_image(a: xr.DataArray, fn) -> xr.DataArray:
+    """Apply ``fn`` to each (y, x) image whole (a global statistic) and return it tiled like ``a``."""
+    chunks = a.chunks
+    whole = a.copy(data=da.asarray(a.data).rechunk({a.get_axis_num(Y): -1, a.get_axis_num(X): -1}))
+    out = xr.apply_ufunc(fn, whole, input_core_dims=[[Y, X]], output_core_dims=[[Y, X]], vectorize=True,
+                         dask="parallelized", output_dtypes=[np.float32])  # fmt: skip
+    out = out.transpose(*a.dims)
+    return out.copy(data=out.data.rechunk(chunks)) if chunks else out
+
+
+def _zclip(img: np.ndarray, k: float) -> np.ndarray:
+    q25, med, q75 = np.nanpercentile(img, [25, 50, 75])
+    half = k * (q75 - q25) / 1.34896
+    return np.clip(img, med - half, med + half).astype(np.float32)
+
+
+def _sky_removed(img: np.ndarray, order: int) -> np.ndarray:
+    return (img - _sky_model_2d(img, order)).astype(np.float32)
+
+
+def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: list[str], params: dict,
+                  fuse: bool, layers: list[LayerSpec], seed: int, precision: int = 32) -> xr.Dataset:  # fmt: skip
+    """The lazy ``noise`` (frame, layer, y, x) cube of a WFI job on the active region.
+
+    ``main`` is the job's full-frame calibrated dataset (``apply_recipe`` output), ``recipe`` and
+    ``params`` the ones it was made with, so ``R`` layers calibrate exactly like the science.
+    """
+    geom = Geometry.for_shape(l1.sizes[Y], l1.sizes[X])
+    nb, n = geom.nborder, geom.nside
+    act = {Y: slice(nb, n - nb), X: slice(nb, n - nb)}
+
+    def l2_data(ds: xr.Dataset) -> xr.DataArray:
+        return ds["data"].transpose(FRAME, Y, X).isel(act).astype(np.float32)
+
+    base = l2_data(main)
+    presky = l2_data(main.assign(data=main["data_withsky"])) if "data_withsky" in main else base
+    dark_base = None
+    need_ramp = any(s.poisson or s.bias for s in layers)
+    if need_ramp:
+        rp = RampFitParams(**params.get("ramp_fit", {}))
+        tables = ramp_tables_for(l1, rp)
+        prefix = [s for s in recipe[: recipe.index("saturation") + 1]] if "saturation" in recipe else []
+        sat_ds = apply_recipe(l1, refs, prefix, {k: params.get(k, {}) for k in prefix}, fuse=fuse) if prefix else None
+        if sat_ds is None:
+            L = xr.full_like(base, l1.sizes[READ], dtype=np.int64)
+        else:
+            L = ntrunc(sat_ds).transpose(FRAME, Y, X).isel(act)
+        gain = refs["gain_data"].astype(np.float32).isel(act).clip(1e-4, 1e4)
+        rps = _read_patterns(l1)
+        frame_time = l1["frame_time"].values
+    out_layers = []
+    for i, spec in enumerate(layers):
+        diff = xr.zeros_like(base)
+        if spec.read:
+            noisy = noisy_l1(l1, refs, seed, i, spec.add)
+            run = apply_recipe(noisy, refs, recipe, params, fuse=fuse)
+            if spec.add:
+                ref = base
+            else:
+                if dark_base is None:
+                    dark_l1 = l1.copy()
+                    dark_l1["data"] = _dark_as_l1(l1, refs)
+                    dark_base = l2_data(apply_recipe(dark_l1, refs, recipe, params, fuse=fuse))
+                ref = dark_base
+            diff = l2_data(run) - ref
+            if spec.zclip is not None:
+                diff = _whole_image(diff, lambda im, k=spec.zclip: _zclip(im, k))
+        frame_keys = [krng.stream_key(seed, f, i, _BIAS) for f in range(l1.sizes[FRAME])]
+        if spec.bias:
+            tn = _tilde_nus_table(rps, frame_time, tables)
+            diff = diff + _per_pixel(_pearson, [gain * presky, gain, L], frame_keys, n, nb, tnus=tn)
+        if spec.poisson:
+            level = presky
+            if spec.poisson_sky_order is not None:
+                level = _whole_image(presky, lambda im, o=spec.poisson_sky_order: _sky_model_2d(im, o))
+            keys = [krng.stream_key(seed, f, i, _POISSON) for f in range(l1.sizes[FRAME])]
+            if spec.resample:
+                if l1.sizes[FRAME] > 1 and len({str(r) for r in rps}) > 1:
+                    raise DetflowInputError(None, "NOISE.LAYER", "one read pattern per job for P...r layers",
+                                            "several")  # fmt: skip
+                w = tables["weights"].values[0].astype(np.float64)
+                first = np.array([r[0] for r in rps[0]], np.int64)
+                nfr = np.array([len(r) for r in rps[0]], np.int64)
+                diff = diff + _per_pixel(_resampled, [level, gain, L], keys, n, nb, frame_time=float(frame_time[0]),
+                                         first=first, nfr=nfr, weights=w)  # fmt: skip
+            else:
+                cp = np.nan_to_num(tables["coef_poisson"].values[0].astype(np.float64), nan=0.0)
+                diff = diff + _per_pixel(_gaussian, [level, gain, L], keys, n, nb, coef_poisson=cp)
+        if spec.sky_order is not None:
+            diff = _whole_image(diff, lambda im, o=spec.sky_order: _sky_removed(im, o))
+        out_layers.append(diff.astype(np.float32))
+    cube = xr.concat(out_layers, dim=LAYER, coords="minimal", compat="override", join="override")
+    cube = cube.transpose(FRAME, LAYER, Y, X).assign_coords({LAYER: [s.code for s in layers]})
+    if precision == 16:
+        cube = cube.astype(np.float16)
+    cube = cube.drop_vars([c for c in cube.coords if c not in (FRAME, LAYER, Y, X, "source_file")])
+    cube.attrs = {"units": schema.UNITS["DN/s"], "long_name": "noise realizations of the L2 slope"}
+    return xr.Dataset({"noise": cube}, attrs={"seed": int(seed), "layers": [s.code for s in layers],
+                                              "precision": int(precision), "product": "roman_wfi_noise"})  # fmt: skip
+
+
+def _tilde_nus_table(rps, frame_time, tables) -> dict[int, tuple[float, float, float]]:
+    """(t21, t31, t41) in e/s units for every truncation with weights (one read pattern per job)."""
+    from ..kernels import pearson as kpearson
+
+    w = tables["weights"].values[0]
+    first = np.array([r[0] for r in rps[0]], np.int64)
+    nfr = np.array([len(r) for r in rps[0]], np.int64)
+    out = {}
+    for L in range(w.shape[0]):
+        if np.any(w[L] != 0):
+            out[L] = kpearson.tilde_nus_per_second(nfr, first, w[L], float(frame_time[0]))
+    return out
+
+
