@@ -67,13 +67,18 @@ def validate(job: Path = typer.Argument(..., help="job YAML")) -> None:
     try:
         cfg = load_job(job)
         check_output(cfg.store, cfg.overwrite)
+        if cfg.noise is not None and cfg.noise.out is not None:
+            check_output(cfg.noise.out, cfg.overwrite)
         products = build(cfg)
     except DetflowInputError as exc:
         _fail(exc)
     for name, ds in products.items():
         out.print(f"ok: group {name!r} " + ", ".join(f"{k}{tuple(v.shape)}" for k, v in ds.data_vars.items()
                                                      if not k.startswith(("border", "dq_b"))))  # fmt: skip
-        out.print("steps: " + ", ".join(f"{s['name']} ({s['status']})" for s in ds.attrs.get("steps", [])))
+        if "layers" in ds.attrs:
+            out.print(f"noise layers: {', '.join(ds.attrs['layers'])} (seed {ds.attrs['seed']})")
+        else:
+            out.print("steps: " + ", ".join(f"{s['name']} ({s['status']})" for s in ds.attrs.get("steps", [])))
 
 
 @app.command()

@@ -35,21 +35,28 @@ def _two_detectors(tmp_path):
 
 def test_one_group_per_detector_equal_to_single_runs(tmp_path):
     files, caldir = _two_detectors(tmp_path)
-    job = WFIJob(input=[str(f) for f in files], output=tmp_path / "exposure.zarr", caldir=caldir,
+    noise = {"layers": ["Ra", "Pbr"], "seed": 4}
+    job = WFIJob(input=[str(f) for f in files], output=tmp_path / "exposure.zarr", caldir=caldir, noise=noise,
                  cluster={"n_workers": 1, "threads_per_worker": 2, "dashboard_address": "127.0.0.1:0"})  # fmt: skip
     tree = detflow.run(job, progress=False)
-    assert set(tree["l2"].children) == {"WFI01", "WFI07"}
+    assert set(tree["l2"].children) == {"WFI01", "WFI07"} and set(tree["noise"].children) == {"WFI01", "WFI07"}
     for f, det in zip(files, ("WFI01", "WFI07")):
-        single = WFIJob(input=str(f), output=tmp_path / f"{det}.zarr",
+        single = WFIJob(input=str(f), output=tmp_path / f"{det}.zarr", noise=noise,
                         caldir={k: v.replace("{detector}", det) for k, v in caldir.items()})  # fmt: skip
         with dask.config.set(scheduler="sync"):
-            want = detflow.build(single)["l2"].compute()
+            products = detflow.build(single)
+            want, want_noise = products["l2"].compute(), products["noise"].compute()
+        np.testing.assert_array_equal(tree[f"noise/{det}"]["noise"].values, want_noise["noise"].values)
         got = tree[f"l2/{det}"].to_dataset()
         for v in ("data", "dq", "var_rnoise", "var_poisson"):
             np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=f"{det} {v}")
         assert tree[f"l2/{det}"].attrs["detector"] == det
         assert all(det in r["path"] for r in tree[f"l2/{det}"].attrs["reference_files"])
     assert len(tree.attrs["inputs"]) == 2
+    # one seed for the exposure, independent realizations per detector (the SCA number joins the seed)
+    a, b = (tree[f"noise/{d}"]["noise"].sel(layer="Pbr").values.ravel() for d in ("WFI01", "WFI07"))
+    ok = np.isfinite(a) & np.isfinite(b)
+    assert abs(np.corrcoef(a[ok], b[ok])[0, 1]) < 0.1
 
 
 def test_one_caldir_for_several_detectors_is_an_error(tmp_path):

@@ -28,11 +28,14 @@ _TWO_PI = 2.0 * math.pi
 _INV53 = 1.0 / 9007199254740992.0  # 2**-53
 
 
-def stream_key(seed: int, *path: int) -> int:
+def stream_key(seed: int | tuple[int, ...], *path: int) -> int:
     """A 64-bit key for one stream, e.g. ``stream_key(seed, layer, component, resultant)``.
 
-    Derived with :class:`numpy.random.SeedSequence` (``spawn_key=path``): distinct paths give
-    statistically independent streams."""
+    Derived with :class:`numpy.random.SeedSequence` (entropy ``seed``, ``spawn_key=path``): distinct
+    paths give statistically independent streams. A tuple ``seed`` (``(seed, detector)``) prefixes its
+    tail to the path."""
+    if isinstance(seed, tuple):
+        seed, path = seed[0], (*seed[1:], *path)
     ss = np.random.SeedSequence(int(seed), spawn_key=tuple(int(p) for p in path))
     return int(ss.generate_state(1, dtype=np.uint64)[0])
 

@@ -140,7 +140,8 @@ def _build_one(job: WFIJob, files: list[Path], detector: str, suffix: str) -> di
         from ..steps.wfi_noise import noise_product, parse_layers
 
         layers = parse_layers(job.noise.layers, job.source)
-        noise = noise_product(l1, refs, ds, recipe, params, job.fuse, layers, job.noise.seed, job.noise.precision)
+        noise = noise_product(l1, refs, ds, recipe, params, job.fuse, layers, job.noise.seed, job.noise.precision,
+                              detector=detector)  # fmt: skip
         noise.attrs.update({k: l2.attrs[k] for k in ("detector", "reference_files", "inputs", "job", "versions")})
         noise.attrs["recipe"] = recipe
         out[f"noise{suffix}"] = noise
@@ -185,7 +186,7 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
                 ins = [dict(i, sha256=sums[i["path"]]) for i in ds.attrs.get("inputs", [])]
                 refs = [dict(r, sha256=sums[r["path"]]) for r in ds.attrs.get("reference_files", [])]
                 writer.set_group_attrs(name, {"inputs": ins, "reference_files": refs})
-                inputs += ins
+                inputs += [i for i in ins if i not in inputs]  # noise groups share their L2's inputs
                 references += [r for r in refs if r not in references]
             writer.set_root_attrs({
                 "detflow_version": __version__,

@@ -330,13 +330,22 @@ def _sky_removed(img: np.ndarray, order: int) -> np.ndarray:
     return (img - _sky_model_2d(img, order)).astype(np.float32)
 
 
+def detector_number(detector: str | None) -> int:
+    """The SCA number of a detector name (``WFI07`` -> 7; 0 when it has none)."""
+    digits = re.findall(r"\d+", detector or "")
+    return int(digits[-1]) if digits else 0
+
+
 def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: list[str], params: dict,
-                  fuse: bool, layers: list[LayerSpec], seed: int, precision: int = 32) -> xr.Dataset:  # fmt: skip
+                  fuse: bool, layers: list[LayerSpec], seed: int, precision: int = 32,
+                  detector: str | None = None) -> xr.Dataset:  # fmt: skip
     """The lazy ``noise`` (frame, layer, y, x) cube of a WFI job on the active region.
 
     ``main`` is the job's full-frame calibrated dataset (``apply_recipe`` output), ``recipe`` and
-    ``params`` the ones it was made with, so ``R`` layers calibrate exactly like the science.
+    ``params`` the ones it was made with, so ``R`` layers calibrate exactly like the science. The
+    detector's number joins the seed, so the SCAs of one exposure get independent realizations.
     """
+    user_seed, seed = seed, (int(seed), detector_number(detector))
     geom = Geometry.for_shape(l1.sizes[Y], l1.sizes[X])
     nb, n = geom.nborder, geom.nside
     act = {Y: slice(nb, n - nb), X: slice(nb, n - nb)}
@@ -407,7 +416,7 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
         cube = cube.astype(np.float16)
     cube = cube.drop_vars([c for c in cube.coords if c not in (FRAME, LAYER, Y, X, "source_file")])
     cube.attrs = {"units": schema.UNITS["DN/s"], "long_name": "noise realizations of the L2 slope"}
-    return xr.Dataset({"noise": cube}, attrs={"seed": int(seed), "layers": [s.code for s in layers],
+    return xr.Dataset({"noise": cube}, attrs={"seed": int(user_seed), "layers": [s.code for s in layers],
                                               "precision": int(precision), "product": "roman_wfi_noise"})  # fmt: skip
 
 
