@@ -273,3 +273,17 @@ def test_noise_run_on_worker_processes_writes_store_and_exports(sims, tmp_path):
     with fits.open(tmp_path / "noise_asdf_to.fits") as hdul:
         assert hdul[0].header["BITPIX"] == -32 and hdul[0].header["LAYER1"] == "Pbr"
     assert (tmp_path / "l2_asdf_to.fits").exists() and (tmp_path / "l2.asdf").exists()
+
+
+def test_reference_noise_added_not_replaced(sims):
+    """'add' (default): the noisy run is the base exposure plus noise everywhere, reference pixels and
+    amp33 included; the PIT's 'replace' rebuilds them, so the base's own 1/f noise goes uncorrected in
+    the noisy run and leaks into the layer as row-correlated noise."""
+    root, _, pink = sims
+    rows = {}
+    for reference in ("add", "replace"):
+        job = load_job(_pit(root / "pink", root / "r.zarr", ["R", "Ra"]))
+        job = job.model_copy(update={"noise": job.noise.model_copy(update={"reference": reference})})
+        nz, _ = _noise(job)
+        rows[reference] = [np.std(np.nanmedian(lay.values, axis=1)) for lay in nz]
+    assert all(a < 0.8 * r for a, r in zip(rows["add"], rows["replace"])), rows

@@ -39,6 +39,10 @@ class NoiseConfig(_Model):
     seed: int = Field(..., ge=0, description="random seed; the same seed gives the same layers bit for bit")
     out: Path | None = Field(None, description="also export the noise cube to this .asdf file (PIT NOISE.OUT)")
     precision: Literal[16, 32] = Field(32, description="float bits of the stored cube (PIT NOISE_PRECISION)")
+    reference: Literal["add", "replace"] = Field(
+        "add", description="R layers: add the noise to the reference border and amp33 of the base exposure "
+                           "('add'), or rebuild them from the dark and amp33 median ('replace', the PIT's; the "
+                           "base exposure's own 1/f noise then leaks into the layer)")  # fmt: skip
 
     @pydantic.field_validator("layers")
     @classmethod

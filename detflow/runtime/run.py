@@ -141,7 +141,7 @@ def _build_one(job: WFIJob, files: list[Path], detector: str, suffix: str) -> di
 
         layers = parse_layers(job.noise.layers, job.source)
         noise = noise_product(l1, refs, ds, recipe, params, job.fuse, layers, job.noise.seed, job.noise.precision,
-                              detector=detector)  # fmt: skip
+                              detector=detector, reference=job.noise.reference)  # fmt: skip
         noise.attrs.update({k: l2.attrs[k] for k in ("detector", "reference_files", "inputs", "job", "versions")})
         noise.attrs["recipe"] = recipe
         out[f"noise{suffix}"] = noise

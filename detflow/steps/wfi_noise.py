@@ -127,7 +127,7 @@ def parse_layers(codes: list[str], source=None) -> list[LayerSpec]:
 
 
 # ---- the noisy L1 ---------------------------------------------------------------------------------
-def _noisy_block(src, dark, rn, reset, corr, white_keys, reset_keys, inv_sqrt_n, *, nb: int, nside: int,
+def _noisy_block(src, border, rn, reset, corr, white_keys, reset_keys, inv_sqrt_n, *, nb: int, nside: int,
                  block_info=None):  # fmt: skip
     """One (frame, read, y, x) tile of the noisy L1 (uint16), in the PIT's arithmetic."""
     (f0, _), _, (y0, y1), (x0, x1) = block_info[0]["array-location"]
@@ -143,7 +143,7 @@ def _noisy_block(src, dark, rn, reset, corr, white_keys, reset_keys, inv_sqrt_n,
             white = krng.normals(int(white_keys[f, k, 0, 0]), y0, x0, ny, nx, nside).astype(np.float32)
             white *= rn[0, 0] * np.float32(inv_sqrt_n[f, k, 0, 0])
             sci = np.round(np.clip(src[f, k].astype(np.float32) + white, 0, 65535))
-            ref = dark[f, k] + white + reset_field
+            ref = border[f, k].astype(np.float32) + white + reset_field
             value = np.where(active, sci, ref) + corr[f, k]
             out[f, k] = np.clip(np.round(value), 0, 65535).astype(np.uint16)
     return out
@@ -183,14 +183,31 @@ def _correlated(l1: xr.Dataset, refs: xr.Dataset, seed: int, layer: int, geom: G
     return da.stack(frames), with_amp33
 
 
-def noisy_l1(l1: xr.Dataset, refs: xr.Dataset, seed: int, layer: int, add: bool) -> xr.Dataset:
-    """The L1 of one ``R`` layer: the science (``add``) or the dark cube with the read noise added."""
+def _base_amp33(l1: xr.Dataset, refs: xr.Dataset) -> xr.DataArray:
+    """A noiseless amp33 output: its reference median, as raw counts."""
+    a33 = l1["amp33"]
+    med = refs["read_amp33_med"].data
+    top = np.iinfo(a33.dtype).max
+    vals = da.broadcast_to(da.clip(da.round(med), 0, top).astype(a33.dtype)[None, None], a33.shape)
+    return a33.copy(data=vals.rechunk(a33.data.chunks))
+
+
+def noisy_l1(l1: xr.Dataset, refs: xr.Dataset, seed: int, layer: int, add: bool,
+             reference: str = "add") -> xr.Dataset:  # fmt: skip
+    """The L1 of one ``R`` layer: the science (``add``) or the dark cube with the read noise added.
+
+    ``reference="add"``: the reference border and amp33 get the noise on top of what the base exposure
+    has (for the dark cube: the dark and a noiseless amp33), so the two runs differ by the noise alone.
+    ``"replace"``: the PIT's construction, border = dark + noise and amp33 = median + noise, which leaves
+    the base exposure's own correlated noise uncorrected in the noisy run (it leaks into the layer).
+    """
     geom = Geometry.for_shape(l1.sizes[Y], l1.sizes[X])
     nread, nframe = l1.sizes[READ], l1.sizes[FRAME]
     data = l1["data"]
     chunks = data.data.chunks
-    dark = _dark_cube(l1, refs).data.astype(np.float32)
     src = data.data if add else _dark_as_l1(l1, refs).data
+    dark = _dark_cube(l1, refs).data.astype(np.float32)
+    border = da.broadcast_to(dark[None], src.shape, chunks=chunks) if reference == "replace" else src
     rn = refs["read_data"].astype(np.float32).data
     reset = (refs["read_resetnoise"].astype(np.float32).data if "read_resetnoise" in refs
              else da.zeros_like(rn))  # fmt: skip
@@ -202,7 +219,7 @@ def noisy_l1(l1: xr.Dataset, refs: xr.Dataset, seed: int, layer: int, add: bool)
                           dtype=np.uint64)[:, None, None, None]  # fmt: skip
     inv_sqrt_n = (1.0 / np.sqrt(np.asarray(l1["read_nframes"].values, np.float64)))[:, :, None, None]
     noisy = da.map_blocks(
-        _noisy_block, src, da.broadcast_to(dark[None], src.shape, chunks=chunks), rn[None, None],
+        _noisy_block, src, border, rn[None, None],
         reset[None, None], img_corr,
         da.from_array(white_keys, chunks=((1,) * nframe, (nread,), 1, 1)),
         da.from_array(reset_keys, chunks=((1,) * nframe, 1, 1, 1)),
@@ -213,8 +230,12 @@ def noisy_l1(l1: xr.Dataset, refs: xr.Dataset, seed: int, layer: int, add: bool)
     out["data"] = data.copy(data=noisy)
     if with_amp33:
         a33 = l1["amp33"]
-        vals = da.clip(da.round(corr[..., n:]), 0, np.iinfo(a33.dtype).max).astype(a33.dtype)
-        out["amp33"] = a33.copy(data=vals.rechunk(a33.data.chunks))
+        c33 = corr[..., n:].rechunk(a33.data.chunks)
+        if reference == "add":  # the noise part of the rebuilt output on top of the base amp33
+            base = a33 if add else _base_amp33(l1, refs)
+            c33 = base.data.astype(np.float32) + c33 - refs["read_amp33_med"].data.astype(np.float32)[None, None]
+        vals = da.clip(da.round(c33), 0, np.iinfo(a33.dtype).max).astype(a33.dtype)
+        out["amp33"] = a33.copy(data=vals)
     return out
 
 
@@ -338,7 +359,7 @@ def detector_number(detector: str | None) -> int:
 
 def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: list[str], params: dict,
                   fuse: bool, layers: list[LayerSpec], seed: int, precision: int = 32,
-                  detector: str | None = None) -> xr.Dataset:  # fmt: skip
+                  detector: str | None = None, reference: str = "add") -> xr.Dataset:  # fmt: skip
     """The lazy ``noise`` (frame, layer, y, x) cube of a WFI job on the active region.
 
     ``main`` is the job's full-frame calibrated dataset (``apply_recipe`` output), ``recipe`` and
@@ -373,7 +394,7 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
     for i, spec in enumerate(layers):
         diff = xr.zeros_like(base)
         if spec.read:
-            noisy = noisy_l1(l1, refs, seed, i, spec.add)
+            noisy = noisy_l1(l1, refs, seed, i, spec.add, reference)
             run = apply_recipe(noisy, refs, recipe, params, fuse=fuse)
             if spec.add:
                 ref = base
@@ -381,6 +402,8 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
                 if dark_base is None:
                     dark_l1 = l1.copy()
                     dark_l1["data"] = _dark_as_l1(l1, refs)
+                    if reference == "add" and "amp33" in l1 and "read_amp33_med" in refs:
+                        dark_l1["amp33"] = _base_amp33(l1, refs)
                     dark_base = l2_data(apply_recipe(dark_l1, refs, recipe, params, fuse=fuse))
                 ref = dark_base
             diff = l2_data(run) - ref
