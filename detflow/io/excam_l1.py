@@ -1,0 +1,125 @@
+"""Reader for Roman Coronagraph EXCAM L1 frames (FITS: primary HDU + an image HDU of uint16 counts).
+
+Each file is one frame. Headers are checked before any pixel is read: ``DATA_LEVEL`` (or corgidrp's
+``DATALVL``) must be ``L1``, ``EXPTIME`` a positive number, the EM gain found by
+:func:`detflow.instruments.roman_excam.em_gain`, and the geometry preset named by ``ARRTYPE`` (or
+implied by the frame shape) must fit the frame. A data set is one exposure time and one EM gain: mixed
+frames are refused with the groups listed, or split into one dataset per group with ``group=True``.
+
+The result has dims ``(frame, read, y, x)`` (``read`` of length 1), lazy: one task reads one frame.
+``exptime``, ``em_gain``, ``source_file`` and ``arrtype`` are coordinates on ``frame``; both headers
+of every file are kept losslessly in the ``inputs`` attrs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+
+from .. import schema
+from ..errors import DetflowInputError
+from ..instruments import roman_excam
+
+
+def _card(headers, *keys):
+    for key in keys:
+        for h in headers:
+            if key in h:
+                return h[key], key
+    return None, keys[0]
+
+
+def read_excam_header(path: str | Path) -> dict:
+    """Validated metadata of one L1 file (no pixel data is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetflowInputError(path, "file", "an existing EXCAM L1 FITS file", "no such file")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            images = [i for i, h in enumerate(hdul) if getattr(h, "is_image", False) and h.header.get("NAXIS") == 2]
+            if not images:
+                raise DetflowInputError(path, "HDU", "an image HDU with the 2-D L1 frame", "none")
+            idx = images[0]
+            headers = [hdul[idx].header, hdul[0].header]
+            shape = (int(hdul[idx].header["NAXIS2"]), int(hdul[idx].header["NAXIS1"]))
+            bitpix = int(hdul[idx].header["BITPIX"])
+            text = [h.header.tostring() for h in hdul]
+    except DetflowInputError:
+        raise
+    except Exception as exc:  # astropy raises many types for a damaged file
+        raise DetflowInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}") from None
+    level, key = _card(headers, "DATA_LEVEL", "DATALVL")
+    if str(level).strip().upper() != roman_excam.DATA_LEVEL:
+        raise DetflowInputError(path, key, f"DATA_LEVEL {roman_excam.DATA_LEVEL}", level)
+    exptime, _ = _card(headers, "EXPTIME")
+    try:
+        exptime = float(exptime)
+    except (TypeError, ValueError):
+        raise DetflowInputError(path, "EXPTIME", "the exposure time in s (a number >= 0)", exptime) from None
+    if not exptime >= 0:
+        raise DetflowInputError(path, "EXPTIME", "the exposure time in s (a number >= 0)", exptime)
+    merged = {k: v for h in reversed(headers) for k, v in h.items()}
+    try:
+        gain, gain_key = roman_excam.em_gain(merged)
+    except KeyError as exc:
+        raise DetflowInputError(path, "EM gain", exc.args[0], "none") from None
+    arrtype, _ = _card(headers, "ARRTYPE")
+    try:
+        geom = roman_excam.geometry_for(arrtype, shape)
+    except (KeyError, ValueError) as exc:
+        raise DetflowInputError(path, "ARRTYPE" if arrtype else "NAXIS1/NAXIS2", "a known EXCAM geometry",
+                                str(exc.args[0])) from None  # fmt: skip
+    if bitpix not in (8, 16, 32) and not (bitpix == 16 or merged.get("BZERO") == 32768):
+        raise DetflowInputError(path, "BITPIX", "integer counts", bitpix)
+    return {"path": path, "hdu": idx, "shape": shape, "exptime": exptime, "em_gain": gain, "em_gain_key": gain_key,
+            "arrtype": geom.name, "headers": text}  # fmt: skip
+
+
+def _read_frame(path: str, hdu: int) -> np.ndarray:
+    with fits.open(path, memmap=False) as hdul:
+        return np.asarray(hdul[hdu].data).astype(np.uint16)[None, None]
+
+
+def _dataset(metas: list[dict]) -> xr.Dataset:
+    rows, cols = metas[0]["shape"]
+    frames = [da.from_delayed(dask.delayed(_read_frame, pure=True)(str(m["path"]), m["hdu"]),
+                              (1, 1, rows, cols), dtype=np.uint16) for m in metas]  # fmt: skip
+    cube = da.concatenate(frames, axis=0)
+    ds = xr.Dataset({"data": (schema.DIMS_L1, cube, {"units": "DN"})})
+    ds = ds.assign_coords({
+        "source_file": (schema.FRAME, [m["path"].name for m in metas]),
+        "exptime": (schema.FRAME, np.array([m["exptime"] for m in metas]), {"units": "s"}),
+        "em_gain": (schema.FRAME, np.array([m["em_gain"] for m in metas])),
+        "arrtype": (schema.FRAME, [m["arrtype"] for m in metas]),
+        schema.Y: np.arange(rows), schema.X: np.arange(cols),
+    })  # fmt: skip
+    ds.attrs["instrument"] = "roman_excam"
+    ds.attrs["geometry"] = metas[0]["arrtype"]
+    ds.attrs["inputs"] = [{"path": str(m["path"]), "fits_headers": m["headers"], "em_gain_keyword": m["em_gain_key"]}
+                          for m in metas]  # fmt: skip
+    return ds
+
+
+def open_excam_l1(paths, group: bool = False) -> xr.Dataset | dict[tuple[float, float, str], xr.Dataset]:
+    """Open EXCAM L1 files as one lazy dataset (or, with ``group``, one per (EXPTIME, EM gain, ARRTYPE))."""
+    from . import expand_inputs
+
+    files = expand_inputs(paths)
+    metas = [read_excam_header(f) for f in files]
+    groups: dict[tuple[float, float, str], list[dict]] = {}
+    for m in metas:
+        groups.setdefault((m["exptime"], m["em_gain"], m["arrtype"]), []).append(m)
+    if group:
+        return {k: _dataset(v) for k, v in groups.items()}
+    if len(groups) > 1:
+        listing = "; ".join(f"EXPTIME={k[0]:g} s, EM gain={k[1]:g}, ARRTYPE={k[2]}: "
+                            + ", ".join(m["path"].name for m in v[:5]) + (f" (+{len(v) - 5} more)" if len(v) > 5 else "")
+                            for k, v in groups.items())  # fmt: skip
+        raise DetflowInputError(files[0].parent, "EXPTIME/EM gain", "one exposure time, EM gain and geometry per "
+                                "data set (or group them)", listing)  # fmt: skip
+    return _dataset(metas)

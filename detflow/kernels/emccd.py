@@ -1,0 +1,98 @@
+"""EMCCD (Roman Coronagraph EXCAM) numerics on plain arrays: row bias, nonlinearity, noise factors.
+
+* :func:`row_bias`: per row, the median of the reliable prescan columns minus ``bias_offset``, with its
+  error ``std / sqrt(ncols)``.
+* :func:`read_nonlin_table` / :func:`relgain_curve` / :func:`relative_gain`: the relative-gain table
+  (row 0 = EM gains, increasing; column 0 = DN, increasing; ``[0, 0]`` = NaN; body = relative gains):
+  linear in EM gain between the bracketing columns, then linear in DN, both constant beyond the table;
+  the L2a counts are the bias-subtracted counts times the relative gain.
+* :func:`enf`: the excess-noise factor ``sqrt(2 (g - 1) g^(-(N + 1)/N) + 1/g)`` of an N-stage gain
+  register (N = 604 for EXCAM).
+* :func:`saturation_dn`: ``sat_thresh * min(fwc_em, fwc_pp * g) / k`` in DN.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DetflowInputError
+
+
+def row_bias(frame: np.ndarray, cols: tuple[int, int], bias_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(bias, err)`` per row from the prescan columns ``cols[0]:cols[1]`` of one or more frames
+    (``(..., rows, columns)``); float64."""
+    block = np.asarray(frame[..., cols[0] : cols[1]], dtype=np.float64)
+    bias = np.median(block, axis=-1) - bias_offset
+    err = np.std(block, axis=-1) / np.sqrt(block.shape[-1])
+    return bias, err
+
+
+def check_nonlin_table(table: np.ndarray, source=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(gains, counts, relgains)`` of a relative-gain table, validated (one error naming the problem)."""
+    table = np.asarray(table, dtype=np.float64)
+    if table.ndim != 2 or table.shape[0] < 3 or table.shape[1] < 2:
+        raise DetflowInputError(source, "table", "rows of [DN, relative gains...] under a header row of EM gains",
+                                f"shape {table.shape}")  # fmt: skip
+    gains, counts, rel = table[0, 1:], table[1:, 0], table[1:, 1:]
+    if not np.all(np.isfinite(gains)) or np.any(np.diff(gains) <= 0):
+        raise DetflowInputError(source, "row 0 (EM gains)", "strictly increasing numbers", gains.tolist()[:8])
+    if not np.all(np.isfinite(counts)) or np.any(np.diff(counts) <= 0):
+        bad = int(np.argmax(~(np.diff(counts) > 0))) + 2
+        raise DetflowInputError(source, f"column 0 (DN), row {bad}", "strictly increasing counts",
+                                counts[max(bad - 3, 0) : bad + 1].tolist())  # fmt: skip
+    if not np.all(np.isfinite(rel)):
+        raise DetflowInputError(source, "relative gains", "finite values", "NaN or inf")
+    wild = (rel <= 0.1) | (rel >= 10)  # a correction factor, not a placeholder (10000...) or a gain
+    if wild.any():
+        r, c = (int(i[0]) for i in np.nonzero(wild))
+        raise DetflowInputError(source, f"row {r + 1} (DN {counts[r]:g}), EM gain {gains[c]:g}",
+                                "a relative gain between 0.1 and 10", f"{rel[r, c]:g}")  # fmt: skip
+    straddle = (rel.min(axis=0) <= 1) & (rel.max(axis=0) >= 1)
+    if not straddle.all():
+        col = int(np.argmin(straddle))
+        raise DetflowInputError(source, f"column for EM gain {gains[col]:g}", "relative gains that reach 1.0",
+                                f"{rel[:, col].min():g}..{rel[:, col].max():g}")  # fmt: skip
+    return gains, counts, rel
+
+
+def read_nonlin_table(path: str | Path) -> np.ndarray:
+    """A relative-gain table from CSV (or whitespace-separated) text, validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetflowInputError(path, "non_lin_correction", "an existing nonlinearity table", "no such file")
+    text = path.read_text()
+    table = np.genfromtxt(path, delimiter="," if "," in text else None)
+    check_nonlin_table(table, path)
+    return table
+
+
+def relgain_curve(table: np.ndarray, em_gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, relative gains at em_gain)``: linear between the two bracketing gain columns,
+    the edge column beyond the table."""
+    gains, counts, rel = check_nonlin_table(table)
+    j = int(np.clip(np.searchsorted(gains, em_gain, side="right") - 1, 0, len(gains) - 1))
+    if em_gain <= gains[0]:
+        return counts, rel[:, 0].copy()
+    if em_gain >= gains[-1]:
+        return counts, rel[:, -1].copy()
+    w = (em_gain - gains[j]) / (gains[j + 1] - gains[j])
+    return counts, (1 - w) * rel[:, j] + w * rel[:, j + 1]
+
+
+def relative_gain(dn: np.ndarray, counts: np.ndarray, curve: np.ndarray) -> np.ndarray:
+    """The relative gain of each bias-subtracted DN value (linear in DN, edge values beyond)."""
+    return np.interp(dn, counts, curve)
+
+
+def enf(g, n_stages: int = 604):
+    """Excess-noise factor of an EM gain register of ``n_stages`` cells at gain ``g`` (>= 1)."""
+    g = np.asarray(g, dtype=np.float64)
+    return np.sqrt(2 * (g - 1) * g ** (-(n_stages + 1) / n_stages) + 1 / g)
+
+
+def saturation_dn(em_gain: float, fwc_em_e: float, fwc_pp_e: float, eperdn: float, sat_thresh: float) -> float:
+    """Saturation level in DN: the smaller of the gain-register and the pixel full wells (electrons at
+    the output) times ``sat_thresh``, over the k gain."""
+    return sat_thresh * min(fwc_em_e / eperdn, fwc_pp_e * em_gain / eperdn)

@@ -1,0 +1,189 @@
+"""Roman Coronagraph EXCAM: geometry presets, L1 reader and header rules, row bias, nonlinearity, ENF,
+against plain NumPy and corgidrp 5.1.1 (its detector functions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from xarray.tests import raise_if_dask_computes
+
+from detflow.errors import DetflowInputError
+from detflow.instruments import roman_excam
+from detflow.io.excam_l1 import open_excam_l1
+from detflow.kernels import emccd
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def corgi(tmp_path_factory):
+    """corgidrp's detector module (it writes ~/.corgidrp on import: HOME points at a temp dir)."""
+    import os
+
+    home = tmp_path_factory.mktemp("home")
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    try:
+        detector = pytest.importorskip("corgidrp.detector")
+    finally:
+        if old is not None:
+            os.environ["HOME"] = old
+    from importlib.metadata import version
+
+    assert version("corgidrp") == "5.1.1"
+    return detector
+
+
+# ---- geometry -------------------------------------------------------------------------------------
+def test_geometry_presets_agree_with_corgidrp_except_the_eng_conv_fix(corgi):
+    for name, g in roman_excam.GEOMETRIES.items():
+        up = corgi.detector_areas[name]
+        assert (g.frame_rows, g.frame_cols) == (up["frame_rows"], up["frame_cols"])
+        for region, r in g.regions.items():
+            assert (r.rows, r.cols, r.row0, r.col0) == (up[region]["rows"], up[region]["cols"], *up[region]["r0c0"])
+        rel = up["prescan_reliable"]
+        assert g.reliable_cols == (rel["r0c0"][1], rel["r0c0"][1] + rel["cols"])
+        start = up["prescan"]["r0c0"][1] + up["prescan"]["col_start"]  # upstream's window, prescan-relative
+        if name == "ENG_CONV":
+            assert start >= g.frame_cols  # upstream's window lies outside the frame; ours inside the prescan
+        else:
+            assert (start, up["prescan"]["r0c0"][1] + up["prescan"]["col_end"]) == g.reliable_cols
+
+
+def test_geometry_selection():
+    assert roman_excam.geometry_for(None, (1200, 2200)).name == "SCI"
+    assert roman_excam.geometry_for("eng_em", (2200, 2200)).name == "ENG_EM"
+    with pytest.raises(ValueError, match="ARRTYPE SCI frames are 1200x2200, got 2200x2200"):
+        roman_excam.geometry_for("SCI", (2200, 2200))
+    with pytest.raises(KeyError, match="no EXCAM geometry"):
+        roman_excam.geometry_for(None, (1024, 1024))
+
+
+@pytest.mark.parametrize("cards, want", [
+    ({"EMGAIN_M": 101.5, "EMGAIN_A": 100.0, "EMGAIN_C": 90.0}, (101.5, "EMGAIN_M")),
+    ({"EMGAIN_M": -999.0, "EMGAIN_A": 100.0, "EMGAIN_C": 90.0}, (100.0, "EMGAIN_A")),
+    ({"EMGAIN_A": 0.0, "EMGAIN_C": 90.0}, (90.0, "EMGAIN_C")),
+    ({"CMDGAIN": 50.0, "EMGAIN_C": 90.0, "EM_GAIN": 40.0}, (50.0, "CMDGAIN")),
+    ({"EM_GAIN": 40.0}, (40.0, "EM_GAIN")),
+])  # fmt: skip
+def test_em_gain_keywords(cards, want):
+    assert roman_excam.em_gain(cards) == want
+
+
+# ---- the L1 reader --------------------------------------------------------------------------------
+def _write_l1(path: Path, data: np.ndarray, **cards) -> Path:
+    primary = fits.PrimaryHDU()
+    primary.header["DATA_LEVEL"] = cards.pop("DATA_LEVEL", "L1")
+    image = fits.ImageHDU(data.astype(np.uint16), name="SCI")
+    for k, v in {"EXPTIME": 1.0, "EMGAIN_C": 100.0, "ARRTYPE": "SCI", **cards}.items():
+        if v is not None:
+            image.header[k] = v
+    fits.HDUList([primary, image]).writeto(path)
+    return path
+
+
+def test_reader_lazy_coords_and_headers(tmp_path):
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 60000, (3, 1200, 2200)).astype(np.uint16)
+    paths = [_write_l1(tmp_path / f"f{i}.fits", frames[i], EXPTIME=5.0, EMGAIN_A=200.0) for i in range(3)]
+    before = [p.read_bytes() for p in paths]
+    with raise_if_dask_computes():
+        ds = open_excam_l1(tmp_path / "*.fits")
+    assert ds["data"].dims == ("frame", "read", "y", "x") and ds["data"].shape == (3, 1, 1200, 2200)
+    assert ds["data"].dtype == np.uint16 and list(ds["exptime"].values) == [5.0] * 3
+    assert list(ds["em_gain"].values) == [200.0] * 3 and ds.attrs["geometry"] == "SCI"
+    np.testing.assert_array_equal(ds["data"].values[:, 0], frames)
+    assert "EMGAIN_A" in ds.attrs["inputs"][0]["fits_headers"][1]
+    assert ds.attrs["inputs"][0]["em_gain_keyword"] == "EMGAIN_A"
+    assert [p.read_bytes() for p in paths] == before  # inputs never modified
+
+
+@pytest.mark.parametrize("cards, field", [
+    ({"DATA_LEVEL": "L2a"}, "DATA_LEVEL: expected DATA_LEVEL L1, got L2a"),
+    ({"EXPTIME": None}, "EXPTIME: expected the exposure time"),
+    ({"EXPTIME": "soon"}, "EXPTIME: expected the exposure time"),
+    ({"EMGAIN_C": None}, "EM gain: expected EMGAIN_M, EMGAIN_A, CMDGAIN"),
+    ({"ARRTYPE": "FOO"}, "ARRTYPE: expected a known EXCAM geometry"),
+    ({"ARRTYPE": "ENG"}, "ARRTYPE: expected a known EXCAM geometry"),
+])  # fmt: skip
+def test_reader_bad_headers(tmp_path, cards, field):
+    path = _write_l1(tmp_path / "bad.fits", np.zeros((1200, 2200)), **cards)
+    with pytest.raises(DetflowInputError) as err:
+        open_excam_l1(path)
+    assert str(err.value).startswith(f"{path}: {field}")
+
+
+def test_reader_refuses_or_groups_mixed_frames(tmp_path):
+    for i, (t, g) in enumerate([(1.0, 100.0), (1.0, 100.0), (2.0, 100.0), (1.0, 500.0)]):
+        _write_l1(tmp_path / f"f{i}.fits", np.full((1200, 2200), i), EXPTIME=t, EMGAIN_C=g)
+    with pytest.raises(DetflowInputError) as err:
+        open_excam_l1(tmp_path)
+    msg = str(err.value)
+    assert "EXPTIME=1 s, EM gain=100, ARRTYPE=SCI: f0.fits, f1.fits" in msg
+    assert "EXPTIME=2 s, EM gain=100, ARRTYPE=SCI: f2.fits" in msg and "EM gain=500" in msg
+    groups = open_excam_l1(tmp_path, group=True)
+    assert {k: v.sizes["frame"] for k, v in groups.items()} == {(1.0, 100.0, "SCI"): 2, (2.0, 100.0, "SCI"): 1,
+                                                                (1.0, 500.0, "SCI"): 1}  # fmt: skip
+
+
+# ---- numerics -------------------------------------------------------------------------------------
+def test_row_bias_is_the_median_of_the_reliable_columns():
+    rng = np.random.default_rng(3)
+    frame = rng.normal(1000, 5, (2, 1200, 2200))
+    frame[:, :, 800:1000] += np.arange(1200)[None, :, None] * 0.01  # a row-dependent bias
+    frame[:, 7, 900] = 1e6  # a hot prescan pixel: the median ignores it
+    bias, err = emccd.row_bias(frame, roman_excam.GEOMETRIES["SCI"].reliable_cols, bias_offset=3.0)
+    ref = np.median(frame[:, :, 800:1000], axis=-1) - 3.0
+    np.testing.assert_allclose(bias, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(err, frame[:, :, 800:1000].std(axis=-1) / np.sqrt(200))
+    assert np.allclose(bias[0] + 3.0, 1000 + 0.01 * np.arange(1200), atol=1.5)
+
+
+def test_nonlinearity_matches_corgidrp(corgi):
+    table = emccd.read_nonlin_table(DATA / "nonlin_table_TVAC.txt")
+
+    class NonLin:  # corgidrp reads only .data of its calibration object
+        data = table
+
+    rng = np.random.default_rng(4)
+    dn = rng.uniform(-500, 16000, (50, 60))
+    gains = table[0, 1:]
+    for g in (0.5, gains[0], 3.0, gains[3], 100.0, 1234.5, gains[-1], 9000.0):
+        counts, curve = emccd.relgain_curve(table, g)
+        ours = emccd.relative_gain(dn, counts, curve)
+        theirs = corgi.get_relgains(dn, g, NonLin)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14, err_msg=f"EM gain {g}")
+
+
+def test_bad_nonlinearity_tables(tmp_path):
+    with pytest.raises(DetflowInputError, match=r"EM gain 50: expected a relative gain between 0.1 and 10, got 10000"):
+        emccd.read_nonlin_table(DATA / "nonlin_spike_update.csv")
+    table = np.genfromtxt(DATA / "nonlin_table_TVAC.txt", delimiter=",")
+    t2 = table.copy()
+    t2[5, 0] = t2[3, 0]  # DN axis not increasing
+    p = tmp_path / "t.csv"
+    np.savetxt(p, t2, delimiter=",")
+    with pytest.raises(DetflowInputError, match=r"t.csv: column 0 \(DN\), row 5: expected strictly increasing counts"):
+        emccd.read_nonlin_table(p)
+    t3 = table.copy()
+    t3[0, 2], t3[0, 3] = t3[0, 3], t3[0, 2]
+    np.savetxt(p, t3, delimiter=",")
+    with pytest.raises(DetflowInputError, match=r"row 0 \(EM gains\): expected strictly increasing"):
+        emccd.read_nonlin_table(p)
+    t4 = table.copy()
+    t4[1:, 4] = 1.5
+    np.savetxt(p, t4, delimiter=",")
+    with pytest.raises(DetflowInputError, match="relative gains that reach 1.0"):
+        emccd.read_nonlin_table(p)
+
+
+def test_enf_and_saturation_match_corgidrp(corgi):
+    g = np.array([1.0, 1.5, 10.0, 100.0, 5000.0])
+    np.testing.assert_allclose(emccd.enf(g, roman_excam.N_EM_STAGES), corgi.ENF(g, 604), rtol=1e-14)
+    assert emccd.enf(1.0) == pytest.approx(1.0) and emccd.enf(1e4) == pytest.approx(np.sqrt(2), rel=1e-2)
+    for gain in (1.0, 10.0, 1000.0):
+        want = corgi.calc_sat_fwc(np.array([gain]), np.array([90000.0]), np.array([100000.0]), 0.7)[0] / 8.7
+        assert emccd.saturation_dn(gain, 100000.0, 90000.0, 8.7, 0.7) == pytest.approx(want, rel=1e-14)
