@@ -187,3 +187,53 @@ def test_enf_and_saturation_match_corgidrp(corgi):
     for gain in (1.0, 10.0, 1000.0):
         want = corgi.calc_sat_fwc(np.array([gain]), np.array([90000.0]), np.array([100000.0]), 0.7)[0] / 8.7
         assert emccd.saturation_dn(gain, 100000.0, 90000.0, 8.7, 0.7) == pytest.approx(want, rel=1e-14)
+
+
+def _cosmic_frames(rng, n=3, rows=60, cols=90, fwc=10000.0):
+    cube = rng.normal(100, 20, (n, rows, cols))
+    truth = []
+    for j in range(n):
+        for _ in range(6):
+            r, c = rng.integers(0, rows), rng.integers(0, cols - 7)
+            length = rng.integers(3, 7)  # at least cosm_filter + 1: shorter ones are filtered out
+            cube[j, r, c : c + length] = rng.uniform(0.9, 1.2, length) * fwc  # the saturated plateau
+            tail = fwc * 0.5 * np.exp(-np.arange(1, 15) / 4.0)
+            stop = min(c + length + tail.size, cols)
+            cube[j, r, c + length : stop] += tail[: stop - c - length]
+            truth.append((j, r, c))
+        cube[j, rng.integers(0, rows), rng.integers(0, cols)] = 2 * fwc  # a lone hot pixel, not a plateau
+    return cube, truth
+
+
+@pytest.mark.parametrize("cosm_filter, cosm_box, cosm_tail", [(1, 3, 10), (2, 1, 5), (1, 0, 30)])
+def test_cosmic_plateaus_match_corgidrp(corgi, cosm_filter, cosm_box, cosm_tail):
+    rng = np.random.default_rng(cosm_filter * 100 + cosm_tail)
+    cube, truth = _cosmic_frames(rng)
+    fwc, sat, plat = 10000.0, 0.7, 0.7
+    want = corgi.flag_cosmics(cube, fwc, sat, plat, cosm_filter, cosm_box, cosm_tail, mode="image")
+    got = np.zeros(cube.shape, np.uint8)
+    for j in range(cube.shape[0]):
+        emccd.flag_cosmics_frame(cube[j], fwc, sat, plat, cosm_filter, cosm_box, cosm_tail, False, got[j])
+    np.testing.assert_array_equal(got, want.astype(np.uint8))
+    for j, r, c in truth:  # every injected head is masked
+        assert got[j, r, c] == 1
+
+
+def test_cosmic_tail_wraps_into_the_next_row_in_full_frame_mode(corgi):
+    img = np.zeros((4, 20))
+    img[1, 14:16] = 10000.0
+    mask = np.zeros(img.shape, np.uint8)
+    emccd.flag_cosmics_frame(img, 10000.0, 0.7, 0.7, 1, 0, 10, True, mask)
+    up = corgi.flag_cosmics(img[None], 10000.0, 0.7, 0.7, 1, 0, 10, mode="full")[0].astype(np.uint8)
+    image_mode = corgi.flag_cosmics(img[None], 10000.0, 0.7, 0.7, 1, 0, 10, mode="image")[0]
+    heads = [c for c in range(20) if image_mode[1, c] and not image_mode[1, c - 1]]
+    assert heads == [14]  # one plateau: masked from its head to the end of the row
+    # the 2-pixel running filter (rank 1 of 2: the max) is above threshold at columns 14-16, and walking
+    # back from 16 (below the plateau level) starts a second head at 17, as upstream does; that head's
+    # 1 + 10 + 1 masked pixels overflow the 20-pixel row by 9, which continue at the start of row 2
+    over = 17 + 12 - 20
+    assert mask[1, 14:].all() and not mask[1, :14].any()
+    assert mask[2, :over].all() and not mask[2, over:].any() and not mask[[0, 3]].any()
+    # corgidrp restarts the overflow at the last pixel of the hit row: one pixel short in the next row
+    assert up[2, : over - 1].all() and not up[2, over - 1 :].any()
+    np.testing.assert_array_equal(up[:2], mask[:2])

@@ -9,15 +9,18 @@
 * :func:`enf`: the excess-noise factor ``sqrt(2 (g - 1) g^(-(N + 1)/N) + 1/g)`` of an N-stage gain
   register (N = 604 for EXCAM).
 * :func:`saturation_dn`: ``sat_thresh * min(fwc_em, fwc_pp * g) / k`` in DN.
+* :func:`flag_cosmics_frame`: saturated cosmic-ray plateaus with their tails (numba, row by row).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from ..errors import DetflowInputError
+from ._config import CACHE
 
 
 def row_bias(frame: np.ndarray, cols: tuple[int, int], bias_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -96,3 +99,73 @@ def saturation_dn(em_gain: float, fwc_em_e: float, fwc_pp_e: float, eperdn: floa
     """Saturation level in DN: the smaller of the gain-register and the pixel full wells (electrons at
     the output) times ``sat_thresh``, over the k gain."""
     return sat_thresh * min(fwc_em_e / eperdn, fwc_pp_e * em_gain / eperdn)
+
+
+# ---- cosmic-ray plateaus ------------------------------------------------------------------------------
+@numba.njit(cache=CACHE)
+def _row_median_filter(row, size, out):
+    """Running median of ``size`` samples (window ``[i - size//2, i + (size-1)//2]``, edges repeated,
+    the element of rank ``size//2``: scipy.ndimage.median_filter's choice for even sizes)."""
+    n = row.size
+    buf = np.empty(size)
+    lo, hi = size // 2, (size - 1) // 2
+    for i in range(n):
+        for k in range(size):
+            j = min(max(i - lo + k, 0), n - 1)
+            buf[k] = row[j]
+        buf.sort()
+        out[i] = buf[size // 2]
+
+
+@numba.njit(cache=CACHE)
+def flag_cosmics_frame(img, fwc, sat_thresh, plat_thresh, cosm_filter, cosm_box, cosm_tail, full_frame, mask):
+    """Mask saturated cosmic-ray plateaus, their tails and a box around their heads in one frame.
+
+    Rows whose maximum reaches ``sat_thresh * fwc`` are median-filtered over ``cosm_filter + 1`` pixels;
+    from each filtered pixel at or above the threshold, walk back while the row stays at or above
+    ``plat_thresh * fwc`` to the plateau head; mask the head and the ``cosm_filter + cosm_tail`` pixels
+    after it (to the row end, or with ``full_frame`` onward into the next row: the serial register
+    reads on) and a ``(2 cosm_box + 1)^2`` box centred on the head (inside the frame). ``mask`` (uint8,
+    same shape) is OR'ed with 1. Bias-subtracted DN in, NaNs allowed (never a plateau).
+    """
+    nrow, ncol = img.shape
+    sat = sat_thresh * fwc
+    plat = plat_thresh * fwc
+    filt = np.empty(ncol)
+    heads = np.zeros(ncol, dtype=np.bool_)
+    for r in range(nrow):
+        row = img[r]
+        top = -np.inf
+        for c in range(ncol):
+            if row[c] > top:
+                top = row[c]
+        if not top >= sat:
+            continue
+        _row_median_filter(row, cosm_filter + 1, filt)
+        heads[:] = False
+        for c in range(ncol):
+            if filt[c] >= sat:
+                b = c
+                while b > 0 and row[b] >= plat:
+                    b -= 1
+                if not row[b] >= plat:
+                    b += 1
+                heads[b] = True
+        for b in range(ncol):
+            if not heads[b]:
+                continue
+            stop = b + cosm_filter + cosm_tail + 1
+            for c in range(b, min(stop, ncol)):
+                mask[r, c] |= 1
+            if full_frame and stop > ncol:
+                over = stop - ncol
+                rr, cc = r + 1, 0
+                while over > 0 and rr < nrow:
+                    mask[rr, cc] |= 1
+                    over -= 1
+                    cc += 1
+                    if cc == ncol:
+                        rr, cc = rr + 1, 0
+            for rr in range(max(r - cosm_box, 0), min(r + cosm_box + 1, nrow)):
+                for cc in range(max(b - cosm_box, 0), min(b + cosm_box + 1, ncol)):
+                    mask[rr, cc] |= 1
