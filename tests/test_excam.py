@@ -237,3 +237,38 @@ def test_cosmic_tail_wraps_into_the_next_row_in_full_frame_mode(corgi):
     # corgidrp restarts the overflow at the last pixel of the hit row: one pixel short in the next row
     assert up[2, : over - 1].all() and not up[2, over - 1 :].any()
     np.testing.assert_array_equal(up[:2], mask[:2])
+
+
+def _combine(data, err, dq, bad_bits=0xFFFFFFFF):
+    shape = data.shape[1:]
+    outs = [np.empty(shape) for _ in range(4)] + [np.empty(shape, np.int64), np.empty(shape, np.uint32)]
+    emccd.combine_stack(data, err, dq, np.uint32(bad_bits), *outs)
+    return outs
+
+
+def test_combine_matches_numpy_and_corgidrp(corgi):
+    from corgidrp.combine import combine_images
+
+    rng = np.random.default_rng(7)
+    n, ny, nx = 40, 9, 11
+    data = rng.normal(100, 10, (n, ny, nx)).astype(np.float32)
+    err = rng.uniform(1, 3, (n, ny, nx)).astype(np.float32)
+    dq = np.where(rng.random((n, ny, nx)) < 0.2, rng.choice([1, 2, 32, 128], (n, ny, nx)), 0).astype(np.uint32)
+    dq[:, 0, 0] = 2  # every frame flagged: no value, the flags kept
+    mean, median, em, emed, ngood, dqc = _combine(data, err, dq)
+    good = dq == 0
+    masked = np.where(good, data.astype(np.float64), np.nan)
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        np.testing.assert_allclose(mean, np.nanmean(masked, axis=0), rtol=1e-12)
+        np.testing.assert_allclose(median, np.nanmedian(masked, axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(ngood, good.sum(axis=0))
+    assert np.isnan(mean[0, 0]) and dqc[0, 0] == 2 and ngood[0, 0] == 0 and (dqc.ravel()[1:] == 0).all()
+    for collapse, ours, ours_err in (("mean", mean, em), ("median", median, emed)):
+        d, e, q, _ = combine_images(data.astype(np.float64).copy(), err[:, None].astype(np.float64).copy(), dq.copy(),
+                                    collapse, num_frames_scaling=False)  # fmt: skip
+        np.testing.assert_allclose(ours, d, rtol=1e-12, err_msg=collapse)
+        np.testing.assert_allclose(ours_err, e[0], rtol=1e-6, err_msg=collapse)
+        np.testing.assert_array_equal(dqc, q)
+    # only chosen bits exclude a frame
+    _, _, _, _, ng2, _ = _combine(data, err, dq, bad_bits=128)
+    np.testing.assert_array_equal(ng2, (dq & 128 == 0).sum(axis=0))
