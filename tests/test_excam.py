@@ -272,3 +272,26 @@ def test_combine_matches_numpy_and_corgidrp(corgi):
     # only chosen bits exclude a frame
     _, _, _, _, ng2, _ = _combine(data, err, dq, bad_bits=128)
     np.testing.assert_array_equal(ng2, (dq & 128 == 0).sum(axis=0))
+
+
+def test_desmear_equals_the_direct_sum():
+    rng = np.random.default_rng(9)
+    img = rng.uniform(0, 5000, (300, 17))
+    a = 223.5e-6 / 0.05
+    direct = np.empty_like(img)
+    for r in range(img.shape[0]):  # the O(rows^2) definition (corgidrp's loop)
+        s = np.arange(r + 1)
+        direct[r] = img[r] - ((a * (1 + a) ** (s - r - 1.0))[:, None] * img[: r + 1]).sum(axis=0)
+    out = np.empty_like(img)
+    emccd.desmear(img, 223.5e-6, 0.05, out)
+    np.testing.assert_allclose(out, direct, rtol=1e-11, atol=1e-9)
+
+
+def test_electrons_and_synthesized_dark():
+    rng = np.random.default_rng(10)
+    dn, err = rng.uniform(0, 1000, (5, 6)), rng.uniform(1, 2, (5, 6))
+    e, ee = emccd.to_electrons(dn, err, 8.7, 250.0)
+    np.testing.assert_allclose(e, dn * 8.7 / 250.0)
+    np.testing.assert_allclose(ee, err * 8.7 / 250.0 * emccd.enf(250.0))
+    fpn, dc, cic = rng.uniform(0, 5, (3, 4, 4))
+    np.testing.assert_allclose(emccd.synthesized_dark(fpn, dc, cic, 100.0, 30.0), fpn / 100.0 + 30.0 * dc + cic)

@@ -215,3 +215,33 @@ def combine_stack(data, err, dq, bad_bits, mean, median, err_mean, err_median, n
             em = math.sqrt(e2 / n) / math.sqrt(n)
             err_mean[i, j] = em
             err_median[i, j] = em * inflate
+
+
+# ---- L2a -> L2b ------------------------------------------------------------------------------------------
+@numba.njit(cache=CACHE)
+def desmear(img, row_time, exptime, out):
+    """Remove the smear of a shutterless readout: ``out = img - smear`` with
+    ``smear[r] = sum_{s <= r} a (1 + a)^(s - r - 1) img[s]``, ``a = row_time / exptime`` (rows in readout
+    order). The sum obeys ``smear[r] = (smear[r-1] + a img[r]) / (1 + a)``: O(rows) per column
+    instead of the direct O(rows^2)."""
+    ny, nx = img.shape
+    a = row_time / exptime
+    inv = 1.0 / (1.0 + a)
+    for j in range(nx):
+        s = 0.0
+        for r in range(ny):
+            s = (s + a * img[r, j]) * inv
+            out[r, j] = img[r, j] - s
+
+
+def synthesized_dark(fpn, dark_current, cic, em_gain: float, exptime: float):
+    """The master dark in electrons from the noise maps: ``F / g + t D + C`` (fixed-pattern noise seen
+    through the EM gain, dark current rate, clock-induced charge)."""
+    return np.asarray(fpn) / em_gain + exptime * np.asarray(dark_current) + np.asarray(cic)
+
+
+def to_electrons(dn, err_dn, eperdn: float, em_gain: float, n_stages: int = 604):
+    """L2a DN to L2b electrons: ``dn * k / g``; the error scaled alike and inflated by the excess-noise
+    factor of the gain register (in quadrature with the Poisson-like part as the caller decides)."""
+    scale = eperdn / em_gain
+    return np.asarray(dn) * scale, np.asarray(err_dn) * scale * enf(em_gain, n_stages)
