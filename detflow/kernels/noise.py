@@ -106,8 +106,9 @@ def poisson_resampled_slopes(sky, gain, frame_time, first, nfr, weights, ntrunc,
             delta[:] = 0.0
             cum = 0.0
             k = 0
+            c = rng.poisson_consts(e)  # one mean for all the frames of a pixel
             for f in range(last):
-                n, k = rng.poisson(key, idx, k, e)
+                n, k = rng.poisson_with(key, idx, k, e, c)
                 cum += (n - e) / g
                 r = owner[f]
                 if r >= 0:

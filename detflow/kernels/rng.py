@@ -114,19 +114,29 @@ def normal_vector(key: int, n: int, start: int = 0) -> np.ndarray:
 
 
 @numba.njit(cache=CACHE, inline="always")
-def poisson(key, index, k0, lam):
-    """A Poisson deviate of mean ``lam`` from the uniforms of element ``index`` starting at ``k0``.
+def poisson_consts(lam):
+    """What a Poisson draw of mean ``lam`` needs that depends on ``lam`` only (computed once per pixel
+    when a pixel draws many deviates of one mean)."""
+    if not lam > 0.0:
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    if lam < 10.0:
+        return math.exp(-lam), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    slam = math.sqrt(lam)
+    b = 0.931 + 2.53 * slam
+    a = -0.059 + 0.02483 * b
+    return 0.0, math.log(lam), b, a, math.log(1.1239 + 1.1328 / (b - 3.4)), 0.9277 - 3.6224 / (b - 2.0), 0.0
 
-    Returns ``(count, next k)``. Inversion by sequential search for ``lam < 10``; above, the
-    transformed rejection with squeeze of Hormann (1993, PTRS), exact for every mean.
-    """
+
+@numba.njit(cache=CACHE, inline="always")
+def poisson_with(key, index, k0, lam, c):
+    """:func:`poisson` with the constants ``c = poisson_consts(lam)`` given."""
     if not lam > 0.0:  # also NaN: the caller screens non-finite means
         return 0, k0
     k = k0
     if lam < 10.0:
         u = uniform(key, index, k)
         k += 1
-        p = math.exp(-lam)
+        p = c[0]
         cdf = p
         n = 0
         while u > cdf and n < 1000:
@@ -134,12 +144,7 @@ def poisson(key, index, k0, lam):
             p *= lam / n
             cdf += p
         return n, k
-    slam = math.sqrt(lam)
-    loglam = math.log(lam)
-    b = 0.931 + 2.53 * slam
-    a = -0.059 + 0.02483 * b
-    invalpha = 1.1239 + 1.1328 / (b - 3.4)
-    vr = 0.9277 - 3.6224 / (b - 2.0)
+    loglam, b, a, log_invalpha, vr = c[1], c[2], c[3], c[4], c[5]
     while True:
         u = uniform(key, index, k) - 0.5
         v = uniform(key, index, k + 1)
@@ -150,5 +155,15 @@ def poisson(key, index, k0, lam):
             return int(n), k
         if n < 0 or (us < 0.013 and v > us):
             continue
-        if math.log(v) + math.log(invalpha) - math.log(a / (us * us) + b) <= -lam + n * loglam - math.lgamma(n + 1.0):
+        if math.log(v) + log_invalpha - math.log(a / (us * us) + b) <= -lam + n * loglam - math.lgamma(n + 1.0):
             return int(n), k
+
+
+@numba.njit(cache=CACHE, inline="always")
+def poisson(key, index, k0, lam):
+    """A Poisson deviate of mean ``lam`` from the uniforms of element ``index`` starting at ``k0``.
+
+    Returns ``(count, next k)``. Inversion by sequential search for ``lam < 10``; above, the
+    transformed rejection with squeeze of Hormann (1993, PTRS), exact for every mean.
+    """
+    return poisson_with(key, index, k0, lam, poisson_consts(lam))
