@@ -85,6 +85,20 @@ class StoreWriter:
         return ds.to_zarr(str(self.tmp), group=name, mode="w-", compute=False, zarr_format=3,
                           consolidated=False, encoding=_encoding(ds))  # fmt: skip
 
+    def add_all(self, products: dict[str, xr.Dataset]) -> "dask.delayed.Delayed":
+        """Write the metadata of every group now and return one delayed write of all their chunks.
+
+        One ``to_zarr`` for all groups, so dask optimises them as one graph: the tasks groups share
+        (the calibrated exposure behind both ``l2`` and ``noise``) keep one key and run once. Separate
+        ``to_zarr(compute=False)`` calls fuse each group's graph on its own and run shared tasks twice
+        (``bench/repro_store_shared_chain.py``)."""
+        cleaned = {name: _clean(regular_chunks(ds)) for name, ds in products.items()}
+        self.groups.extend(cleaned)
+        tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in cleaned.items()})
+        encoding = {f"/{name}": _encoding(ds) for name, ds in cleaned.items()}
+        return tree.to_zarr(str(self.tmp), mode="a", compute=False, zarr_format=3, consolidated=False,
+                            encoding=encoding)  # fmt: skip
+
     def set_group_attrs(self, name: str, attrs: dict) -> None:
         g = zarr.open_group(str(self.tmp), path=name, mode="r+", zarr_format=3)
         g.attrs.update(sanitize_attrs(attrs))

@@ -172,7 +172,7 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
             files = sorted({i["path"] for ds in products.values() for i in ds.attrs.get("inputs", [])} |
                            {r["path"] for ds in products.values() for r in ds.attrs.get("reference_files", [])})  # fmt: skip
             sums = dict(zip(files, c.map(sha256, files, pure=False)))
-            delayed = [writer.add(name, ds) for name, ds in products.items()]
+            delayed = [writer.add_all(products)]  # one graph: tasks shared between groups run once
             futures = c.compute(delayed)
             if progress:
                 from .progress import RichProgressBar
