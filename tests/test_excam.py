@@ -12,7 +12,7 @@ from xarray.tests import raise_if_dask_computes
 
 from detflow.errors import DetflowInputError
 from detflow.instruments import roman_excam
-from detflow.io.excam_l1 import open_excam_l1
+from detflow.io.excam_l1 import check_nonlin_table, open_excam_l1, read_nonlin_table
 from detflow.kernels import emccd
 
 DATA = Path(__file__).parent / "data"
@@ -143,7 +143,7 @@ def test_row_bias_is_the_median_of_the_reliable_columns():
 
 
 def test_nonlinearity_matches_corgidrp(corgi):
-    table = emccd.read_nonlin_table(DATA / "nonlin_table_TVAC.txt")
+    table = read_nonlin_table(DATA / "nonlin_table_TVAC.txt")
 
     class NonLin:  # corgidrp reads only .data of its calibration object
         data = table
@@ -151,8 +151,9 @@ def test_nonlinearity_matches_corgidrp(corgi):
     rng = np.random.default_rng(4)
     dn = rng.uniform(-500, 16000, (50, 60))
     gains = table[0, 1:]
+    axes = check_nonlin_table(table)
     for g in (0.5, gains[0], 3.0, gains[3], 100.0, 1234.5, gains[-1], 9000.0):
-        counts, curve = emccd.relgain_curve(table, g)
+        counts, curve = axes[1], emccd.relgain_curve(*axes, g)
         ours = emccd.relative_gain(dn, counts, curve)
         theirs = corgi.get_relgains(dn, g, NonLin)
         np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14, err_msg=f"EM gain {g}")
@@ -160,24 +161,24 @@ def test_nonlinearity_matches_corgidrp(corgi):
 
 def test_bad_nonlinearity_tables(tmp_path):
     with pytest.raises(DetflowInputError, match=r"EM gain 50: expected a relative gain between 0.1 and 10, got 10000"):
-        emccd.read_nonlin_table(DATA / "nonlin_spike_update.csv")
+        read_nonlin_table(DATA / "nonlin_spike_update.csv")
     table = np.genfromtxt(DATA / "nonlin_table_TVAC.txt", delimiter=",")
     t2 = table.copy()
     t2[5, 0] = t2[3, 0]  # DN axis not increasing
     p = tmp_path / "t.csv"
     np.savetxt(p, t2, delimiter=",")
     with pytest.raises(DetflowInputError, match=r"t.csv: column 0 \(DN\), row 5: expected strictly increasing counts"):
-        emccd.read_nonlin_table(p)
+        read_nonlin_table(p)
     t3 = table.copy()
     t3[0, 2], t3[0, 3] = t3[0, 3], t3[0, 2]
     np.savetxt(p, t3, delimiter=",")
     with pytest.raises(DetflowInputError, match=r"row 0 \(EM gains\): expected strictly increasing"):
-        emccd.read_nonlin_table(p)
+        read_nonlin_table(p)
     t4 = table.copy()
     t4[1:, 4] = 1.5
     np.savetxt(p, t4, delimiter=",")
     with pytest.raises(DetflowInputError, match="relative gains that reach 1.0"):
-        emccd.read_nonlin_table(p)
+        read_nonlin_table(p)
 
 
 def test_enf_and_saturation_match_corgidrp(corgi):

@@ -15,9 +15,6 @@ ROW_READ_TIME = 223.5e-6  # s, parallel transfer time per row (desmear)
 N_EM_STAGES = 604  # gain register cells, for the excess-noise factor
 DATA_LEVEL = "L1"
 
-# corgidrp DQ bit -> meaning, and its mapping onto detflow's schema.DQ names
-CORGI_DQ = {1: "BAD", 2: "HOT", 32: "SATURATED", 64: "NONLINEAR", 128: "COSMIC_RAY"}
-
 
 @dataclass(frozen=True)
 class Region:

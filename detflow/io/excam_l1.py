@@ -6,6 +6,9 @@ Each file is one frame. Headers are checked before any pixel is read: ``DATA_LEV
 implied by the frame shape) must fit the frame. A data set is one exposure time and one EM gain: mixed
 frames are refused with the groups listed, or split into one dataset per group with ``group=True``.
 
+:func:`read_nonlin_table` reads the relative-gain table (CSV: row 0 = EM gains, increasing; column 0
+= DN, increasing; ``[0, 0]`` = NaN; body = relative gains) and validates it.
+
 The result has dims ``(frame, read, y, x)`` (``read`` of length 1), lazy: one task reads one frame.
 ``exptime``, ``em_gain``, ``source_file`` and ``arrtype`` are coordinates on ``frame``; both headers
 of every file are kept losslessly in the ``inputs`` attrs.
@@ -74,8 +77,8 @@ def read_excam_header(path: str | Path) -> dict:
     except (KeyError, ValueError) as exc:
         raise DetflowInputError(path, "ARRTYPE" if arrtype else "NAXIS1/NAXIS2", "a known EXCAM geometry",
                                 str(exc.args[0])) from None  # fmt: skip
-    if bitpix not in (8, 16, 32) and not (bitpix == 16 or merged.get("BZERO") == 32768):
-        raise DetflowInputError(path, "BITPIX", "integer counts", bitpix)
+    if bitpix not in (8, 16, 32):  # 16 with BZERO 32768 is how FITS stores uint16
+        raise DetflowInputError(path, "BITPIX", "integer counts (8, 16 or 32)", bitpix)
     return {"path": path, "hdu": idx, "shape": shape, "exptime": exptime, "em_gain": gain, "em_gain_key": gain_key,
             "arrtype": geom.name, "headers": text}  # fmt: skip
 
@@ -123,3 +126,45 @@ def open_excam_l1(paths, group: bool = False) -> xr.Dataset | dict[tuple[float, 
         raise DetflowInputError(files[0].parent, "EXPTIME/EM gain", "one exposure time, EM gain and geometry per "
                                 "data set (or group them)", listing)  # fmt: skip
     return _dataset(metas)
+
+
+# ---- the nonlinearity (relative-gain) table -------------------------------------------------------
+def check_nonlin_table(table: np.ndarray, source=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(gains, counts, relgains)`` of a relative-gain table, validated (one error naming the problem)."""
+    table = np.asarray(table, dtype=np.float64)
+    if table.ndim != 2 or table.shape[0] < 3 or table.shape[1] < 2:
+        raise DetflowInputError(source, "table", "rows of [DN, relative gains...] under a header row of EM gains",
+                                f"shape {table.shape}")  # fmt: skip
+    gains, counts, rel = table[0, 1:], table[1:, 0], table[1:, 1:]
+    if not np.all(np.isfinite(gains)) or np.any(np.diff(gains) <= 0):
+        raise DetflowInputError(source, "row 0 (EM gains)", "strictly increasing numbers", gains.tolist()[:8])
+    if not np.all(np.isfinite(counts)) or np.any(np.diff(counts) <= 0):
+        bad = int(np.argmax(~(np.diff(counts) > 0))) + 2
+        raise DetflowInputError(source, f"column 0 (DN), row {bad}", "strictly increasing counts",
+                                counts[max(bad - 3, 0) : bad + 1].tolist())  # fmt: skip
+    if not np.all(np.isfinite(rel)):
+        raise DetflowInputError(source, "relative gains", "finite values", "NaN or inf")
+    wild = (rel <= 0.1) | (rel >= 10)  # a correction factor, not a placeholder (10000...) or a gain
+    if wild.any():
+        r, c = (int(i[0]) for i in np.nonzero(wild))
+        raise DetflowInputError(source, f"row {r + 1} (DN {counts[r]:g}), EM gain {gains[c]:g}",
+                                "a relative gain between 0.1 and 10", f"{rel[r, c]:g}")  # fmt: skip
+    straddle = (rel.min(axis=0) <= 1) & (rel.max(axis=0) >= 1)
+    if not straddle.all():
+        col = int(np.argmin(straddle))
+        raise DetflowInputError(source, f"column for EM gain {gains[col]:g}", "relative gains that reach 1.0",
+                                f"{rel[:, col].min():g}..{rel[:, col].max():g}")  # fmt: skip
+    return gains, counts, rel
+
+
+def read_nonlin_table(path: str | Path) -> np.ndarray:
+    """A relative-gain table from CSV (or whitespace-separated) text, validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetflowInputError(path, "non_lin_correction", "an existing nonlinearity table", "no such file")
+    text = path.read_text()
+    table = np.genfromtxt(path, delimiter="," if "," in text else None)
+    check_nonlin_table(table, path)
+    return table
+
+

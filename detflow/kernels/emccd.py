@@ -2,10 +2,10 @@
 
 * :func:`row_bias`: per row, the median of the reliable prescan columns minus ``bias_offset``, with its
   error ``std / sqrt(ncols)``.
-* :func:`read_nonlin_table` / :func:`relgain_curve` / :func:`relative_gain`: the relative-gain table
-  (row 0 = EM gains, increasing; column 0 = DN, increasing; ``[0, 0]`` = NaN; body = relative gains):
-  linear in EM gain between the bracketing columns, then linear in DN, both constant beyond the table;
-  the L2a counts are the bias-subtracted counts times the relative gain.
+* :func:`relgain_curve` / :func:`relative_gain`: the relative-gain table (read and validated by
+  :func:`detflow.io.excam_l1.read_nonlin_table`): linear in EM gain between the bracketing columns,
+  then linear in DN, both constant beyond the table; the L2a counts are the bias-subtracted counts
+  times the relative gain.
 * :func:`enf`: the excess-noise factor ``sqrt(2 (g - 1) g^(-(N + 1)/N) + 1/g)`` of an N-stage gain
   register (N = 604 for EXCAM).
 * :func:`saturation_dn`: ``sat_thresh * min(fwc_em, fwc_pp * g) / k`` in DN.
@@ -17,12 +17,9 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import numba
 import numpy as np
 
-from ..errors import DetflowInputError
 from ._config import CACHE
 
 
@@ -35,56 +32,16 @@ def row_bias(frame: np.ndarray, cols: tuple[int, int], bias_offset: float = 0.0)
     return bias, err
 
 
-def check_nonlin_table(table: np.ndarray, source=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(gains, counts, relgains)`` of a relative-gain table, validated (one error naming the problem)."""
-    table = np.asarray(table, dtype=np.float64)
-    if table.ndim != 2 or table.shape[0] < 3 or table.shape[1] < 2:
-        raise DetflowInputError(source, "table", "rows of [DN, relative gains...] under a header row of EM gains",
-                                f"shape {table.shape}")  # fmt: skip
-    gains, counts, rel = table[0, 1:], table[1:, 0], table[1:, 1:]
-    if not np.all(np.isfinite(gains)) or np.any(np.diff(gains) <= 0):
-        raise DetflowInputError(source, "row 0 (EM gains)", "strictly increasing numbers", gains.tolist()[:8])
-    if not np.all(np.isfinite(counts)) or np.any(np.diff(counts) <= 0):
-        bad = int(np.argmax(~(np.diff(counts) > 0))) + 2
-        raise DetflowInputError(source, f"column 0 (DN), row {bad}", "strictly increasing counts",
-                                counts[max(bad - 3, 0) : bad + 1].tolist())  # fmt: skip
-    if not np.all(np.isfinite(rel)):
-        raise DetflowInputError(source, "relative gains", "finite values", "NaN or inf")
-    wild = (rel <= 0.1) | (rel >= 10)  # a correction factor, not a placeholder (10000...) or a gain
-    if wild.any():
-        r, c = (int(i[0]) for i in np.nonzero(wild))
-        raise DetflowInputError(source, f"row {r + 1} (DN {counts[r]:g}), EM gain {gains[c]:g}",
-                                "a relative gain between 0.1 and 10", f"{rel[r, c]:g}")  # fmt: skip
-    straddle = (rel.min(axis=0) <= 1) & (rel.max(axis=0) >= 1)
-    if not straddle.all():
-        col = int(np.argmin(straddle))
-        raise DetflowInputError(source, f"column for EM gain {gains[col]:g}", "relative gains that reach 1.0",
-                                f"{rel[:, col].min():g}..{rel[:, col].max():g}")  # fmt: skip
-    return gains, counts, rel
-
-
-def read_nonlin_table(path: str | Path) -> np.ndarray:
-    """A relative-gain table from CSV (or whitespace-separated) text, validated."""
-    path = Path(path)
-    if not path.is_file():
-        raise DetflowInputError(path, "non_lin_correction", "an existing nonlinearity table", "no such file")
-    text = path.read_text()
-    table = np.genfromtxt(path, delimiter="," if "," in text else None)
-    check_nonlin_table(table, path)
-    return table
-
-
-def relgain_curve(table: np.ndarray, em_gain: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(counts, relative gains at em_gain)``: linear between the two bracketing gain columns,
-    the edge column beyond the table."""
-    gains, counts, rel = check_nonlin_table(table)
-    j = int(np.clip(np.searchsorted(gains, em_gain, side="right") - 1, 0, len(gains) - 1))
+def relgain_curve(gains: np.ndarray, counts: np.ndarray, rel: np.ndarray, em_gain: float) -> np.ndarray:
+    """Relative gains at ``em_gain`` for each DN of ``counts``: linear between the two bracketing
+    columns of ``rel`` (one per EM gain of the increasing ``gains``), the edge column beyond."""
     if em_gain <= gains[0]:
-        return counts, rel[:, 0].copy()
+        return rel[:, 0].copy()
     if em_gain >= gains[-1]:
-        return counts, rel[:, -1].copy()
+        return rel[:, -1].copy()
+    j = int(np.searchsorted(gains, em_gain, side="right") - 1)
     w = (em_gain - gains[j]) / (gains[j + 1] - gains[j])
-    return counts, (1 - w) * rel[:, j] + w * rel[:, j + 1]
+    return (1 - w) * rel[:, j] + w * rel[:, j + 1]
 
 
 def relative_gain(dn: np.ndarray, counts: np.ndarray, curve: np.ndarray) -> np.ndarray:

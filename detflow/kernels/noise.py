@@ -9,6 +9,7 @@ index), so a realization is a function of the seed alone, never of tiling, task 
 * :func:`correlated_frame`: a resultant's correlated noise: the common 1/f stream times ``C_PINK`` plus
   each channel's own stream times ``U_PINK`` (odd channels read right to left), and the amp33 reference
   output built from its median, white noise and 1/f terms.
+* :func:`zclip`: clip a layer at median +/- k IQR/1.349 (the ``z`` flag of ``R``).
 * :func:`poisson_resampled_slopes`: Poisson noise resampled frame by frame through each pixel's ramp
   weights (the ``Pr`` layer); :func:`poisson_gaussian_slopes` its Gaussian limit.
 """
@@ -22,6 +23,13 @@ import numpy as np
 
 from . import rng
 from ._config import CACHE
+
+
+def zclip(img: np.ndarray, k: float) -> np.ndarray:
+    """``img`` clipped at median +/- k IQR/1.34896 (NaNs ignored in the statistics, kept)."""
+    q25, med, q75 = np.nanpercentile(img, [25, 50, 75])
+    half = k * (q75 - q25) / 1.34896
+    return np.clip(img, med - half, med + half).astype(np.float32)
 
 
 def pink_block(key: int, nrows: int, width: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 * :func:`smooth_mode`: the mode of a Gaussian-smoothed histogram, robust to sources.
 * :func:`sky_block_medians` + :func:`sky_fit`: a 2-D Legendre polynomial of total degree <= order,
-  least-squares through the medians of an ``nblock x nblock`` grid of blocks (the PIT's ``medfit``).
+  least-squares through the medians of an ``nblock x nblock`` grid of blocks; :func:`medfit` both and
+  the model (the PIT's ``medfit``).
 """
 
 from __future__ import annotations
@@ -71,3 +72,18 @@ def sky_fit(meds: np.ndarray, ny: int, nx: int, order: int, nblock: int = 8) -> 
     ok = np.isfinite(meds)
     b = basis[:, ok]
     return np.linalg.solve(b @ b.T, b @ meds[ok])
+
+
+def sky_model(coefs: np.ndarray, ny: int, nx: int, order: int) -> np.ndarray:
+    """The Legendre sky ``sum c_k P_i(u) P_j(v)`` on an ``ny x nx`` grid (float32)."""
+    u = 2 * np.arange(nx) / nx - 1
+    v = 2 * np.arange(ny) / ny - 1
+    uu, vv = np.meshgrid(u, v)
+    return np.tensordot(coefs, legendre_basis(order, uu, vv), axes=1).astype(np.float32)
+
+
+def medfit(img: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(coefficients, model)`` of the Legendre sky through the block medians of one image."""
+    ny, nx = img.shape
+    coefs = sky_fit(sky_block_medians(img), ny, nx, order)
+    return coefs, sky_model(coefs, ny, nx, order)

@@ -242,12 +242,12 @@ def noisy_l1(l1: xr.Dataset, refs: xr.Dataset, seed: int, layer: int, add: bool,
 def _dark_cube(l1: xr.Dataset, refs: xr.Dataset) -> xr.DataArray:
     """The last ``nread`` planes of the dark cube (the PIT allows one leading reference read)."""
     nread = l1.sizes[READ]
+    path = next((r["path"] for r in refs.attrs.get("reference_files", []) if r["name"] == "dark"), None)
     if "dark_data" not in refs:
-        raise DetflowInputError(None, "CALDIR.dark", "a dark reference with a roman.data cube (R noise layers)",
+        raise DetflowInputError(path, "roman.data", "a dark reference with a roman.data cube (R noise layers)",
                                 "no cube")  # fmt: skip
     k = refs.sizes["dark_k"]
     if k - nread not in (0, 1):
-        path = next((r["path"] for r in refs.attrs.get("reference_files", []) if r["name"] == "dark"), None)
         raise DetflowInputError(path, "roman.data", f"{nread} or {nread + 1} planes (one per resultant)", f"{k}")
     cube = refs["dark_data"].isel(dark_k=slice(k - nread, k)).rename(dark_k=READ)
     return cube.transpose(READ, Y, X)
@@ -322,15 +322,6 @@ def _per_pixel(fn, arrays: list[xr.DataArray], keys: list[int], nside: int, nb: 
 
 
 # ---- layers ---------------------------------------------------------------------------------------
-def _sky_model_2d(img: np.ndarray, order: int) -> np.ndarray:
-    ny, nx = img.shape
-    coefs = ksky.sky_fit(ksky.sky_block_medians(img), ny, nx, order)
-    u = 2 * np.arange(nx) / nx - 1
-    v = 2 * np.arange(ny) / ny - 1
-    uu, vv = np.meshgrid(u, v)
-    return np.tensordot(coefs, ksky.legendre_basis(order, uu, vv), axes=1).astype(np.float32)
-
-
 def _whole_image(a: xr.DataArray, fn) -> xr.DataArray:
     """Apply ``fn`` to each (y, x) image whole (a global statistic) and return it tiled like ``a``."""
     chunks = a.chunks
@@ -339,16 +330,6 @@ def _whole_image(a: xr.DataArray, fn) -> xr.DataArray:
                          dask="parallelized", output_dtypes=[np.float32])  # fmt: skip
     out = out.transpose(*a.dims)
     return out.copy(data=out.data.rechunk(chunks)) if chunks else out
-
-
-def _zclip(img: np.ndarray, k: float) -> np.ndarray:
-    q25, med, q75 = np.nanpercentile(img, [25, 50, 75])
-    half = k * (q75 - q25) / 1.34896
-    return np.clip(img, med - half, med + half).astype(np.float32)
-
-
-def _sky_removed(img: np.ndarray, order: int) -> np.ndarray:
-    return (img - _sky_model_2d(img, order)).astype(np.float32)
 
 
 def detector_number(detector: str | None) -> int:
@@ -381,7 +362,7 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
     if need_ramp:
         rp = RampFitParams(**params.get("ramp_fit", {}))
         tables = ramp_tables_for(l1, rp)
-        prefix = [s for s in recipe[: recipe.index("saturation") + 1]] if "saturation" in recipe else []
+        prefix = list(recipe[: recipe.index("saturation") + 1]) if "saturation" in recipe else []
         sat_ds = apply_recipe(l1, refs, prefix, {k: params.get(k, {}) for k in prefix}, fuse=fuse) if prefix else None
         if sat_ds is None:
             L = xr.full_like(base, l1.sizes[READ], dtype=np.int64)
@@ -408,7 +389,7 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
                 ref = dark_base
             diff = l2_data(run) - ref
             if spec.zclip is not None:
-                diff = _whole_image(diff, lambda im, k=spec.zclip: _zclip(im, k))
+                diff = _whole_image(diff, lambda im, k=spec.zclip: knoise.zclip(im, k))
         frame_keys = [krng.stream_key(seed, f, i, _BIAS) for f in range(l1.sizes[FRAME])]
         if spec.bias:
             tn = _tilde_nus_table(rps, frame_time, tables)
@@ -416,7 +397,7 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
         if spec.poisson:
             level = presky
             if spec.poisson_sky_order is not None:
-                level = _whole_image(presky, lambda im, o=spec.poisson_sky_order: _sky_model_2d(im, o))
+                level = _whole_image(presky, lambda im, o=spec.poisson_sky_order: ksky.medfit(im, o)[1])
             keys = [krng.stream_key(seed, f, i, _POISSON) for f in range(l1.sizes[FRAME])]
             if spec.resample:
                 if l1.sizes[FRAME] > 1 and len({str(r) for r in rps}) > 1:
@@ -431,7 +412,7 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
                 cp = np.nan_to_num(tables["coef_poisson"].values[0].astype(np.float64), nan=0.0)
                 diff = diff + _per_pixel(_gaussian, [level, gain, L], keys, n, nb, coef_poisson=cp)
         if spec.sky_order is not None:
-            diff = _whole_image(diff, lambda im, o=spec.sky_order: _sky_removed(im, o))
+            diff = _whole_image(diff, lambda im, o=spec.sky_order: (im - ksky.medfit(im, o)[1]).astype(np.float32))
         out_layers.append(diff.astype(np.float32))
     cube = xr.concat(out_layers, dim=LAYER, coords="minimal", compat="override", join="override")
     cube = cube.transpose(FRAME, LAYER, Y, X).assign_coords({LAYER: [s.code for s in layers]})
