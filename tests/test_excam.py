@@ -293,6 +293,10 @@ def test_electrons_and_synthesized_dark():
     dn, err = rng.uniform(0, 1000, (5, 6)), rng.uniform(1, 2, (5, 6))
     e, ee = emccd.to_electrons(dn, err, 8.7, 250.0)
     np.testing.assert_allclose(e, dn * 8.7 / 250.0)
-    np.testing.assert_allclose(ee, err * 8.7 / 250.0 * emccd.enf(250.0))
+    np.testing.assert_allclose(ee, err * 8.7 / 250.0)
+    e2, ee2 = emccd.to_electrons(dn - 500, err, 8.7, 250.0, shot_noise=True)
+    shot = np.maximum(e2, 0) * emccd.enf(250.0) ** 2
+    np.testing.assert_allclose(ee2**2, (err * 8.7 / 250.0) ** 2 + shot)
+    assert np.all(ee2[e2 <= 0] == (err * 8.7 / 250.0)[e2 <= 0])
     fpn, dc, cic = rng.uniform(0, 5, (3, 4, 4))
     np.testing.assert_allclose(emccd.synthesized_dark(fpn, dc, cic, 100.0, 30.0), fpn / 100.0 + 30.0 * dc + cic)

@@ -131,3 +131,128 @@ def export_noise_fits(store: str | Path, path: str | Path, frame: int = 0) -> Pa
     hdu.writeto(tmp)
     tmp.replace(path)
     return path
+
+
+# ---- Roman Coronagraph EXCAM: the II&T file set ---------------------------------------------------
+EXCAM_FRAME_FILES = ("L2a_image", "L2a_bpmap", "L2b_image", "L2b_bpmap")
+EXCAM_SET_FILES = ("mean_comb_image", "mean_comb_bpmap", "median_comb_image", "median_comb_bpmap")
+
+
+def _excam_names(job) -> list[str]:
+    from . import expand_inputs
+
+    stems = [Path(f).stem for f in expand_inputs(job.input)]
+    names = [f"{s}_{kind}.fits" for s in stems for kind in EXCAM_FRAME_FILES]
+    return names + [f"{job.export_prefix}_{kind}.fits" for kind in EXCAM_SET_FILES]
+
+
+def check_excam_exports(job) -> None:
+    """Refuse (before any work) an export that would replace files, unless the job says overwrite."""
+    from ..errors import OutputExistsError
+
+    if job.export_dir is None or job.overwrite or not Path(job.export_dir).exists():
+        return
+    clash = [n for n in _excam_names(job) if (Path(job.export_dir) / n).exists()]
+    if clash:
+        raise OutputExistsError(Path(job.export_dir) / clash[0], "export_dir", "files that do not exist yet (or "
+                                "overwrite: true)", f"{len(clash)} exist")  # fmt: skip
+
+
+def _excam_header(attrs: dict, level: str, extra: dict | None = None) -> fits.Header:
+    hdr = fits.Header()
+    hdr["DATA_LEVEL"] = (level, "data level")
+    hdr["ORIGIN"] = "detflow"
+    hdr["DFVERS"] = (__version__, "detflow version")
+    job = attrs.get("job", {})
+    for key, card in (("fwc_em_e", "FWC_EM_E"), ("fwc_pp_e", "FWC_PP_E"), ("eperdn", "EPERDN"),
+                      ("bias_offset", "BIAS_OFF")):  # fmt: skip
+        if key in attrs:
+            hdr[card] = (float(attrs[key]), key)
+    hdr["EMGAIN"] = (float(attrs.get("em_gain", np.nan)), "EM gain used")
+    hdr["EXPTIME"] = (float(attrs.get("exptime", np.nan)), "s")
+    for key in ("non_linearity_filepath", "dark_current_map", "fixed_pattern_noise", "EXCAM_clock_induced_charge",
+                "flatfield_filepath", "badpix_filepath", "master_dark_filepath"):  # fmt: skip
+        if job.get(key):
+            hdr.add_comment(f"{key} = {job[key]}")
+    for k, v in (extra or {}).items():
+        hdr[k] = v
+    return hdr
+
+
+def _write_pair(path: Path, data: np.ndarray, hdr: fits.Header, unit: str) -> None:
+    image = fits.ImageHDU(data, name="IMAGE")
+    image.header["BUNIT"] = unit
+    tmp = path.with_name(path.name + ".partial")
+    fits.HDUList([fits.PrimaryHDU(header=hdr), image]).writeto(tmp, overwrite=True)
+    os.replace(tmp, path)
+
+
+def export_excam_fits(store: str | Path, outdir: str | Path, prefix: str = "excam", png: bool = False,
+                      overwrite: bool = False) -> list[Path]:  # fmt: skip
+    """The II&T file set from a written EXCAM store: per frame ``<name>_L2a_image.fits``,
+    ``_L2a_bpmap.fits``, ``_L2b_image.fits``, ``_L2b_bpmap.fits``; per data set
+    ``<prefix>_{mean,median}_comb_{image,bpmap}.fits``. Primary HDU (``DATA_LEVEL`` and the processing
+    keywords) + image HDU. bpmaps hold corgidrp's DQ bits (1 bad, 2 hot, 4 no flat, 32 saturated,
+    64 nonlinear, 128 cosmic ray; 0 good). With ``png`` also quicklooks. Each file is written under a
+    temporary name and renamed."""
+    from ..steps.excam import corgi_bits
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    tree = open_store(store)
+    written: list[Path] = []
+    for node in tree.subtree:
+        name = node.name
+        if not node.has_data or not (name.startswith(("l2a", "l2b", "mean_comb", "median_comb"))):
+            continue
+        parent = node.parent.path if node.parent is not None and node.parent.name in ("l2a", "l2b", "mean_comb",
+                                                                                     "median_comb") else None  # fmt: skip
+        kind = node.parent.name if parent else name
+        group_tag = f"_{name}" if parent else ""
+        ds = node.to_dataset()
+        if kind in ("l2a", "l2b"):
+            level = "L2a" if kind == "l2a" else "L2b"
+            files = ds["source_file"].values
+            for i, src in enumerate(files):
+                frame = ds.isel(frame=i)
+                stem = Path(str(src)).stem
+                hdr = _excam_header(ds.attrs, level, {"FILENAME": str(src), "REJECTED": int(frame["rejected"])})
+                for suffix, arr, unit in ((f"{level}_image", frame["data"].values.astype(np.float32),
+                                           ds["data"].attrs.get("units", "")),
+                                          (f"{level}_bpmap", corgi_bits(frame["dq"].values), "")):  # fmt: skip
+                    path = outdir / f"{stem}_{suffix}.fits"
+                    if path.exists() and not overwrite:
+                        continue  # checked before the run; a second group of the same file cannot clash
+                    _write_pair(path, arr, hdr, unit)
+                    written.append(path)
+                if png:
+                    written.append(_excam_png(frame["data"].values, outdir / f"{stem}_{level}_image.png",
+                                              f"{stem} {level}"))  # fmt: skip
+        elif kind in ("mean_comb", "median_comb"):
+            hdr = _excam_header(ds.attrs, "L2b", {"NFRAMES": int(ds.attrs.get("frames", 0)),
+                                                  "NREJECT": int(ds.attrs.get("frames_rejected", 0))})  # fmt: skip
+            for suffix, arr, unit in (("image", ds["data"].values.astype(np.float32), ds["data"].attrs.get("units", "")),
+                                      ("bpmap", corgi_bits(ds["dq"].values), "")):  # fmt: skip
+                path = outdir / f"{prefix}{group_tag}_{kind}_{suffix}.fits"
+                _write_pair(path, arr, hdr, unit)
+                written.append(path)
+            if png:
+                written.append(_excam_png(ds["data"].values, outdir / f"{prefix}{group_tag}_{kind}_image.png", kind))
+    return written
+
+
+def _excam_png(img: np.ndarray, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5), constrained_layout=True)
+    finite = img[np.isfinite(img)]
+    lo, hi = np.percentile(finite, [1, 99.5]) if finite.size else (0, 1)
+    im = ax.imshow(img, origin="lower", vmin=lo, vmax=hi, cmap="magma")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

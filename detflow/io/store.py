@@ -85,19 +85,26 @@ class StoreWriter:
         return ds.to_zarr(str(self.tmp), group=name, mode="w-", compute=False, zarr_format=3,
                           consolidated=False, encoding=_encoding(ds))  # fmt: skip
 
-    def add_all(self, products: dict[str, xr.Dataset]) -> "dask.delayed.Delayed":
+    def add_all(self, products: dict[str, xr.Dataset], encoding: dict[str, dict] | None = None) -> "dask.delayed.Delayed":
         """Write the metadata of every group now and return one delayed write of all their chunks.
 
         One ``to_zarr`` for all groups, so dask optimises them as one graph: the tasks groups share
         (the calibrated exposure behind both ``l2`` and ``noise``) keep one key and run once. Separate
         ``to_zarr(compute=False)`` calls fuse each group's graph on its own and run shared tasks twice
-        (``bench/repro_store_shared_chain.py``)."""
+        (``bench/repro_store_shared_chain.py``).
+
+        ``encoding`` (``{group: {variable: {...}}}``) overrides a variable's zarr chunks, e.g. smaller
+        chunks inside shards that equal the dask chunks (each task still writes whole shards)."""
         cleaned = {name: _clean(regular_chunks(ds)) for name, ds in products.items()}
         self.groups.extend(cleaned)
         tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in cleaned.items()})
-        encoding = {f"/{name}": _encoding(ds) for name, ds in cleaned.items()}
+        enc = {f"/{name}": _encoding(ds) for name, ds in cleaned.items()}
+        for name, variables in (encoding or {}).items():
+            for var, e in variables.items():
+                if name in cleaned and var in cleaned[name].variables:
+                    enc[f"/{name}"][var] = e
         return tree.to_zarr(str(self.tmp), mode="a", compute=False, zarr_format=3, consolidated=False,
-                            encoding=encoding)  # fmt: skip
+                            encoding=enc)  # fmt: skip
 
     def set_group_attrs(self, name: str, attrs: dict) -> None:
         g = zarr.open_group(str(self.tmp), path=name, mode="r+", zarr_format=3)

@@ -17,19 +17,39 @@
 from __future__ import annotations
 
 import math
+import warnings
+
 import numba
 import numpy as np
 
 from ._config import CACHE
 
 
-def row_bias(frame: np.ndarray, cols: tuple[int, int], bias_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def row_bias(frame: np.ndarray, cols: tuple[int, int], bias_offset: float = 0.0, outlier_nsigma: float | None = None,
+             mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``(bias, err)`` per row from the prescan columns ``cols[0]:cols[1]`` of one or more frames
-    (``(..., rows, columns)``); float64."""
+    (``(..., rows, columns)``); float64.
+
+    ``mask`` (same shape as ``frame``, True = leave out, e.g. a cosmic-ray tail that ran on into the
+    prescan) drops pixels from a row's median and error. With ``outlier_nsigma``, rows whose median
+    lies more than that many standard deviations (over the rows of the frame) from the median of all
+    rows take the median of all rows instead (corgidrp's guard against long cosmic tails; the rows
+    are those of ``frame``, so the statistics depend on which rows are passed)."""
     block = np.asarray(frame[..., cols[0] : cols[1]], dtype=np.float64)
-    bias = np.median(block, axis=-1) - bias_offset
-    err = np.std(block, axis=-1) / np.sqrt(block.shape[-1])
-    return bias, err
+    if mask is not None and np.any(mask[..., cols[0] : cols[1]]):
+        block = np.where(mask[..., cols[0] : cols[1]], np.nan, block)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a row with every reliable pixel masked: NaN
+            med = np.nanmedian(block, axis=-1)
+            err = np.nanstd(block, axis=-1) / np.sqrt(np.sum(np.isfinite(block), axis=-1))
+    else:
+        med = np.median(block, axis=-1)
+        err = np.std(block, axis=-1) / np.sqrt(block.shape[-1])
+    if outlier_nsigma is not None:
+        centre = np.median(med, axis=-1, keepdims=True)
+        spread = np.std(med, axis=-1, keepdims=True)
+        med = np.where(np.abs(med - centre) > outlier_nsigma * spread, centre, med)
+    return med - bias_offset, err
 
 
 def relgain_curve(gains: np.ndarray, counts: np.ndarray, rel: np.ndarray, em_gain: float) -> np.ndarray:
@@ -176,6 +196,52 @@ def combine_stack(data, err, dq, bad_bits, mean, median, err_mean, err_median, n
 
 # ---- L2a -> L2b ------------------------------------------------------------------------------------------
 @numba.njit(cache=CACHE)
+def fill_nearest(img):
+    """Replace every NaN of ``img`` (in place) by the value of a near finite pixel, searching squares of
+    growing half-width s = 1, 2, ...: row offsets in the order 0, 1, ..., s, -s, ..., -1, column offsets
+    -s ... s; at each offset every still-NaN pixel whose neighbour there is inside the frame takes the
+    neighbour's value as it was before that offset was applied (corgidrp's desmear fill, vectorised per
+    offset, so the order and the result are the same)."""
+    ny, nx = img.shape
+    n = 0
+    for r in range(ny):
+        for c in range(nx):
+            if np.isnan(img[r, c]):
+                n += 1
+    rr = np.empty(n, dtype=np.int64)
+    cc = np.empty(n, dtype=np.int64)
+    k = 0
+    for r in range(ny):
+        for c in range(nx):
+            if np.isnan(img[r, c]):
+                rr[k] = r
+                cc[k] = c
+                k += 1
+    vals = np.empty(n)
+    shift = 1
+    limit = max(ny, nx)
+    while n > 0 and shift < limit:
+        for i in range(2 * shift + 1):
+            rs = i if i <= shift else i - 2 * shift - 1
+            for cs in range(-shift, shift + 1):
+                if n == 0:
+                    break
+                for k in range(n):
+                    r2, c2 = rr[k] + rs, cc[k] + cs
+                    vals[k] = img[r2, c2] if 0 <= r2 < ny and 0 <= c2 < nx else np.nan
+                m = 0
+                for k in range(n):
+                    if not np.isnan(vals[k]):
+                        img[rr[k], cc[k]] = vals[k]
+                    else:
+                        rr[m] = rr[k]
+                        cc[m] = cc[k]
+                        m += 1
+                n = m
+        shift += 1
+
+
+@numba.njit(cache=CACHE)
 def desmear(img, row_time, exptime, out):
     """Remove the smear of a shutterless readout: ``out = img - smear`` with
     ``smear[r] = sum_{s <= r} a (1 + a)^(s - r - 1) img[s]``, ``a = row_time / exptime`` (rows in readout
@@ -191,14 +257,34 @@ def desmear(img, row_time, exptime, out):
             out[r, j] = img[r, j] - s
 
 
+def desmear_masked(img: np.ndarray, masked: np.ndarray, row_time: float, exptime: float) -> np.ndarray:
+    """Desmear one image whose ``masked`` pixels (cosmic rays) were not smeared by the scene: the smear
+    is computed with those pixels filled from their nearest unmasked neighbours (:func:`fill_nearest`),
+    then removed from every pixel, the masked ones keeping their own value minus the smear."""
+    work = np.array(img, dtype=np.float64)
+    if masked.any():
+        work[masked] = np.nan
+        fill_nearest(work)
+    out = np.empty_like(work)
+    desmear(work, row_time, exptime, out)
+    if masked.any():
+        out[masked] = img[masked] - (work[masked] - out[masked])
+    return out
+
+
 def synthesized_dark(fpn, dark_current, cic, em_gain: float, exptime: float):
     """The master dark in electrons from the noise maps: ``F / g + t D + C`` (fixed-pattern noise seen
     through the EM gain, dark current rate, clock-induced charge)."""
     return np.asarray(fpn) / em_gain + exptime * np.asarray(dark_current) + np.asarray(cic)
 
 
-def to_electrons(dn, err_dn, eperdn: float, em_gain: float, n_stages: int = 604):
-    """L2a DN to L2b electrons: ``dn * k / g``; the error scaled alike and inflated by the excess-noise
-    factor of the gain register (in quadrature with the Poisson-like part as the caller decides)."""
+def to_electrons(dn, err_dn, eperdn: float, em_gain: float, shot_noise: bool = False, n_stages: int = 604):
+    """L2a DN to L2b detected electrons: ``dn * k / g``, the error scaled alike. With ``shot_noise``
+    the Poisson noise of the detected electrons, amplified by the excess-noise factor of the gain
+    register, is added in quadrature: ``err^2 += ENF(g)^2 max(e, 0)``."""
     scale = eperdn / em_gain
-    return np.asarray(dn) * scale, np.asarray(err_dn) * scale * enf(em_gain, n_stages)
+    e = np.asarray(dn) * scale
+    err = np.asarray(err_dn) * scale
+    if shot_noise:
+        err = np.sqrt(err**2 + enf(em_gain, n_stages) ** 2 * np.maximum(e, 0))
+    return e, err

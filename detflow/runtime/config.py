@@ -116,6 +116,109 @@ class WFIJob(_Model):
         return self
 
 
+EXCAM_CAL_KEYS = ("non_linearity_filepath", "dark_current_map", "fixed_pattern_noise", "EXCAM_clock_induced_charge",
+                  "flatfield_filepath", "badpix_filepath", "master_dark_filepath")  # fmt: skip
+EXCAM_COSMIC_KEYS = ("sat_thresh", "plat_thresh", "cosm_filter", "cosm_box", "cosm_tail", "cosm_tail_auto_factor",
+                     "cosm_thresh", "median_filter_mode", "pct_oversat_lim")  # fmt: skip
+
+
+class ExcamJob(_Model):
+    """A Roman Coronagraph EXCAM data set, L1 -> L2a -> L2b and its combines.
+
+    The II&T ``config_file.yaml`` keys are accepted as they are (``fwc_em_e``, ``fwc_pp_e``, ``eperdn``,
+    ``bias_offset``, ``generate_png_files`` and the calibration paths), and so are the cosmic-ray
+    parameters as top-level keys (II&T's and corgidrp's newer ``cosm_thresh``, ``median_filter_mode``).
+    """
+
+    pipeline: Literal["roman_excam"] = "roman_excam"
+    input: str | list[str] = Field(..., description="L1 FITS file, directory, glob, or a list of these")
+    output: Path = Field(..., description="output zarr store (.zarr)")
+    overwrite: bool = False
+    # II&T detector parameters
+    fwc_em_e: float = Field(100000.0, gt=0, description="gain-register full well (e-)")
+    fwc_pp_e: float = Field(66850.0, gt=0, description="image-pixel full well (e-)")
+    eperdn: float = Field(9.55, gt=0, description="k gain (e-/DN)")
+    bias_offset: float = Field(0.0, description="subtracted from the prescan bias (DN)")
+    generate_png_files: bool = Field(False, description="write PNG quicklooks beside the FITS exports")
+    # II&T calibration paths (and a traditional master dark)
+    non_linearity_filepath: Path | None = None
+    dark_current_map: Path | None = None
+    fixed_pattern_noise: Path | None = None
+    EXCAM_clock_induced_charge: Path | None = None
+    flatfield_filepath: Path | None = None
+    badpix_filepath: Path | None = None
+    master_dark_filepath: Path | None = Field(None, description="a master dark in electrons (used before the maps)")
+    # cosmic rays (II&T names and defaults; corgidrp's cosm_thresh and median_filter_mode)
+    sat_thresh: float = Field(0.7, gt=0, le=1)
+    plat_thresh: float = Field(0.7, gt=0, le=1)
+    cosm_filter: int = Field(1, ge=1)
+    cosm_box: int = Field(3, ge=0)
+    cosm_tail: int | Literal["auto"] = 10
+    cosm_tail_auto_factor: float = Field(0.04, gt=0)
+    cosm_thresh: float | None = Field(None, gt=0, le=1)
+    median_filter_mode: Literal[0] = Field(0, description="0 only in this version (corgidrp's plateau search)")
+    pct_oversat_lim: float = Field(20.0, ge=0, le=100)
+    # detflow
+    desmear: bool = Field(True, description="remove the readout smear at L2b")
+    group: bool = Field(False, description="split mixed EXPTIME/EM gain data sets into one product set per "
+                        "group (l2a/<key>, ...) instead of refusing them")  # fmt: skip
+    combine: list[Literal["l2a", "l2b"]] = Field(["l2b"], description="levels whose mean and median combines are "
+                                                 "written (l2b: mean_comb, median_comb; l2a: l2a_mean_comb, ...)")  # fmt: skip
+    frames_per_task: int = Field(4, ge=1, description="frames per L1 -> L2b task")
+    combine_task_mb: int = Field(256, ge=16, description="target memory of one combine task (MB): sets the tile")
+    export_dir: Path | None = Field(None, description="also write the II&T FITS file set here")
+    export_prefix: str = Field("excam", description="prefix of the data-set FITS files")
+    steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step (excam_*)")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    source: str | None = Field(None, description="the file this job was read from")
+
+    @pydantic.field_validator("output")
+    @classmethod
+    def _output_suffix(cls, v: Path) -> Path:
+        if v.suffix != ".zarr":
+            raise ValueError(f"a .zarr store, got {v.name!r}")
+        return v
+
+    @property
+    def store(self) -> Path:
+        return self.output
+
+    def calibration_paths(self) -> dict[str, Path | None]:
+        return {k: getattr(self, k) for k in EXCAM_CAL_KEYS}
+
+    def step_params(self) -> dict[str, dict]:
+        """Every step's parameters: the II&T keys where they belong, then ``steps`` on top."""
+        cosmics = {k: getattr(self, k) for k in EXCAM_COSMIC_KEYS}
+        cosmics.update(fwc_em_e=self.fwc_em_e, fwc_pp_e=self.fwc_pp_e, eperdn=self.eperdn)
+        base = {
+            "excam_bias": {"bias_offset": self.bias_offset},
+            "excam_cosmics": cosmics,
+            "excam_electrons": {"eperdn": self.eperdn},
+            "excam_desmear": {"apply": self.desmear},
+        }
+        for name, extra in self.steps.items():
+            base[name] = {**base.get(name, {}), **extra}
+        return base
+
+    @pydantic.model_validator(mode="after")
+    def _steps_known(self) -> "ExcamJob":
+        from ..steps.registry import all_steps
+
+        reg = all_steps()
+        for name in self.steps:
+            if name not in reg or reg[name].family != "roman_excam":
+                known = sorted(k for k, v in reg.items() if v.family == "roman_excam")
+                raise ValueError(f"unknown EXCAM step {name!r}; known: {', '.join(known)}")
+        for name, params in self.step_params().items():
+            reg[name].params(**params)
+        return self
+
+
+def is_excam(raw: dict) -> bool:
+    return isinstance(raw, dict) and (raw.get("pipeline") == "roman_excam" or (
+        raw.get("pipeline") is None and "IN" not in raw and any(k in raw for k in ("eperdn", "fwc_em_e", "fwc_pp_e"))))
+
+
 PIT_KEYS_TRANSLATED = {"IN", "OUT", "CALDIR", "RAMP_OPT_PARS", "JUMP_DETECT_PARS", "EXCLUDE_FIRST",
                        "SATURATION_BACKUP", "SKYORDER", "FITSWCS", "FITSOUT", "NOISE", "NOISE_PRECISION"}  # fmt: skip
 PIT_NOISE_KEYS = {"LAYER", "SEED", "OUT", "TEMP"}  # TEMP: the PIT's scratch file, not needed by detflow
@@ -217,9 +320,9 @@ def _format_validation(exc: pydantic.ValidationError, source) -> DetflowInputErr
                              repr(err.get("input"))[:80])  # fmt: skip
 
 
-def load_job(job: str | Path | dict | WFIJob) -> WFIJob:
-    """Validate a job given as a YAML path, a dict (either spelling) or a :class:`WFIJob`."""
-    if isinstance(job, WFIJob):
+def load_job(job: str | Path | dict | WFIJob | ExcamJob) -> WFIJob | ExcamJob:
+    """Validate a job given as a YAML path, a dict (any spelling) or a job model."""
+    if isinstance(job, (WFIJob, ExcamJob)):
         return job
     source = None
     if isinstance(job, (str, Path)):
@@ -235,6 +338,8 @@ def load_job(job: str | Path | dict | WFIJob) -> WFIJob:
         raw = dict(job)
     if not isinstance(raw, dict):
         raise DetflowInputError(source, "<root>", "a mapping of job keys", type(raw).__name__)
+    if is_excam(raw):
+        return _load_excam(raw, source)
     if is_pit(raw):
         raw = from_pit(raw, source)
     elif source is not None:
@@ -255,5 +360,25 @@ def load_job(job: str | Path | dict | WFIJob) -> WFIJob:
     raw.setdefault("source", source)
     try:
         return WFIJob(**raw)
+    except pydantic.ValidationError as exc:
+        raise _format_validation(exc, source) from None
+
+
+def _load_excam(raw: dict, source: str | None) -> ExcamJob:
+    """An EXCAM job: paths relative to the job file, as the II&T configuration writes them."""
+    raw = dict(raw)
+    if source is not None:
+        base = Path(source).resolve().parent
+        for key in ("output", "export_dir") + EXCAM_CAL_KEYS:
+            if raw.get(key):
+                raw[key] = str(_resolve(base, raw[key]))
+        if isinstance(raw.get("input"), str):
+            raw["input"] = str(_resolve(base, raw["input"]))
+        elif isinstance(raw.get("input"), list):
+            raw["input"] = [str(_resolve(base, v)) for v in raw["input"]]
+    raw.setdefault("source", source)
+    raw["pipeline"] = "roman_excam"
+    try:
+        return ExcamJob(**raw)
     except pydantic.ValidationError as exc:
         raise _format_validation(exc, source) from None

@@ -79,8 +79,13 @@ DETECTOR_FIELD = "{detector}"
 def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
     """The lazy products of a job, by store group: ``{"l2": ...}`` for one detector; for the exposures
     of several detectors (the 18 SCAs of a Roman exposure), ``{"l2/WFI01": ..., "l2/WFI02": ...}``,
-    with each detector's reference files named by ``{detector}`` in the CALDIR paths."""
+    with each detector's reference files named by ``{detector}`` in the CALDIR paths. For an EXCAM
+    job: ``{"l2a": ..., "l2b": ...}`` (the combines are built from the written store at run time)."""
     job = load_job(job)
+    if job.pipeline == "roman_excam":
+        from .excam import build_excam
+
+        return build_excam(job)[0]
     files = expand_inputs(job.input)
     by_det: dict[str, list[Path]] = {}
     for f in files:
@@ -156,6 +161,10 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
     else an embedded LocalCluster). The output store appears only when every product is written.
     """
     job = load_job(job)
+    if job.pipeline == "roman_excam":
+        from .excam import run_excam
+
+        return run_excam(job, client, scheduler=scheduler, progress=progress, console=console)
     check_output(job.store, job.overwrite)
     if job.output != job.store:
         check_output(job.output, job.overwrite)

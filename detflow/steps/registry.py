@@ -97,7 +97,7 @@ def all_steps() -> dict[str, Step]:
 
 
 def _load_all() -> None:
-    from . import wfi  # noqa: F401  (registers the WFI steps)
+    from . import excam, wfi  # noqa: F401  (registers the EXCAM and WFI steps)
 
 
 def record(ds: xr.Dataset, name: str, status: str, params: StepParams | None, note: str = "") -> xr.Dataset:

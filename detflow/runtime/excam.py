@@ -1,0 +1,195 @@
+"""An EXCAM data set end to end: L1 -> L2a -> L2b on the cluster, then the data-set combines.
+
+Two passes over one temporary store (renamed into place only when both are done):
+
+1. ``l2a`` and ``l2b``: one task per ``frames_per_task`` whole frames. Their zarr chunks are small
+   pixel tiles over those frames, inside shards equal to the task's block, so every task writes
+   whole shards and the combine can read a tile of every frame without reading whole frames.
+2. ``mean_comb`` and ``median_comb`` (and ``l2a_mean_comb``/``l2a_median_comb``): read back from
+   the store with the whole frame axis per task and a tile sized by ``combine_task_mb``; memory is
+   bounded by the tile, not by the number of frames.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import numpy as np
+import xarray as xr
+from distributed import Client
+
+from .. import __version__, schema
+from ..instruments import roman_excam
+from ..io.excam_cal import open_excam_references
+from ..io.excam_l1 import open_excam_l1
+from ..io.store import StoreWriter, check_output, open_store
+from ..io.caldir import sha256
+from ..steps import excam as sx
+from ..steps.registry import apply_recipe
+from .cluster import get_client
+from .config import ExcamJob
+
+COMBINE_BYTES_PER_PIXEL_FRAME = 20  # data f4 + err f4 + dq u4, the rejected-frame OR copy, slack
+
+
+def group_key(exptime: float, gain: float, arrtype: str) -> str:
+    """Store-group suffix of one (EXPTIME, EM gain, ARRTYPE) group: ``t5s_g100_SCI``."""
+    return re.sub(r"[^A-Za-z0-9_]", "p", f"t{exptime:g}s_g{gain:g}_{arrtype}")
+
+
+def combine_tile(n_frames: int, ny: int, nx: int, task_mb: int) -> int:
+    """Largest tile side (a power of two from 16 to 256 dividing the image) whose whole-frame-axis
+    stack fits ``task_mb``."""
+    budget = task_mb * 2**20 / (COMBINE_BYTES_PER_PIXEL_FRAME * max(1, n_frames))
+    side = 256
+    while side > 16 and (side * side > budget or ny % side or nx % side):
+        side //= 2
+    return side
+
+
+def _datasets(job: ExcamJob) -> dict[str, xr.Dataset]:
+    if job.group:
+        return {f"/{group_key(*k)}": ds for k, ds in open_excam_l1(job.input, group=True).items()}
+    return {"": open_excam_l1(job.input)}
+
+
+def build_excam(job: ExcamJob) -> tuple[dict[str, xr.Dataset], dict[str, int]]:
+    """The lazy ``l2a``/``l2b`` groups of a job (per EXPTIME/gain group with ``group``) and the combine
+    tile of each suffix. No computation."""
+    from .run import versions
+
+    params = job.step_params()
+    products: dict[str, xr.Dataset] = {}
+    tiles: dict[str, int] = {}
+    for suffix, l1 in _datasets(job).items():
+        geom = roman_excam.GEOMETRIES[l1.attrs["geometry"]]
+        refs = open_excam_references(job.calibration_paths(), geom)
+        refs = refs.chunk()  # one lazy chunk per map: broadcasting against frames stays lazy
+        l1 = l1.chunk({schema.FRAME: job.frames_per_task})
+        ds = apply_recipe(l1, refs, sx.L2A_RECIPE, params)
+        ds = sx.to_image_area(ds)
+        l2a = sx.l2a_product(ds)
+        l2b = sx.l2b_product(apply_recipe(ds, refs, sx.L2B_RECIPE, params))
+        for prod in (l2a, l2b):
+            prod.attrs.update({
+                "reference_files": refs.attrs["reference_files"],
+                "inputs": list(l1.attrs.get("inputs", [])),
+                "job": job.model_dump(mode="json"),
+                "versions": versions(),
+                "em_gain": float(l1["em_gain"].values[0]),
+                "exptime": float(l1["exptime"].values[0]),
+                "eperdn": job.eperdn, "fwc_em_e": job.fwc_em_e, "fwc_pp_e": job.fwc_pp_e,
+                "bias_offset": job.bias_offset,
+            })  # fmt: skip
+        products[f"l2a{suffix}"] = l2a
+        products[f"l2b{suffix}"] = l2b
+        tiles[suffix] = combine_tile(l1.sizes[schema.FRAME], geom.image.rows, geom.image.cols, job.combine_task_mb)
+    return products, tiles
+
+
+def _sharded(products: dict[str, xr.Dataset], tiles: dict[str, int], fb: int) -> dict[str, dict]:
+    enc = {}
+    for name, ds in products.items():
+        suffix = name[name.index("/"):] if "/" in name else ""
+        t = tiles[suffix]
+        ny, nx = ds.sizes[schema.Y], ds.sizes[schema.X]
+        f = min(fb, ds.sizes[schema.FRAME])
+        enc[name] = {v: {"chunks": (f, t, t), "shards": (f, ny, nx)} for v in ("data", "err", "dq")}
+    return enc
+
+
+def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
+              console=None) -> xr.DataTree:  # fmt: skip
+    """Run an EXCAM job and return the written store as a DataTree (complete or absent)."""
+    from .run import versions
+
+    check_output(job.store, job.overwrite)
+    if job.export_dir is not None:
+        from ..io.exporters import check_excam_exports
+
+        check_excam_exports(job)
+    products, tiles = build_excam(job)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    with get_client(job.cluster, client, scheduler) as c:
+        if console is not None and getattr(c, "dashboard_link", None):
+            console.print(f"dask dashboard: {c.dashboard_link}")
+        with StoreWriter(job.store, overwrite=job.overwrite) as writer:
+            files = sorted({i["path"] for ds in products.values() for i in ds.attrs.get("inputs", [])} |
+                           {r["path"] for ds in products.values() for r in ds.attrs.get("reference_files", [])})  # fmt: skip
+            sums = dict(zip(files, c.map(sha256, files, pure=False)))
+            _compute(c, writer.add_all(products, _sharded(products, tiles, job.frames_per_task)), progress, console,
+                     "detflow roman_excam: L1 -> L2a -> L2b")  # fmt: skip
+            combined = {}
+            for suffix, t in tiles.items():
+                for level in job.combine:
+                    stored = xr.open_zarr(str(writer.tmp), group=f"{level}{suffix}", consolidated=False,
+                                          chunks={schema.FRAME: -1, schema.Y: t, schema.X: t})  # fmt: skip
+                    mean, median = sx.combine(stored)
+                    head = "" if level == "l2b" else "l2a_"
+                    for name, prod in ((f"{head}mean_comb{suffix}", mean), (f"{head}median_comb{suffix}", median)):
+                        prod.attrs.update({k: v for k, v in stored.attrs.items() if k in (
+                            "em_gain", "exptime", "eperdn", "fwc_em_e", "fwc_pp_e", "bias_offset", "geometry")})
+                        prod.attrs["data_level"] = stored.attrs.get("data_level", level.upper())
+                        prod.attrs["source_group"] = f"{level}{suffix}"
+                        prod.attrs["frames_rejected"] = int((stored["rejected"].values != 0).sum())
+                        combined[name] = prod
+            if combined:
+                _compute(c, writer.add_all(combined), progress, console, "detflow roman_excam: combines")
+            sums = dict(zip(sums, c.gather(list(sums.values()))))
+            inputs, references = [], []
+            for name, ds in products.items():
+                ins = [dict(i, sha256=sums[i["path"]]) for i in ds.attrs.get("inputs", [])]
+                refs = [dict(r, sha256=sums[r["path"]]) for r in ds.attrs.get("reference_files", [])]
+                writer.set_group_attrs(name, {"inputs": ins, "reference_files": refs})
+                inputs += [i for i in ins if i not in inputs]
+                references += [r for r in refs if r not in references]
+            last = next(p for n, p in products.items() if n.startswith("l2b"))  # its steps: L2a's and L2b's
+            writer.set_root_attrs({
+                "detflow_version": __version__,
+                "pipeline": job.pipeline,
+                "products": list(products) + list(combined),
+                "job": job.model_dump(mode="json"),
+                "inputs": inputs,
+                "reference_files": references,
+                "versions": versions(),
+                "started": started,
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "steps": last.attrs.get("steps", []),
+                "history": last.attrs.get("history", []),
+            })  # fmt: skip
+            writer.commit()
+    if job.export_dir is not None:
+        from ..io.exporters import export_excam_fits
+
+        written = export_excam_fits(job.store, job.export_dir, job.export_prefix, png=job.generate_png_files,
+                                    overwrite=job.overwrite)  # fmt: skip
+        if console is not None:
+            console.print(f"export: {len(written)} FITS/PNG files in {job.export_dir}")
+    return open_store(job.store)
+
+
+def _compute(c: Client, delayed, progress: bool, console, description: str) -> None:
+    futures = c.compute([delayed])
+    if progress:
+        from .progress import RichProgressBar
+
+        RichProgressBar([f.key for f in futures], scheduler=c.scheduler.address, console=console,
+                        description=description)  # fmt: skip
+    c.gather(futures)  # re-raises the first task error; the writer then removes the partial store
+
+
+def rejected_frames(store) -> list[dict]:
+    """The frames a run left out of its combines, with the reasons (from the ``rejected`` flags)."""
+    tree = open_store(store)
+    out = []
+    for node in tree.subtree:
+        if node.name.startswith("l2b") and "rejected" in node.data_vars:
+            flags = node["rejected"].values
+            names = node["source_file"].values if "source_file" in node.coords else np.arange(flags.size)
+            for name, f in zip(names, flags):
+                if f:
+                    out.append({"group": node.path, "file": str(name),
+                                "reasons": [k for k, bit in sx.REJECT.items() if int(f) & bit]})  # fmt: skip
+    return out
+

@@ -1,0 +1,468 @@
+"""Roman Coronagraph EXCAM (EMCCD) steps: L1 counts -> L2a (DN) -> L2b (detected electrons).
+
+Dataset in: :func:`detflow.io.excam_l1.open_excam_l1` (``data`` (frame, read, y, x) uint16, full frame,
+``em_gain``/``exptime`` frame coordinates). Between steps, one chunk holds a few whole frames: ``data``
+and ``err`` (frame, y, x) float64, ``dq`` (frame, y, x) uint32 (our DQ schema), ``bias`` (frame, y)
+and ``rejected`` (frame,) uint8 (why a frame is left out of the data-set products, :data:`REJECT`).
+``refs`` is :func:`detflow.io.excam_cal.open_excam_references`; a step whose calibration is not given
+records SKIPPED.
+
+The numerics are corgidrp's (5.1.1) step by step, with the corrections named where they occur; the
+L2a/L2b products (:func:`l2a_product`, :func:`l2b_product`) are float32 on the image area.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+from pydantic import Field
+
+from ..instruments import roman_excam
+from ..kernels import emccd
+from ..schema import DQ, FRAME, X, Y, dq_attrs
+from .registry import StepParams, record, register
+
+FAMILY = "roman_excam"
+L2A_RECIPE = ["excam_bias", "excam_cosmics", "excam_nonlin"]
+L2B_RECIPE = ["excam_frame_select", "excam_electrons", "excam_dark", "excam_desmear", "excam_flat", "excam_badpix"]
+
+# corgidrp DQ bits -> ours (1:1, so the export maps back exactly)
+CORGI_TO_DQ = {1: DQ.DO_NOT_USE, 2: DQ.HOT, 4: DQ.NO_FLAT_FIELD, 32: DQ.SATURATED, 64: DQ.NONLINEAR, 128: DQ.JUMP_DET}
+# reasons a frame is left out of the combines (bits of ``rejected``)
+REJECT = {"oversaturated": 1, "bad_pixel_fraction": 2, "OVEREXP": 4, "tip_tilt_rms": 8, "tip_tilt_bias": 16,
+          "header_range": 32}  # fmt: skip
+
+
+def corgi_bits(dq: np.ndarray) -> np.ndarray:
+    """Our DQ as corgidrp's bit meanings (uint8): what the II&T/corgidrp bpmap files hold."""
+    out = np.zeros(np.shape(dq), dtype=np.uint8)
+    for bit, flag in CORGI_TO_DQ.items():
+        out |= np.where((np.asarray(dq) & int(flag)) != 0, np.uint8(bit), np.uint8(0))
+    return out
+
+
+def from_corgi_bits(bits) -> int:
+    """corgidrp DQ bits (an int) as our DQ bits."""
+    out = 0
+    for bit, flag in CORGI_TO_DQ.items():
+        if int(bits) & bit:
+            out |= int(flag)
+    return out
+
+
+def _geom(ds: xr.Dataset) -> roman_excam.ExcamGeometry:
+    return roman_excam.GEOMETRIES[ds.attrs["geometry"]]
+
+
+def _map_frames(ds: xr.Dataset, func, template: xr.Dataset, **kwargs) -> xr.Dataset:
+    """``func(block, **kwargs) -> Dataset`` on each chunk of whole frames (numpy inside). The attrs
+    (every input's headers) stay out of the tasks and are put back on the result."""
+    bare, tmpl = ds.copy(), template.copy()
+    bare.attrs, tmpl.attrs = {}, {}
+    out = xr.map_blocks(func, bare, kwargs=kwargs, template=tmpl)
+    frame_coords = {k: v for k, v in ds.coords.items() if v.dims == (FRAME,)}
+    out = out.assign_coords(frame_coords)  # numpy metadata, not lazy copies
+    out.attrs = dict(ds.attrs)
+    return out
+
+
+# ---- L1 -> L2a ------------------------------------------------------------------------------------
+class BiasParams(StepParams):
+    bias_offset: float = Field(0.0, description="subtracted from the prescan median (II&T bias_offset, DN)")
+    bias_offset_err: float = Field(0.0, ge=0, description="its error, added in quadrature to the row error (DN)")
+    outlier_nsigma: float | None = Field(5.0, gt=0, description="rows whose prescan median is this many std "
+                                         "from the median of all rows take that median (corgidrp num_stds); "
+                                         "null: off (II&T)")  # fmt: skip
+    region: Literal["image", "full"] = Field("image", description="'image': crop to the image area now (corgidrp "
+                                             "default); 'full': keep the full frame through the cosmic-ray step "
+                                             "so tails run on into the next row")  # fmt: skip
+
+
+def _bias_block(block: xr.Dataset, cols, rows, xs, offset, offset_err, nsigma) -> xr.Dataset:
+    raw = block["data"].values[:, 0]  # (f, rows, cols) uint16
+    bias, err = emccd.row_bias(raw[:, rows], cols, offset, nsigma)
+    data = raw[:, rows, xs].astype(np.float64) - bias[:, :, None]
+    err = np.sqrt(err**2 + offset_err**2)
+    dims = (FRAME, Y, X)
+    return xr.Dataset({
+        "data": (dims, data),
+        "err": (dims, np.broadcast_to(err[:, :, None], data.shape).copy()),
+        "dq": (dims, np.zeros(data.shape, dtype=np.uint32)),
+        "bias": ((FRAME, Y), bias),
+        "rejected": ((FRAME,), np.zeros(data.shape[0], dtype=np.uint8)),
+    }, coords={Y: block[Y].values[rows], X: block[X].values[xs]})  # fmt: skip
+
+
+@register("excam_bias", BiasParams, FAMILY)
+def excam_bias(ds: xr.Dataset, refs: xr.Dataset | None, p: BiasParams) -> xr.Dataset:
+    """Row-by-row bias: median of the reliable prescan columns per row minus ``bias_offset``."""
+    geom = _geom(ds)
+    rows, xs = geom.image.slices if p.region == "image" else (slice(None), slice(None))
+    ny = len(range(*rows.indices(geom.frame_rows)))
+    nx = len(range(*xs.indices(geom.frame_cols)))
+    fchunks = ds["data"].chunks[0] if ds["data"].chunks else (ds.sizes[FRAME],)
+    f64 = da.zeros((ds.sizes[FRAME], ny, nx), chunks=(fchunks, ny, nx))
+    template = xr.Dataset({
+        "data": ((FRAME, Y, X), f64), "err": ((FRAME, Y, X), f64),
+        "dq": ((FRAME, Y, X), f64.astype(np.uint32)),
+        "bias": ((FRAME, Y), da.zeros((ds.sizes[FRAME], ny), chunks=(fchunks, ny))),
+        "rejected": ((FRAME,), da.zeros(ds.sizes[FRAME], chunks=(fchunks,), dtype=np.uint8)),
+    }, coords={Y: ds[Y].values[rows], X: ds[X].values[xs]})  # fmt: skip
+    out = _map_frames(ds, _bias_block, template, cols=geom.reliable_cols, rows=rows, xs=xs, offset=p.bias_offset,
+                      offset_err=p.bias_offset_err, nsigma=p.outlier_nsigma)  # fmt: skip
+    out.attrs = dict(ds.attrs, region=p.region, bias_offset=p.bias_offset)
+    out["data"].attrs["units"] = out["err"].attrs["units"] = out["bias"].attrs["units"] = "DN"
+    return record(out, "excam_bias", "COMPLETE", p)
+
+
+class CosmicsParams(StepParams):
+    fwc_em_e: float = Field(100000.0, gt=0, description="gain-register full well (e-)")
+    fwc_pp_e: float = Field(66850.0, gt=0, description="pixel (image area) full well (e-)")
+    eperdn: float = Field(9.55, gt=0, description="k gain (e-/DN)")
+    sat_thresh: float = Field(0.7, gt=0, le=1, description="saturation at sat_thresh x the full well that fills first")
+    plat_thresh: float = Field(0.7, gt=0, le=1, description="plateau edge at plat_thresh x that full well")
+    cosm_filter: int = Field(1, ge=1, description="shortest plateau (median filter of cosm_filter + 1)")
+    cosm_box: int = Field(3, ge=0, description="mask a (2 cosm_box + 1)^2 box around each head")
+    cosm_tail: int | Literal["auto"] = Field(10, description="pixels masked after the plateau; 'auto': EM gain x "
+                                             "cosm_tail_auto_factor")  # fmt: skip
+    cosm_tail_auto_factor: float = Field(0.04, gt=0, description="tail length per unit EM gain with cosm_tail: auto")
+    cosm_thresh: float | None = Field(None, gt=0, le=1, description="cosmic-ray head threshold x full well "
+                                      "(corgidrp); null: sat_thresh (II&T)")  # fmt: skip
+    median_filter_mode: Literal[0] = Field(0, description="corgidrp's plateau search (0); the median-filter "
+                                           "modes 1 and 2 are not available in this version")  # fmt: skip
+    pct_oversat_lim: float = Field(20.0, ge=0, le=100, description="frames with more than this percentage of "
+                                   "pixels above saturation are marked rejected (oversaturated)")  # fmt: skip
+    no_tail_at_unity_gain: bool = Field(True, description="no tails at EM gain 1 (none form without the gain "
+                                        "register; corgidrp)")  # fmt: skip
+
+
+def _cosmics_block(block: xr.Dataset, p: CosmicsParams, geom, full: bool, bias_offset: float) -> xr.Dataset:
+    out = block.copy(deep=True)
+    data, dq = out["data"].values, out["dq"].values
+    rejected = out["rejected"].values
+    for i, g in enumerate(np.asarray(block["em_gain"].values, dtype=np.float64)):
+        sat = emccd.saturation_dn(g, p.fwc_em_e, p.fwc_pp_e, p.eperdn, p.sat_thresh)
+        img = data[i]
+        dq[i] |= np.where(img >= sat, np.uint32(DQ.SATURATED), np.uint32(0))
+        if 100.0 * np.count_nonzero(img > sat) / img.size > p.pct_oversat_lim:
+            rejected[i] |= REJECT["oversaturated"]
+            continue  # no plateau search on a frame that is mostly saturated (corgidrp)
+        tail = int(np.round(g * p.cosm_tail_auto_factor)) if p.cosm_tail == "auto" else int(p.cosm_tail)
+        if g == 1 and p.no_tail_at_unity_gain:
+            tail = 0
+        mask = np.zeros(img.shape, dtype=np.uint8)
+        emccd.flag_cosmics_frame(img, sat / p.sat_thresh, p.cosm_thresh or p.sat_thresh, p.plat_thresh,
+                                 p.cosm_filter, p.cosm_box, tail, full, mask)  # fmt: skip
+        hit = mask != 0
+        dq[i] |= np.where(hit, np.uint32(DQ.JUMP_DET), np.uint32(0))
+        if full:  # a tail that ran on into a row's reliable prescan must not set that row's bias
+            a, b = geom.reliable_cols
+            rows = np.nonzero(hit[:, a:b].any(axis=1))[0]
+            if rows.size:
+                bias = out["bias"].values[i]
+                raw = img[rows] + bias[rows, None]
+                new, err = emccd.row_bias(raw, (a, b), 0.0, None, mask=hit[rows])
+                new = new - bias_offset
+                keep = np.isfinite(new)
+                r = rows[keep]
+                img[r] += (bias[r] - new[keep])[:, None]
+                bias[r] = new[keep]
+                out["err"].values[i, r] = err[keep, None]
+    return out
+
+
+@register("excam_cosmics", CosmicsParams, FAMILY)
+def excam_cosmics(ds: xr.Dataset, refs: xr.Dataset | None, p: CosmicsParams) -> xr.Dataset:
+    """Saturation and cosmic-ray plateaus with their serial tails; oversaturated frames marked rejected."""
+    out = _map_frames(ds, _cosmics_block, ds, p=p, geom=_geom(ds), full=ds.attrs.get("region") == "full",
+                      bias_offset=ds.attrs.get("bias_offset", 0.0))  # fmt: skip
+    return record(out, "excam_cosmics", "COMPLETE", p)
+
+
+class NonlinParams(StepParams):
+    threshold: float | None = Field(None, description="flag NONLINEAR where the bias-subtracted DN exceed this "
+                                    "(before the correction; corgidrp threshold)")  # fmt: skip
+
+
+def _nonlin_block(block: xr.Dataset, table: np.ndarray, threshold) -> xr.Dataset:
+    out = block.copy(deep=True)
+    gains, counts, rel = table[0, 1:], table[1:, 0], table[1:, 1:]
+    data, dq = out["data"].values, out["dq"].values
+    for i, g in enumerate(np.asarray(block["em_gain"].values, dtype=np.float64)):
+        if threshold is not None:
+            dq[i] |= np.where(data[i] > threshold, np.uint32(DQ.NONLINEAR), np.uint32(0))
+        curve = emccd.relgain_curve(gains, counts, rel, g)
+        data[i] *= emccd.relative_gain(data[i], counts, curve)
+    return out
+
+
+@register("excam_nonlin", NonlinParams, FAMILY)
+def excam_nonlin(ds: xr.Dataset, refs: xr.Dataset | None, p: NonlinParams) -> xr.Dataset:
+    """Nonlinearity: multiply by the relative gain at each pixel's DN and the frame's EM gain."""
+    if refs is None or "nonlin_table" not in refs:
+        return record(ds, "excam_nonlin", "SKIPPED", p, "no non_linearity_filepath")
+    out = _map_frames(ds, _nonlin_block, ds, table=np.asarray(refs["nonlin_table"].values), threshold=p.threshold)
+    return record(out, "excam_nonlin", "COMPLETE", p)
+
+
+def to_image_area(ds: xr.Dataset) -> xr.Dataset:
+    """The image area of a full-frame working dataset, with image coordinates (0..n-1)."""
+    geom = _geom(ds)
+    img = geom.image
+    if ds.attrs.get("region") == "full":
+        ds = ds.isel({Y: geom.image.slices[0], X: geom.image.slices[1]})
+    out = ds.assign_coords({Y: np.arange(img.rows), X: np.arange(img.cols)})
+    out.attrs = dict(ds.attrs, region="image", image_row0=img.row0, image_col0=img.col0)
+    return out
+
+
+# ---- L2a -> L2b -----------------------------------------------------------------------------------
+class FrameSelectParams(StepParams):
+    bpix_frac: float = Field(1.0, ge=0, le=1, description="reject frames with more than this fraction of flagged "
+                             "pixels (1: off)")  # fmt: skip
+    allowed_bpix: int = Field(0, ge=0, description="corgidrp DQ bits not counted as bad (e.g. 6 = 2 and 4)")
+    overexp: bool = Field(False, description="reject frames whose OVEREXP keyword is true")
+    tt_rms_thres: float | None = Field(None, description="reject frames with Z2VAR or Z3VAR above this")
+    tt_bias_thres: float | None = Field(None, description="reject frames with Z2RES or Z3RES above this")
+    header_range: dict[str, tuple[float | None, float | None]] = Field(
+        default_factory=dict, description="keyword: [min, max]; frames outside (or without it) are rejected")
+
+
+def header_values(ds: xr.Dataset, key: str) -> list:
+    """The value of FITS keyword ``key`` in each frame's headers (extension first), None if absent."""
+    values = []
+    for item in ds.attrs.get("inputs", []):
+        value = None
+        for text in reversed(item.get("fits_headers", [])):  # the image HDU last in the file: search it first
+            h = fits.Header.fromstring(text)
+            if key in h:
+                value = h[key]
+                break
+        values.append(value)
+    return values
+
+
+@register("excam_frame_select", FrameSelectParams, FAMILY)
+def excam_frame_select(ds: xr.Dataset, refs: xr.Dataset | None, p: FrameSelectParams) -> xr.Dataset:
+    """Frame selection by flagged-pixel fraction and header criteria (frames kept, marked rejected)."""
+    n = ds.sizes[FRAME]
+    flags = np.zeros(n, dtype=np.uint8)
+
+    def over(key, limit):
+        vals = header_values(ds, key)
+        return np.array([v is not None and float(v) > limit for v in vals], dtype=bool)
+
+    if p.overexp:
+        flags |= np.where([bool(v) for v in header_values(ds, "OVEREXP")], REJECT["OVEREXP"], 0).astype(np.uint8)
+    if p.tt_rms_thres is not None:
+        bad = over("Z2VAR", p.tt_rms_thres) | over("Z3VAR", p.tt_rms_thres)
+        flags |= np.where(bad, REJECT["tip_tilt_rms"], 0).astype(np.uint8)
+    if p.tt_bias_thres is not None:
+        bad = over("Z2RES", p.tt_bias_thres) | over("Z3RES", p.tt_bias_thres)
+        flags |= np.where(bad, REJECT["tip_tilt_bias"], 0).astype(np.uint8)
+    for key, (lo, hi) in p.header_range.items():
+        vals = header_values(ds, key)
+        bad = [v is None or (lo is not None and float(v) < lo) or (hi is not None and float(v) > hi) for v in vals]
+        flags |= np.where(bad, REJECT["header_range"], 0).astype(np.uint8)
+    rejected = ds["rejected"] | xr.DataArray(flags, dims=FRAME)
+    if p.bpix_frac < 1:
+        allowed = from_corgi_bits(p.allowed_bpix)
+        frac = ((ds["dq"] & np.uint32(~allowed & 0xFFFFFFFF)) != 0).mean((Y, X))
+        rejected = rejected | xr.where(frac > p.bpix_frac, np.uint8(REJECT["bad_pixel_fraction"]), np.uint8(0))
+    out = ds.assign(rejected=rejected.astype(np.uint8))
+    return record(out, "excam_frame_select", "COMPLETE", p)
+
+
+class ElectronsParams(StepParams):
+    eperdn: float = Field(9.55, gt=0, description="k gain (e-/DN)")
+    shot_noise: bool = Field(True, description="add the ENF-amplified Poisson noise of the detected electrons to err")
+    n_stages: int = Field(roman_excam.N_EM_STAGES, ge=1, description="gain-register cells (excess-noise factor)")
+
+
+@register("excam_electrons", ElectronsParams, FAMILY)
+def excam_electrons(ds: xr.Dataset, refs: xr.Dataset | None, p: ElectronsParams) -> xr.Dataset:
+    """DN to detected electrons: times the k gain, over the EM gain; error with the excess-noise factor."""
+    g = ds["em_gain"].astype(np.float64)
+    scale = p.eperdn / g
+    data = ds["data"] * scale
+    err = ds["err"] * scale
+    if p.shot_noise:
+        f2 = xr.DataArray(emccd.enf(g.values, p.n_stages) ** 2, dims=FRAME)
+        err = np.sqrt(err**2 + f2 * data.clip(min=0))
+    out = ds.assign(data=data, err=err)
+    out["data"].attrs["units"] = out["err"].attrs["units"] = "electron"
+    out.attrs["eperdn"] = p.eperdn
+    return record(out, "excam_electrons", "COMPLETE", p)
+
+
+class DarkParams(StepParams):
+    source: Literal["auto", "master", "synthesized"] = Field("auto", description="master dark file, or F/g + t D + C "
+                                                             "from the noise maps; auto: the master dark if given")  # fmt: skip
+
+
+@register("excam_dark", DarkParams, FAMILY)
+def excam_dark(ds: xr.Dataset, refs: xr.Dataset | None, p: DarkParams) -> xr.Dataset:
+    """Dark subtraction: a master dark, or the synthesized dark F/g + t D + C from the noise maps."""
+    refs = refs if refs is not None else xr.Dataset()
+    have_maps = all(k in refs for k in ("fpn", "dark_current", "cic"))
+    use = p.source
+    if use == "auto":
+        use = "master" if "master_dark" in refs else "synthesized" if have_maps else None
+    if use is None or (use == "master" and "master_dark" not in refs) or (use == "synthesized" and not have_maps):
+        return record(ds, "excam_dark", "SKIPPED", p, "no master dark and no complete set of noise maps")
+    if use == "master":
+        dark = refs["master_dark"]
+        dark_err = refs.get("master_dark_err")
+    else:
+        g, t = ds["em_gain"].astype(np.float64), ds["exptime"].astype(np.float64)
+        dark = refs["fpn"] / g + t * refs["dark_current"] + refs["cic"]
+        dark_err = None
+    out = ds.assign(data=ds["data"] - dark)
+    if dark_err is not None:
+        out["err"] = np.sqrt(ds["err"] ** 2 + dark_err**2)
+    out = out.transpose(FRAME, Y, X, ...)
+    out["data"].attrs["units"] = out["err"].attrs["units"] = "electron"
+    return record(out, "excam_dark", "COMPLETE", p, f"{use} dark")
+
+
+class DesmearParams(StepParams):
+    apply: bool = Field(True, description="desmear (EXCAM has no shutter: the scene smears during the readout)")
+    row_time: float = Field(roman_excam.ROW_READ_TIME, gt=0, description="parallel transfer time per row (s)")
+
+
+def _desmear_block(block: xr.Dataset, row_time: float) -> xr.Dataset:
+    out = block.copy(deep=True)
+    data, dq = out["data"].values, out["dq"].values
+    for i, t in enumerate(np.asarray(block["exptime"].values, dtype=np.float64)):
+        data[i] = emccd.desmear_masked(data[i], (dq[i] & np.uint32(DQ.JUMP_DET)) != 0, row_time, t)
+    return out
+
+
+@register("excam_desmear", DesmearParams, FAMILY)
+def excam_desmear(ds: xr.Dataset, refs: xr.Dataset | None, p: DesmearParams) -> xr.Dataset:
+    """Remove the readout smear (cosmic-ray pixels filled from their nearest neighbours for the smear)."""
+    if not p.apply:
+        return record(ds, "excam_desmear", "SKIPPED", p, "desmear off")
+    if not (ds["exptime"].values > 0).all():
+        return record(ds, "excam_desmear", "SKIPPED", p, "EXPTIME 0: no smear model")
+    out = _map_frames(ds, _desmear_block, ds, row_time=p.row_time)
+    return record(out, "excam_desmear", "COMPLETE", p)
+
+
+class FlatParams(StepParams):
+    pass
+
+
+@register("excam_flat", FlatParams, FAMILY)
+def excam_flat(ds: xr.Dataset, refs: xr.Dataset | None, p: FlatParams) -> xr.Dataset:
+    """Flat division; NaN and NO_FLAT_FIELD where the flat is 0."""
+    if refs is None or "flat" not in refs:
+        return record(ds, "excam_flat", "SKIPPED", p, "no flatfield_filepath")
+    flat = refs["flat"]
+    zero = flat == 0
+    safe = xr.where(zero, np.nan, flat)
+    data = ds["data"] / safe
+    err = ds["err"] / np.abs(safe)
+    if "flat_err" in refs:
+        err = np.sqrt(err**2 + (ds["data"] * refs["flat_err"] / safe**2) ** 2)
+    dq = ds["dq"] | xr.where(zero, np.uint32(DQ.NO_FLAT_FIELD), np.uint32(0))
+    out = ds.assign(data=data, err=err, dq=dq.astype(np.uint32)).transpose(FRAME, Y, X, ...)
+    out["data"].attrs["units"] = out["err"].attrs["units"] = "electron"
+    return record(out, "excam_flat", "COMPLETE", p)
+
+
+class BadpixParams(StepParams):
+    nan_flagged: bool = Field(True, description="set every flagged pixel to NaN (corgidrp correct_bad_pixels)")
+
+
+@register("excam_badpix", BadpixParams, FAMILY)
+def excam_badpix(ds: xr.Dataset, refs: xr.Dataset | None, p: BadpixParams) -> xr.Dataset:
+    """Bad-pixel map OR'ed into DQ (DO_NOT_USE); flagged pixels set to NaN."""
+    dq = ds["dq"]
+    if refs is not None and "badpix" in refs:
+        dq = (dq | xr.where(refs["badpix"] != 0, np.uint32(DQ.DO_NOT_USE), np.uint32(0))).astype(np.uint32)
+    out = ds.assign(dq=dq.transpose(FRAME, Y, X))
+    if p.nan_flagged:
+        out["data"] = xr.where(out["dq"] != 0, np.nan, ds["data"]).transpose(FRAME, Y, X)
+        out["data"].attrs = ds["data"].attrs
+    note = "" if refs is not None and "badpix" in refs else "no badpix_filepath: flagged pixels only"
+    return record(out, "excam_badpix", "COMPLETE", p, note)
+
+
+# ---- products -------------------------------------------------------------------------------------
+def _product(ds: xr.Dataset, level: str, with_bias: bool) -> xr.Dataset:
+    keep = ["data", "err", "dq", "rejected"] + (["bias"] if with_bias else [])
+    out = ds[keep].copy()
+    for name in ("data", "err", "bias"):
+        if name in out:
+            out[name] = out[name].astype(np.float32)
+    out["dq"] = out["dq"].astype(np.uint32)
+    out["dq"].attrs = dq_attrs()
+    unit = "DN" if level == "L2a" else "electron"
+    out["data"].attrs = {"units": unit, "long_name": f"EXCAM {level} image"}
+    out["err"].attrs = {"units": unit, "long_name": "1-sigma error"}
+    if with_bias:
+        out["bias"].attrs = {"units": "DN", "long_name": "row bias subtracted (prescan median - bias_offset)"}
+    out["rejected"].attrs = {"long_name": "why the frame is left out of the data-set products (0: kept)",
+                             "flag_masks": list(REJECT.values()), "flag_meanings": " ".join(REJECT)}  # fmt: skip
+    out.attrs = {k: v for k, v in ds.attrs.items() if k not in ("region",)}
+    out.attrs["data_level"] = level
+    return out
+
+
+def l2a_product(ds: xr.Dataset) -> xr.Dataset:
+    """The L2a group: data, err (DN), dq, per-row bias, rejected; float32 on the image area."""
+    return _product(ds, "L2a", True)
+
+
+def l2b_product(ds: xr.Dataset) -> xr.Dataset:
+    """The L2b group: data, err (electrons), dq, rejected."""
+    return _product(ds, "L2b", False)
+
+
+# ---- data-set combines ----------------------------------------------------------------------------
+def _combine_tile(data, err, dq, bad_bits):
+    """(y, x, frame) tiles in (apply_ufunc puts the core dim last), (y, x, 6) out."""
+    data, err, dq = (np.ascontiguousarray(np.moveaxis(a, -1, 0)) for a in (data, err, dq))
+    ny, nx = data.shape[1:]
+    res = [np.empty((ny, nx)) for _ in range(4)]
+    ngood = np.empty((ny, nx), dtype=np.int64)
+    dq_out = np.empty((ny, nx), dtype=np.uint32)
+    emccd.combine_stack(data, err, dq, np.uint32(bad_bits), *res, ngood, dq_out)
+    return np.stack(res + [ngood.astype(np.float64), dq_out.astype(np.float64)], axis=-1)
+
+
+def combine(ds: xr.Dataset, bad_bits: int = 0xFFFFFFFF) -> tuple[xr.Dataset, xr.Dataset]:
+    """Mean and median combines of a (frame, y, x) product whose chunks hold the whole frame axis.
+
+    Pixels whose DQ has any of ``bad_bits`` (default: any flag, as corgidrp) and frames marked
+    ``rejected`` are left out. Each product: ``data``, ``err`` (mean: rms(err)/sqrt(n); median: times
+    sqrt(pi/2)), ``dq`` (the OR of every frame's flags where no frame is good, else 0) and ``ngood``.
+    """
+    dq = ds["dq"]
+    if "rejected" in ds:
+        dq = dq | xr.where(ds["rejected"] != 0, np.uint32(DQ.DO_NOT_USE), np.uint32(0))
+    stack = xr.apply_ufunc(_combine_tile, ds["data"], ds["err"], dq.astype(np.uint32),
+                           input_core_dims=[[FRAME]] * 3, output_core_dims=[["q"]],
+                           kwargs={"bad_bits": bad_bits}, dask="parallelized", output_dtypes=[np.float64],
+                           dask_gufunc_kwargs={"output_sizes": {"q": 6}})  # fmt: skip
+    unit = ds["data"].attrs.get("units", "")
+    out = []
+    for k, name in ((0, "mean"), (1, "median")):
+        c = xr.Dataset({
+            "data": stack.isel(q=k).astype(np.float32),
+            "err": stack.isel(q=k + 2).astype(np.float32),
+            "dq": stack.isel(q=5).astype(np.uint32),
+            "ngood": stack.isel(q=4).astype(np.int32),
+        })  # fmt: skip
+        c["data"].attrs = {"units": unit, "long_name": f"{name} combine over good frames"}
+        c["err"].attrs = {"units": unit}
+        c["dq"].attrs = dq_attrs()
+        c["ngood"].attrs = {"long_name": "number of good frames per pixel"}
+        c.attrs = {"combine": name, "frames": int(ds.sizes[FRAME]), "bad_bits": int(bad_bits)}
+        out.append(c)
+    return out[0], out[1]
