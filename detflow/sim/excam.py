@@ -31,7 +31,8 @@ Physics of one frame (image area, electrons unless stated)
    :func:`detflow.kernels.emccd.desmear` inverts exactly. Only the light is smeared: dark current and
    CIC are what a dark calibration measures, and the pipeline subtracts the dark before it desmears
    (corgidrp's ``l2a_to_l2b`` order: dark_subtraction, desmear, flat_division).
-2. ``n = Poisson(lam)``; cosmic rays (Poisson number per frame, mean ``cosmic_rate``; a short track of
+2. ``n = Poisson(lam)``; cosmic rays (Poisson number per frame, mean ``cosmic_rate``, by default
+   5e4 hits/m^2/s over the image area: ~44 in 5 s on 1024 x 1024 pixels; a short track of
    1-4 pixels, lognormal total charge of median ``cr_charge_e``, 60% in the head pixel) are added to
    ``n`` (they are not smeared: they arrive at one instant); ``n`` is clipped at ``fwc_pp_e``.
 3. Gain register: ``Gamma(shape=n, scale=g)`` for ``n > 0`` (the Erlang model of emccd_detect's fast
@@ -95,8 +96,16 @@ from detflow.io.excam_l1 import check_nonlin_table, read_nonlin_table
 from detflow.kernels._config import CACHE
 from detflow.kernels.emccd import relgain_curve
 
-__all__ = ["ExcamSimConfig", "SimResult", "simulate_excam", "apply_smear", "inverse_nonlinearity",
-           "em_gain_register", "default_scene", "CALIB_FILES"]  # fmt: skip
+__all__ = [
+    "CALIB_FILES",
+    "ExcamSimConfig",
+    "SimResult",
+    "apply_smear",
+    "default_scene",
+    "em_gain_register",
+    "inverse_nonlinearity",
+    "simulate_excam",
+]  # fmt: skip
 
 CALIB_FILES = {
     "dark_current_map": "calib/dark_current_map.fits",
@@ -106,6 +115,8 @@ CALIB_FILES = {
     "badpix_filepath": "calib/badpix.fits",
 }
 _ADC_MAX = 65535.0
+CR_HIT_RATE = 5.0e4  # cosmic-ray hits per m^2 per s at L2 (corgidrp DetectorParams CRHITRT)
+PIXEL_AREA = 1.69e-10  # m^2 (13 um pixels)
 _MJD0 = _dt.datetime(1858, 11, 17)
 _CFG = "ExcamSimConfig"
 
@@ -183,7 +194,7 @@ class ExcamSimConfig:
     flat_lowfreq_amp: float = 0.03
     bad_pixel_fraction: float = 1e-4  # low-QE pixels (flat x U(0.05, 0.5)), flagged in badpix
     # cosmic rays (per frame, on the image area)
-    cosmic_rate: float = 20.0  # mean hits per frame
+    cosmic_rate: float | None = None  # mean hits per frame; None: CR_HIT_RATE x pixel area x image pixels x exptime
     cr_charge_e: float = 3000.0  # median deposited charge per hit (pre-gain), lognormal sigma 0.5
     cr_tail_efold: float | None = None  # trap-tail e-folding length (pixels); None: clip(4 g / 1000, 0.5, 4)
     cr_tail_frac: float = 0.5  # charge in a trap tail, as a fraction of fwc_em_e
@@ -215,6 +226,8 @@ class ExcamSimConfig:
                 bad(name, "a number > 0", getattr(self, name))
         if not float(self.em_gain) >= 1:
             bad("em_gain", "a number >= 1", self.em_gain)
+        if self.cosmic_rate is None:
+            self.cosmic_rate = CR_HIT_RATE * PIXEL_AREA * self.image_shape[0] * self.image_shape[1] * self.exptime
         for name in ("read_noise_e", "dark_current", "cic", "fpn_e", "cosmic_rate", "cr_charge_e", "dark_spread",
                      "cic_spread", "flat_pixel_rms", "flat_lowfreq_amp", "row_bias_rms_dn", "bias_frame_rms_dn",
                      "row_bias_frame_rms_dn", "cr_tail_frac"):  # fmt: skip
@@ -401,11 +414,12 @@ def _serial_overflow(q, fwc, efold, trapped, is_cr, thresh):
 
 def default_scene(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A coronagraph-like scene in e-/pix/s: the residual speckle halo of a star behind an ideal
-    coronagraph (``|FFT(P e^{i phi}) - FFT(P)|^2`` for a 30%-obscured pupil sampled at 2.3 pixels
-    per lambda/D and a smooth random phase, PSD ~ f^-3), 30 times fainter in a 3-9 lambda/D dark hole,
-    scaled to 30 e-/s at its brightest, plus a 0.02 e-/s background and seven point sources (Gaussian,
-    sigma 0.42 lambda/D; peaks 1-150 e-/s). Centred on the image area; at the default EM gain 100 and
-    5 s nothing saturates the gain register."""
+    coronagraph (``|FFT(P e^{i phi}) - FFT(P)|^2`` for a 30%-obscured pupil sampled at 2.3 pixels per
+    lambda/D and a smooth random phase of 0.3 rad rms, PSD ~ f^-2.4), the core blocked by a focal-plane
+    mask (transmission ``1 - exp(-(r / 2.5 lambda/D)^4)``), 30 times fainter in a 3-9 lambda/D dark
+    hole, scaled to 1 e-/s mean at 9-12 lambda/D and capped at 50 e-/s; plus a 0.02 e-/s background and
+    up to seven point sources (Gaussian, sigma 0.42 lambda/D, peaks 1-150 e-/s, 5-300 lambda/D from
+    the centre). Centred on the image area; at the default EM gain 100 and 5 s nothing saturates."""
     ny, nx = shape
     n = int(2 ** math.ceil(math.log2(max(ny, nx))))
     lod = 2.3  # pixels per lambda/D
@@ -417,7 +431,7 @@ def default_scene(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarra
     pupil = ((rr <= radius) & (rr >= 0.3 * radius)).astype(np.float64)
     f = np.hypot(*np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij"))
     f0 = 2.0 / n
-    amp = (f * f + f0 * f0) ** -0.75
+    amp = (f * f + f0 * f0) ** -0.6
     phase = np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, n))) * amp).real
     inside = pupil > 0
     phase *= 0.3 / phase[inside].std()  # 0.3 rad rms over the pupil
@@ -425,10 +439,12 @@ def default_scene(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarra
     e1 = np.fft.fftshift(np.fft.fft2(pupil * np.exp(1j * phase)))
     halo = np.abs(e1 - e0) ** 2
     r_lod = rr / lod
-    halo[(r_lod >= 3) & (r_lod <= 9)] /= 30.0
+    halo *= 1.0 - np.exp(-((r_lod / 2.5) ** 4))  # the focal-plane mask blocks the core
+    halo[(r_lod >= 3) & (r_lod <= 9)] /= 30.0  # the dark hole
+    ring = (r_lod >= 9) & (r_lod < 12)
+    halo *= 1.0 / halo[ring].mean()  # 1 e-/s just outside the dark hole
     r0, c0 = n // 2 - ny // 2, n // 2 - nx // 2
-    halo = halo[r0 : r0 + ny, c0 : c0 + nx]
-    scene = 30.0 * halo / halo.max() + 0.02
+    scene = np.minimum(halo[r0 : r0 + ny, c0 : c0 + nx], 50.0) + 0.02
     yi, xi = np.indices(shape, dtype=np.float64)
     cy, cx = ny / 2, nx / 2
     sigma = 0.42 * lod
@@ -465,7 +481,7 @@ class _Truth:
 
 def _pick(rng: np.random.Generator, size: int, fraction: float, exclude: np.ndarray | None = None) -> np.ndarray:
     mask = np.zeros(size, dtype=bool)
-    count = int(round(fraction * size))
+    count = round(fraction * size)
     if count:
         pool = np.flatnonzero(~exclude.ravel()) if exclude is not None else np.arange(size)
         mask[rng.choice(pool, size=min(count, pool.size), replace=False)] = True
@@ -501,7 +517,7 @@ def _build_truth(cfg: ExcamSimConfig, table: np.ndarray | None, table_source) ->
         flat /= flat[~low_qe].mean()
         flat = np.maximum(flat, 1e-3)
     dark = np.exp(cfg.dark_spread * np.clip(rng.standard_normal(shape), -4, 4))
-    dark *= cfg.dark_current / dark.mean()
+    dark *= cfg.dark_current / dark[~hot].mean() if (~hot).any() else 1.0
     lo, hi = cfg.hot_pixel_factor
     dark[hot] = cfg.dark_current * rng.uniform(lo, hi, int(hot.sum()))
     cic = np.maximum(cfg.cic * (1.0 + cfg.cic_spread * np.clip(rng.standard_normal(shape), -4, 4)), 0.0)
@@ -536,7 +552,7 @@ def _cosmic_rays(cfg: ExcamSimConfig, rng: np.random.Generator, n: np.ndarray, m
         w = np.full(length, 0.4 / (length - 1)) if length > 1 else np.ones(1)
         w[0] = 0.6 if length > 1 else 1.0
         for i in range(length):
-            r, c = r0 + int(round(i * math.sin(ang))), c0 + int(round(i * math.cos(ang)))
+            r, c = r0 + round(i * math.sin(ang)), c0 + round(i * math.cos(ang))
             if 0 <= r < ny and 0 <= c < nx:
                 n[r, c] += round(total * w[i])
                 mask[r, c] = True
