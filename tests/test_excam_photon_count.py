@@ -27,8 +27,7 @@ def corgi(tmp_path_factory):
     os.environ["HOME"] = str(home)
     try:
         photon_counting = pytest.importorskip("corgidrp.photon_counting")
-        import corgidrp.data as data
-        import corgidrp.mocks as mocks
+        from corgidrp import data, mocks
     finally:
         if old is not None:
             os.environ["HOME"] = old
@@ -85,7 +84,7 @@ def _ref_var(lam, nfr, t, g):
     x = t / g
     eps = _ref_eps(lam, t, g)
     with np.errstate(all="ignore"):
-        slope = (np.exp(x) + np.exp(2 * x) * (1 - x) * eps + np.exp(3 * x) * (4 - 8 * x + 5 * x * x) / 4 * eps**2)
+        slope = np.exp(x) + np.exp(2 * x) * (1 - x) * eps + np.exp(3 * x) * (4 - 8 * x + 5 * x * x) / 4 * eps**2
         var = eps * (1 - eps) / nfr * slope**2
     return np.where((nfr > 0) & (eps * (1 - eps) >= 0), var, np.nan)
 
@@ -215,7 +214,7 @@ def test_matches_corgidrp_get_pc_mean(corgi):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         want = photon_counting.get_pc_mean(_corgi_dataset(corgi, data, err, dq), T_factor=T_FACTOR)[0]
-    mean, e, ngood, dq_out = pc.photon_count_mean(data, err, dq, THRESH, G)
+    mean, e, _, dq_out = pc.photon_count_mean(data, err, dq, THRESH, G)
     got = pc.subtract_pc_dark(mean, e, dq_out)
     np.testing.assert_allclose(got[0], want.data, rtol=1e-10, atol=0)
     np.testing.assert_allclose(got[1], want.err[0], rtol=1e-10, atol=0)  # NaN where no frame is good, both

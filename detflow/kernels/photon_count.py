@@ -151,7 +151,9 @@ def pc_variance(lam, nframes, thresh: float, em_gain: float):
 # ---- the kernel -----------------------------------------------------------------------------------------
 @numba.njit(nogil=True, cache=CACHE)
 def pc_mean_stack(data, err, dq, bad_bits, thresh, em_gain, niter, neg_flag, mean, err_out, ngood, dq_out):
-    """Photon-count a ``(frame, y, x)`` tile of bias-subtracted electrons and correct it, per pixel.
+    """Photon-count a ``(frame, y, x)`` tile and correct it, per pixel. ``data``: bias-subtracted
+    electrons at the gain register's output (DN times the k gain, not divided by the EM gain);
+    ``thresh`` in the same electrons; the rate is electrons per frame before the gain register.
 
     A frame counts for a pixel when ``data > thresh``; frames whose DQ has any of ``bad_bits`` or a
     non-finite value are left out. ``mean`` = the corrected rate (electrons per frame, not clipped: a
