@@ -67,8 +67,9 @@ def validate(job: Path = typer.Argument(..., help="job YAML")) -> None:
     try:
         cfg = load_job(job)
         check_output(cfg.store, cfg.overwrite)
-        if cfg.noise is not None and cfg.noise.out is not None:
-            check_output(cfg.noise.out, cfg.overwrite)
+        noise = getattr(cfg, "noise", None)
+        if noise is not None and noise.out is not None:
+            check_output(noise.out, cfg.overwrite)
         products = build(cfg)
     except DetflowInputError as exc:
         _fail(exc)

@@ -165,7 +165,7 @@ class ExcamJob(_Model):
     combine: list[Literal["l2a", "l2b"]] = Field(["l2b"], description="levels whose mean and median combines are "
                                                  "written (l2b: mean_comb, median_comb; l2a: l2a_mean_comb, ...)")  # fmt: skip
     frames_per_task: int = Field(4, ge=1, description="frames per L1 -> L2b task")
-    combine_task_mb: int = Field(256, ge=16, description="target memory of one combine task (MB): sets the tile")
+    combine_task_mb: float = Field(256, ge=1, description="target memory of one combine task (MB): sets the tile")
     export_dir: Path | None = Field(None, description="also write the II&T FITS file set here")
     export_prefix: str = Field("excam", description="prefix of the data-set FITS files")
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step (excam_*)")

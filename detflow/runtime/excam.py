@@ -184,7 +184,7 @@ def rejected_frames(store) -> list[dict]:
     tree = open_store(store)
     out = []
     for node in tree.subtree:
-        if node.name.startswith("l2b") and "rejected" in node.data_vars:
+        if (node.name or "").startswith("l2b") and "rejected" in node.data_vars:
             flags = node["rejected"].values
             names = node["source_file"].values if "source_file" in node.coords else np.arange(flags.size)
             for name, f in zip(names, flags):
