@@ -122,6 +122,12 @@ EXCAM_COSMIC_KEYS = ("sat_thresh", "plat_thresh", "cosm_filter", "cosm_box", "co
                      "cosm_thresh", "median_filter_mode", "pct_oversat_lim")  # fmt: skip
 
 
+class PhotonCountConfig(_Model):
+    read_noise: float = Field(..., gt=0, description="read noise (e-) at the gain register output")
+    t_factor: float = Field(5.0, gt=0, description="threshold in units of the read noise")
+    niter: int = Field(2, ge=1, description="Newton iterations of the coincidence-loss correction")
+
+
 class ExcamJob(_Model):
     """A Roman Coronagraph EXCAM data set, L1 -> L2a -> L2b and its combines.
 
@@ -166,6 +172,9 @@ class ExcamJob(_Model):
                                                  "written (l2b: mean_comb, median_comb; l2a: l2a_mean_comb, ...)")  # fmt: skip
     frames_per_task: int = Field(4, ge=1, description="frames per L1 -> L2b task")
     combine_task_mb: float = Field(256, ge=1, description="target memory of one combine task (MB): sets the tile")
+    photon_count: PhotonCountConfig | None = Field(None, description="photon-counted mean of each (gain, time) group")
+    noise_maps: bool = Field(False, description="fit FPN, CIC and dark-current maps from a dark data set of >= 4 "
+                             "(EM gain, exposure time) groups (implies group: true)")  # fmt: skip
     export_dir: Path | None = Field(None, description="also write the II&T FITS file set here")
     export_prefix: str = Field("excam", description="prefix of the data-set FITS files")
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step (excam_*)")

@@ -20,6 +20,7 @@ import xarray as xr
 from distributed import Client
 
 from .. import __version__, schema
+from ..errors import DetflowInputError
 from ..instruments import roman_excam
 from ..io.excam_cal import open_excam_references
 from ..io.excam_l1 import open_excam_l1
@@ -49,7 +50,7 @@ def combine_tile(n_frames: int, ny: int, nx: int, task_mb: int) -> int:
 
 
 def _datasets(job: ExcamJob) -> dict[str, xr.Dataset]:
-    if job.group:
+    if job.group or job.noise_maps:
         return {f"/{group_key(*k)}": ds for k, ds in open_excam_l1(job.input, group=True).items()}
     return {"": open_excam_l1(job.input)}
 
@@ -62,7 +63,17 @@ def build_excam(job: ExcamJob) -> tuple[dict[str, xr.Dataset], dict[str, int]]:
     params = job.step_params()
     products: dict[str, xr.Dataset] = {}
     tiles: dict[str, int] = {}
-    for suffix, l1 in _datasets(job).items():
+    datasets = _datasets(job)
+    if job.noise_maps:  # checked before any work: at least 4 (gain, time) groups, 2 gains, 2 times
+        from ..calib.emccd_noise_maps import check_substacks
+
+        firsts = [ds for ds in datasets.values()]
+        try:
+            check_substacks([float(d["em_gain"].values[0]) for d in firsts], [float(d["exptime"].values[0]) for d in firsts])
+        except (ValueError, DetflowInputError) as exc:
+            raise DetflowInputError(job.source, "noise_maps", "dark frames in at least 4 (EM gain, EXPTIME) groups with "
+                                    "2 or more gains and exposure times", str(exc)) from None  # fmt: skip
+    for suffix, l1 in datasets.items():
         geom = roman_excam.GEOMETRIES[l1.attrs["geometry"]]
         refs = open_excam_references(job.calibration_paths(), geom)
         refs = refs.chunk()  # one lazy chunk per map: broadcasting against frames stays lazy
@@ -122,7 +133,8 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
                      "detflow roman_excam: L1 -> L2a -> L2b")  # fmt: skip
             combined = {}
             for suffix, t in tiles.items():
-                for level in job.combine:
+                levels = list(dict.fromkeys(job.combine + (["l2a"] if job.noise_maps else [])))
+                for level in levels:
                     stored = xr.open_zarr(str(writer.tmp), group=f"{level}{suffix}", consolidated=False,
                                           chunks={schema.FRAME: -1, schema.Y: t, schema.X: t})  # fmt: skip
                     mean, median = sx.combine(stored)
@@ -134,8 +146,24 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
                         prod.attrs["source_group"] = f"{level}{suffix}"
                         prod.attrs["frames_rejected"] = int((stored["rejected"].values != 0).sum())
                         combined[name] = prod
+                if job.photon_count is not None:
+                    stored = xr.open_zarr(str(writer.tmp), group=f"l2a{suffix}", consolidated=False,
+                                          chunks={schema.FRAME: -1, schema.Y: t, schema.X: t})  # fmt: skip
+                    pc = sx.photon_count(stored, job.eperdn, job.photon_count.read_noise, job.photon_count.t_factor,
+                                         job.photon_count.niter)  # fmt: skip
+                    pc.attrs["exptime"] = float(stored.attrs.get("exptime", np.nan))
+                    combined[f"photon_count{suffix}"] = pc
             if combined:
                 _compute(c, writer.add_all(combined), progress, console, "detflow roman_excam: combines")
+            if job.noise_maps:
+                means = []
+                for suffix in tiles:
+                    m = xr.open_zarr(str(writer.tmp), group=f"l2a_mean_comb{suffix}", consolidated=False,
+                                     chunks={schema.Y: 256, schema.X: 256})  # fmt: skip
+                    means.append(m)
+                maps = sx.noise_maps(means, job.eperdn)
+                combined["noise_maps"] = maps
+                _compute(c, writer.add_all({"noise_maps": maps}), progress, console, "detflow roman_excam: noise maps")
             sums = dict(zip(sums, c.gather(list(sums.values()))))
             inputs, references = [], []
             for name, ds in products.items():

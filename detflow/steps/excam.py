@@ -85,6 +85,7 @@ class BiasParams(StepParams):
 def _bias_block(block: xr.Dataset, cols, rows, xs, offset, offset_err, nsigma) -> xr.Dataset:
     raw = block["data"].values[:, 0]  # (f, rows, cols) uint16
     bias, err = emccd.row_bias(raw[:, rows], cols, offset, nsigma)
+    read_noise = np.median(err, axis=1) * np.sqrt(cols[1] - cols[0])  # the prescan's rms: read noise (DN)
     data = raw[:, rows, xs].astype(np.float64) - bias[:, :, None]
     err = np.sqrt(err**2 + offset_err**2)
     dims = (FRAME, Y, X)
@@ -94,6 +95,7 @@ def _bias_block(block: xr.Dataset, cols, rows, xs, offset, offset_err, nsigma) -
         "dq": (dims, np.zeros(data.shape, dtype=np.uint32)),
         "bias": ((FRAME, Y), bias),
         "rejected": ((FRAME,), np.zeros(data.shape[0], dtype=np.uint8)),
+        "read_noise": ((FRAME,), read_noise),
     }, coords={Y: block[Y].values[rows], X: block[X].values[xs]})  # fmt: skip
 
 
@@ -111,6 +113,7 @@ def excam_bias(ds: xr.Dataset, refs: xr.Dataset | None, p: BiasParams) -> xr.Dat
         "dq": ((FRAME, Y, X), f64.astype(np.uint32)),
         "bias": ((FRAME, Y), da.zeros((ds.sizes[FRAME], ny), chunks=(fchunks, ny))),
         "rejected": ((FRAME,), da.zeros(ds.sizes[FRAME], chunks=(fchunks,), dtype=np.uint8)),
+        "read_noise": ((FRAME,), da.zeros(ds.sizes[FRAME], chunks=(fchunks,))),
     }, coords={Y: ds[Y].values[rows], X: ds[X].values[xs]})  # fmt: skip
     out = _map_frames(ds, _bias_block, template, cols=geom.reliable_cols, rows=rows, xs=xs, offset=p.bias_offset,
                       offset_err=p.bias_offset_err, nsigma=p.outlier_nsigma)  # fmt: skip
@@ -197,6 +200,8 @@ def _nonlin_block(block: xr.Dataset, table: np.ndarray, threshold) -> xr.Dataset
             dq[i] |= np.where(data[i] > threshold, np.uint32(DQ.NONLINEAR), np.uint32(0))
         curve = emccd.relgain_curve(gains, counts, rel, g)
         data[i] *= emccd.relative_gain(data[i], counts, curve)
+        if "read_noise" in out:  # noise about zero signal is scaled by the relative gain there
+            out["read_noise"].values[i] *= float(emccd.relative_gain(np.array(0.0), counts, curve))
     return out
 
 
@@ -279,7 +284,8 @@ def excam_frame_select(ds: xr.Dataset, refs: xr.Dataset | None, p: FrameSelectPa
 
 class ElectronsParams(StepParams):
     eperdn: float = Field(9.55, gt=0, description="k gain (e-/DN)")
-    shot_noise: bool = Field(True, description="add the ENF-amplified Poisson noise of the detected electrons to err")
+    shot_noise: bool = Field(True, description="add the read noise (measured in each frame's prescan) and the "
+                             "ENF-amplified Poisson noise of the detected electrons to err")  # fmt: skip
     n_stages: int = Field(roman_excam.N_EM_STAGES, ge=1, description="gain-register cells (excess-noise factor)")
 
 
@@ -292,7 +298,7 @@ def excam_electrons(ds: xr.Dataset, refs: xr.Dataset | None, p: ElectronsParams)
     err = ds["err"] * scale
     if p.shot_noise:
         f2 = xr.DataArray(emccd.enf(g.values, p.n_stages) ** 2, dims=FRAME)
-        err = np.sqrt(err**2 + f2 * data.clip(min=0))
+        err = np.sqrt(err**2 + (ds["read_noise"] * scale) ** 2 + f2 * data.clip(min=0))
     out = ds.assign(data=data, err=err)
     out["data"].attrs["units"] = out["err"].attrs["units"] = "electron"
     out.attrs["eperdn"] = p.eperdn
@@ -395,9 +401,9 @@ def excam_badpix(ds: xr.Dataset, refs: xr.Dataset | None, p: BadpixParams) -> xr
 
 # ---- products -------------------------------------------------------------------------------------
 def _product(ds: xr.Dataset, level: str, with_bias: bool) -> xr.Dataset:
-    keep = ["data", "err", "dq", "rejected"] + (["bias"] if with_bias else [])
+    keep = ["data", "err", "dq", "rejected"] + (["bias", "read_noise"] if with_bias else [])
     out = ds[keep].copy()
-    for name in ("data", "err", "bias"):
+    for name in ("data", "err", "bias", "read_noise"):
         if name in out:
             out[name] = out[name].astype(np.float32)
     out["dq"] = out["dq"].astype(np.uint32)
@@ -407,6 +413,7 @@ def _product(ds: xr.Dataset, level: str, with_bias: bool) -> xr.Dataset:
     out["err"].attrs = {"units": unit, "long_name": "1-sigma error"}
     if with_bias:
         out["bias"].attrs = {"units": "DN", "long_name": "row bias subtracted (prescan median - bias_offset)"}
+        out["read_noise"].attrs = {"units": "DN", "long_name": "read noise: rms of the reliable prescan (median over rows)"}
     out["rejected"].attrs = {"long_name": "why the frame is left out of the data-set products (0: kept)",
                              "flag_masks": list(REJECT.values()), "flag_meanings": " ".join(REJECT)}  # fmt: skip
     out.attrs = {k: v for k, v in ds.attrs.items() if k not in ("region",)}
@@ -466,3 +473,89 @@ def combine(ds: xr.Dataset, bad_bits: int = 0xFFFFFFFF) -> tuple[xr.Dataset, xr.
         c.attrs = {"combine": name, "frames": int(ds.sizes[FRAME]), "bad_bits": int(bad_bits)}
         out.append(c)
     return out[0], out[1]
+
+
+# ---- photon counting ------------------------------------------------------------------------------
+def _pc_tile(data, err, dq, thresh, em_gain, niter, bad_bits):
+    from ..kernels.photon_count import photon_count_mean
+
+    data, err, dq = (np.ascontiguousarray(np.moveaxis(a, -1, 0)) for a in (data, err, dq))
+    mean, e, ngood, q = photon_count_mean(data, err, dq, thresh, em_gain, bad_bits=bad_bits, niter=niter)
+    return np.stack([mean, e, ngood.astype(np.float64), q.astype(np.float64)], axis=-1)
+
+
+def photon_count(ds: xr.Dataset, eperdn: float, read_noise: float, t_factor: float = 5.0, niter: int = 2,
+                 bad_bits: int = 0xFFFFFFFF) -> xr.Dataset:  # fmt: skip
+    """Photon-counted mean of an L2a stack (DN; chunks holding the whole frame axis): electrons at the
+    gain register's output (``DN * eperdn``) thresholded at ``t_factor * read_noise``, the counted
+    fraction corrected for the threshold and coincidence losses (corgidrp ``get_pc_mean``), in
+    electrons per frame per pixel before the gain register. Rejected frames and flagged pixels are
+    left out; ``dq`` is the OR of the flags where no frame is good (256: a negative rate)."""
+    from ..kernels.photon_count import pc_threshold
+
+    gains = np.unique(ds["em_gain"].values)
+    if gains.size != 1:
+        raise ValueError(f"photon counting needs one EM gain per stack, got {gains.tolist()}")
+    g = float(gains[0])
+    thresh = pc_threshold(read_noise, t_factor, g)
+    dq = ds["dq"]
+    if "rejected" in ds:
+        dq = dq | xr.where(ds["rejected"] != 0, np.uint32(DQ.DO_NOT_USE), np.uint32(0))
+    stack = xr.apply_ufunc(_pc_tile, ds["data"] * eperdn, ds["err"] * eperdn, dq.astype(np.uint32),
+                           input_core_dims=[[FRAME]] * 3, output_core_dims=[["q"]],
+                           kwargs={"thresh": thresh, "em_gain": g, "niter": niter, "bad_bits": bad_bits},
+                           dask="parallelized", output_dtypes=[np.float64],
+                           dask_gufunc_kwargs={"output_sizes": {"q": 4}})  # fmt: skip
+    out = xr.Dataset({
+        "data": stack.isel(q=0).astype(np.float32), "err": stack.isel(q=1).astype(np.float32),
+        "ngood": stack.isel(q=2).astype(np.int32), "dq": stack.isel(q=3).astype(np.uint32)})  # fmt: skip
+    out["data"].attrs = {"units": "electron", "long_name": "photon-counted mean electrons per frame"}
+    out["err"].attrs = {"units": "electron"}
+    out["dq"].attrs = dq_attrs()
+    out.attrs = {"em_gain": g, "threshold_e": thresh, "t_factor": t_factor, "read_noise_e": read_noise,
+                 "niter": niter, "frames": int(ds.sizes[FRAME])}  # fmt: skip
+    return out
+
+
+# ---- noise maps from darks --------------------------------------------------------------------------
+def _nm_tile(means, ngood, dq, gains, times, n_total, variance):
+    from ..calib import emccd_noise_maps as nm
+
+    means, ngood, dq = (np.ascontiguousarray(np.moveaxis(a, -1, 0)) for a in (means, ngood, dq))
+    bad = nm.unfittable_pixels(ngood)
+    fit = nm.fit_noise_maps(means, gains, times, weights=nm.lsq_weights(ngood, n_total), unfittable=bad,
+                            variance=variance)  # fmt: skip
+    q = nm.noise_map_dq(dq, bad)
+    return np.stack([fit.fpn, fit.cic, fit.dc, fit.fpn_var, fit.cic_var, fit.dc_var, q.astype(np.float64)], axis=-1)
+
+
+def noise_maps(means: list[xr.Dataset], eperdn: float, variance: str = "corgidrp") -> xr.Dataset:
+    """FPN, CIC and dark-current maps with their variances from the mean L2a dark frames of at least 4
+    (EM gain, exposure time) sub-stacks (each a mean combine: ``data`` DN, ``ngood``, ``dq``): per pixel
+    least squares of ``mean * k = F + g C + g t D`` weighted by the good frames (corgidrp
+    ``calibrate_darks_lsq``), tile by tile."""
+    from ..calib import emccd_noise_maps as nm
+
+    gains = np.array([float(m.attrs["em_gain"]) for m in means])
+    times = np.array([float(m.attrs["exptime"]) for m in means])
+    nm.check_substacks(gains, times)
+    one = {"substack": -1}
+    stack = xr.concat([m["data"].astype(np.float64) * eperdn for m in means], dim="substack").chunk(one)
+    ngood = xr.concat([m["ngood"] for m in means], dim="substack").chunk(one)
+    dq = xr.concat([m["dq"] for m in means], dim="substack").chunk(one)
+    n_total = int(sum(int(m.attrs.get("frames", 0)) for m in means))
+    fit = xr.apply_ufunc(_nm_tile, stack, ngood, dq, input_core_dims=[["substack"]] * 3, output_core_dims=[["q"]],
+                         kwargs={"gains": gains, "times": times, "n_total": n_total, "variance": variance},
+                         dask="parallelized", output_dtypes=[np.float64], dask_gufunc_kwargs={"output_sizes": {"q": 7}})  # fmt: skip
+    names = [("fpn", "electron"), ("cic", "electron"), ("dark_current", "electron / s")]
+    out = xr.Dataset()
+    for k, (name, unit) in enumerate(names):
+        out[name] = fit.isel(q=k).astype(np.float32)
+        out[name].attrs = {"units": unit}
+        out[f"{name}_err"] = np.sqrt(fit.isel(q=k + 3)).astype(np.float32)
+        out[f"{name}_err"].attrs = {"units": unit}
+    out["dq"] = fit.isel(q=6).astype(np.uint32)
+    out["dq"].attrs = dq_attrs()
+    out.attrs = {"em_gains": gains.tolist(), "exptimes": times.tolist(), "eperdn": eperdn, "frames": n_total,
+                 "model": "mean * eperdn = F + g C + g t D (per pixel, weighted by good frames)", "variance": variance}  # fmt: skip
+    return out
