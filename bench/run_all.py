@@ -1,25 +1,48 @@
 """``make bench``: every benchmark, at real sizes, with the reference tools measured in the same run.
 
-By default about one minute on 2 cores (the Roman WFI exposure, warm and cold, against stcal). Arguments
-are passed to ``bench_wfi.py``; the longer modes are opt-in:
+By default about five minutes on 2 cores: the Roman WFI exposure, warm and cold, against stcal (~1 min);
+then the Roman Coronagraph EXCAM benchmark at modest sizes (~4 min, plus ~20 s the first time to
+simulate its 100 L1 frames): 100 frames L1 -> L2b against corgidrp on 10 of them, and the mean + median
+combine of 1,000 synthesized frames against corgidrp's ``combine_images`` on 100.
+
+Arguments are passed to ``bench_wfi.py``, except ``--skip-wfi``, ``--skip-excam`` and ``--excam "ARGS"``
+(passed to ``bench_excam.py``). The longer modes are opt-in:
 
 * ``--full``: every gen_cal_image step instead of the five-step recipe (~2 min);
 * ``--full --skip-stcal --noise 2``: noise layers on top of the full chain (~13 min at 4096);
 * ``--full --skip-stcal --sca 18``: 18 detectors' exposures as one job (~10 min at 4096, plus ~35 s
-  the first time to write the 18 L1 copies).
+  the first time to write the 18 L1 copies);
+* ``--skip-wfi --excam "--full --skip-combine"``: EXCAM L1 -> L2b at the issue's size (1000 frames,
+  corgidrp on 50; ~23 min, plus ~3 min to simulate the frames; ~15 GB of disk, removed afterwards);
+* ``--skip-wfi --excam "--skip-l2b --combine-frames 1000,5000 --corgi-combine-frames 200,300"``: the
+  combine at 1,000 and 5,000 frames, corgidrp at 200 and 300 (~11 min, corgidrp up to ~14 GiB);
+* ``--skip-wfi --excam "--skip-l2b --skip-corgidrp --combine-frames 5000,25000 --combine-rows 512"``:
+  the combine at 25,000 frames on half the image, times scaled (~17 min; the whole image ~30 min).
 """
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_wfi  # noqa: E402
+import bench_excam
+import bench_wfi
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--skip-wfi", action="store_true")
+    ap.add_argument("--skip-excam", action="store_true")
+    ap.add_argument("--excam", default="", metavar="ARGS", help="arguments of bench_excam.py, in one string")
+    ours, wfi_args = ap.parse_known_args(sys.argv[1:])
     t0 = time.perf_counter()
-    bench_wfi.main(sys.argv[1:])
+    if not ours.skip_wfi:
+        bench_wfi.main(wfi_args)
+    if not ours.skip_excam:
+        print(flush=True)
+        bench_excam.main(shlex.split(ours.excam))
     print(f"\nmake bench: {time.perf_counter() - t0:.0f} s")
