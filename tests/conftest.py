@@ -82,3 +82,31 @@ def tiny_wfi(tmp_path):
 def small_wfi(tmp_path):
     """128 x 128: big enough for the reference-pixel step of a PIT configuration (4-column channels)."""
     return write_tiny_wfi(tmp_path / "small", n=128)
+
+
+@pytest.fixture(scope="session")
+def corgidrp_home(tmp_path_factory):
+    """A HOME for corgidrp 5.1.1 (a test dependency, pinned): it writes ``~/.corgidrp`` on its first
+    import, so the import happens here with HOME at a temp dir. Tests import its modules after
+    requesting this fixture; steps that read its configuration run with HOME set to this path."""
+    import os
+    from importlib.metadata import version
+
+    home = tmp_path_factory.mktemp("corgidrp_home")
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    try:
+        import corgidrp  # noqa: F401
+        import corgidrp.combine  # noqa: F401
+        import corgidrp.darks  # noqa: F401
+        import corgidrp.data  # noqa: F401
+        import corgidrp.detector  # noqa: F401
+        import corgidrp.l1_to_l2a  # noqa: F401
+        import corgidrp.l2a_to_l2b  # noqa: F401
+        import corgidrp.mocks  # noqa: F401
+        import corgidrp.photon_counting  # noqa: F401
+    finally:
+        if old is not None:
+            os.environ["HOME"] = old
+    assert version("corgidrp") == "5.1.1"
+    return home

@@ -19,22 +19,11 @@ DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
-def corgi(tmp_path_factory):
-    """corgidrp's detector module (it writes ~/.corgidrp on import: HOME points at a temp dir)."""
-    import os
+def corgi(corgidrp_home):
+    """corgidrp's detector module (imported with HOME at a temp dir: see conftest)."""
+    import corgidrp.detector
 
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)
-    try:
-        detector = pytest.importorskip("corgidrp.detector")
-    finally:
-        if old is not None:
-            os.environ["HOME"] = old
-    from importlib.metadata import version
-
-    assert version("corgidrp") == "5.1.1"
-    return detector
+    return corgidrp.detector
 
 
 # ---- geometry -------------------------------------------------------------------------------------

@@ -20,23 +20,10 @@ TIMES = [1.0, 30.0, 1.0, 30.0, 5.0, 60.0]
 
 
 @pytest.fixture(scope="module")
-def corgi(tmp_path_factory):
-    """corgidrp's darks, data, detector and mocks modules (it writes ~/.corgidrp on import: HOME points
-    at a temp dir)."""
-    import os
+def corgi(corgidrp_home):
+    """corgidrp's darks, data, detector and mocks modules (imported with HOME at a temp dir: see conftest)."""
+    from corgidrp import darks, data, detector, mocks
 
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)
-    try:
-        darks = pytest.importorskip("corgidrp.darks")
-        from corgidrp import data, detector, mocks
-    finally:
-        if old is not None:
-            os.environ["HOME"] = old
-    from importlib.metadata import version
-
-    assert version("corgidrp") == "5.1.1"
     return darks, data, detector, mocks
 
 

@@ -17,23 +17,10 @@ THRESH = T_FACTOR * RN
 
 
 @pytest.fixture(scope="module")
-def corgi(tmp_path_factory):
-    """corgidrp's photon-counting and data modules (it writes ~/.corgidrp on import: HOME points at a
-    temp dir)."""
-    import os
+def corgi(corgidrp_home):
+    """corgidrp's photon-counting, data and mocks modules (imported with HOME at a temp dir: see conftest)."""
+    from corgidrp import data, mocks, photon_counting
 
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)
-    try:
-        photon_counting = pytest.importorskip("corgidrp.photon_counting")
-        from corgidrp import data, mocks
-    finally:
-        if old is not None:
-            os.environ["HOME"] = old
-    from importlib.metadata import version
-
-    assert version("corgidrp") == "5.1.1"
     return photon_counting, data, mocks
 
 

@@ -183,6 +183,30 @@ def test_full_frame_mode_follows_tails_into_the_next_row_without_touching_its_bi
     np.testing.assert_array_equal(res["image"]["data"].values, res["full"]["data"].values)
 
 
+def test_full_frame_mode_remeasures_a_row_bias_whose_reliable_prescan_a_tail_reached(tmp_path):
+    """A very long serial tail from the end of row 500 runs on over the next row's prescan up to column
+    ~940: in full-frame mode the masked pixels leave row 501's bias; in image mode they set it."""
+    from detflow.io.excam_l1 import open_excam_l1
+    from detflow.steps.registry import get_step
+
+    files = write_frames(tmp_path / "l1", n=1, wrap_row=500, seed=5)
+    with fits.open(files[0], mode="update") as h:
+        raw = h[1].data.astype(np.float64)
+        raw[501, :950] += 5000.0  # the tail's charge in row 501's prescan (below saturation: no plateau)
+        h[1].data = raw.astype(np.uint16)
+    cosmics = {"fwc_em_e": 90000, "fwc_pp_e": 50000, "eperdn": 8.7, "cosm_tail": 940}
+    bias = {}
+    for region in ("image", "full"):
+        ds = get_step("excam_bias")(open_excam_l1(files), None, {"region": region, "outlier_nsigma": None})
+        ds = get_step("excam_cosmics")(ds, None, cosmics).compute(scheduler="sync")
+        bias[region] = ds["bias"].sel(y=501).item()
+        if region == "full":
+            assert (ds["dq"].sel(y=501).values[0, :900] & int(DQ.JUMP_DET)).all()  # the tail, followed
+    truth = 900.0 + 2 * np.cos(501 / 50.0)
+    assert bias["image"] > truth + 2500  # 142 of the 200 reliable columns carry the tail
+    assert abs(bias["full"] - truth) < 5.0  # from the 58 unmasked reliable columns
+
+
 def test_reliable_prescan_masked_by_a_tail_is_left_out_of_the_bias():
     from detflow.kernels import emccd
 
@@ -199,10 +223,8 @@ def test_reliable_prescan_masked_by_a_tail_is_left_out_of_the_bias():
 
 
 def test_iit_config_keys_carry_over(tmp_path):
-    cfg = yaml.safe_load((Path(__file__).parents[1] / "../shared/realdata/roman_cgi_excam/iit_fft_calibs/config_file.yaml")
-                         .resolve().read_text()) if (Path(__file__).parents[1] / "../shared/realdata").exists() else {
-        "fwc_em_e": 100000, "fwc_pp_e": 66850, "bias_offset": 0, "eperdn": 9.55, "generate_png_files": False}  # fmt: skip
-    cfg = {k: v for k, v in cfg.items() if not k.endswith(("filepath", "_map", "_noise", "_charge"))}
+    cfg = yaml.safe_load((DATA / "iit_config_file.yaml").read_text())  # the real II&T configuration
+    assert {"eperdn", "fwc_em_e", "fwc_pp_e", "bias_offset", "non_linearity_filepath"} <= set(cfg)
     cfg.update(input="l1/*.fits", output="out.zarr", cosm_tail=12, cosm_thresh=0.9, sat_thresh=0.8)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -212,6 +234,9 @@ def test_iit_config_keys_carry_over(tmp_path):
     assert p["excam_cosmics"]["cosm_tail"] == 12 and p["excam_cosmics"]["cosm_thresh"] == 0.9
     assert p["excam_electrons"]["eperdn"] == 9.55
     assert job.input == str(tmp_path / "l1/*.fits") and job.output == tmp_path / "out.zarr"
+    # calibration paths are relative to the job file, as the II&T code resolves them
+    assert job.non_linearity_filepath == tmp_path / "calibration_files" / "nonlin_array_20231104.txt"
+    assert job.flatfield_filepath == tmp_path / "calibration_files" / "flat.fits"
 
 
 @pytest.mark.parametrize("bad, field", [

@@ -13,12 +13,10 @@ Intended differences, set equal here so the numerics are compared:
 from __future__ import annotations
 
 import os
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 from astropy.io import fits
 
 from detflow.instruments import roman_excam
@@ -35,22 +33,14 @@ CR = dict(sat_thresh=0.7, plat_thresh=0.7, cosm_filter=1, cosm_box=3, cosm_tail=
 
 
 @pytest.fixture(scope="module")
-def corgi_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)
-    try:
-        pytest.importorskip("corgidrp")
-        import corgidrp.data as cdata
-        import corgidrp.l1_to_l2a as l1a
-        import corgidrp.l2a_to_l2b as l2b
-        import corgidrp.combine as ccomb
-        from corgidrp import mocks
-    finally:
-        if old is not None:
-            os.environ["HOME"] = old
-    assert version("corgidrp") == "5.1.1"
-    return {"data": cdata, "l1a": l1a, "l2b": l2b, "combine": ccomb, "mocks": mocks, "home": home}
+def corgi_env(corgidrp_home):
+    import corgidrp.combine as ccomb
+    import corgidrp.data as cdata
+    import corgidrp.l1_to_l2a as l1a
+    import corgidrp.l2a_to_l2b as l2b
+    from corgidrp import mocks
+
+    return {"data": cdata, "l1a": l1a, "l2b": l2b, "combine": ccomb, "mocks": mocks, "home": corgidrp_home}
 
 
 def _frames(tmp: Path, mocks, n=2, seed=3) -> list[Path]:

@@ -3,7 +3,6 @@ mean signal against the truth, the gain register against emccd_detect, and corgi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +37,10 @@ def sim(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def corgi(tmp_path_factory):
-    """corgidrp (it writes ~/.corgidrp on import: HOME points at a temp dir)."""
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)
-    try:
-        pytest.importorskip("corgidrp")
-        import corgidrp.data
-        import corgidrp.l1_to_l2a
-    finally:
-        if old is not None:
-            os.environ["HOME"] = old
+def corgi(corgidrp_home):
+    """corgidrp (imported with HOME at a temp dir: see conftest)."""
+    import corgidrp
+
     return corgidrp
 
 

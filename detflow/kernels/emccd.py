@@ -88,7 +88,7 @@ def _row_median_filter(row, size, out):
     the element of rank ``size//2``: scipy.ndimage.median_filter's choice for even sizes)."""
     n = row.size
     buf = np.empty(size)
-    lo, hi = size // 2, (size - 1) // 2
+    lo = size // 2
     for i in range(n):
         for k in range(size):
             j = min(max(i - lo + k, 0), n - 1)

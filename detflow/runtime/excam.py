@@ -19,13 +19,12 @@ import numpy as np
 import xarray as xr
 from distributed import Client
 
-from .. import __version__, schema
+from .. import schema
 from ..errors import DetflowInputError
 from ..instruments import roman_excam
 from ..io.excam_cal import open_excam_references
 from ..io.excam_l1 import open_excam_l1
 from ..io.store import StoreWriter, check_output, open_store
-from ..io.caldir import sha256
 from ..steps import excam as sx
 from ..steps.registry import apply_recipe
 from .cluster import get_client
@@ -113,7 +112,7 @@ def _sharded(products: dict[str, xr.Dataset], tiles: dict[str, int], fb: int) ->
 def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
               console=None) -> xr.DataTree:  # fmt: skip
     """Run an EXCAM job and return the written store as a DataTree (complete or absent)."""
-    from .run import versions
+    from .run import checksum_futures, compute, finish_store
 
     check_output(job.store, job.overwrite)
     if job.export_dir is not None:
@@ -126,10 +125,8 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
         with StoreWriter(job.store, overwrite=job.overwrite) as writer:
-            files = sorted({i["path"] for ds in products.values() for i in ds.attrs.get("inputs", [])} |
-                           {r["path"] for ds in products.values() for r in ds.attrs.get("reference_files", [])})  # fmt: skip
-            sums = dict(zip(files, c.map(sha256, files, pure=False)))
-            _compute(c, writer.add_all(products, _sharded(products, tiles, job.frames_per_task)), progress, console,
+            sums = checksum_futures(c, products)
+            compute(c, writer.add_all(products, _sharded(products, tiles, job.frames_per_task)), progress, console,
                      "detflow roman_excam: L1 -> L2a -> L2b")  # fmt: skip
             combined = {}
             for suffix, t in tiles.items():
@@ -154,7 +151,7 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
                     pc.attrs["exptime"] = float(stored.attrs.get("exptime", np.nan))
                     combined[f"photon_count{suffix}"] = pc
             if combined:
-                _compute(c, writer.add_all(combined), progress, console, "detflow roman_excam: combines")
+                compute(c, writer.add_all(combined), progress, console, "detflow roman_excam: combines")
             if job.noise_maps:
                 means = []
                 for suffix in tiles:
@@ -163,30 +160,9 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
                     means.append(m)
                 maps = sx.noise_maps(means, job.eperdn)
                 combined["noise_maps"] = maps
-                _compute(c, writer.add_all({"noise_maps": maps}), progress, console, "detflow roman_excam: noise maps")
-            sums = dict(zip(sums, c.gather(list(sums.values()))))
-            inputs, references = [], []
-            for name, ds in products.items():
-                ins = [dict(i, sha256=sums[i["path"]]) for i in ds.attrs.get("inputs", [])]
-                refs = [dict(r, sha256=sums[r["path"]]) for r in ds.attrs.get("reference_files", [])]
-                writer.set_group_attrs(name, {"inputs": ins, "reference_files": refs})
-                inputs += [i for i in ins if i not in inputs]
-                references += [r for r in refs if r not in references]
+                compute(c, writer.add_all({"noise_maps": maps}), progress, console, "detflow roman_excam: noise maps")
             last = next(p for n, p in products.items() if n.startswith("l2b"))  # its steps: L2a's and L2b's
-            writer.set_root_attrs({
-                "detflow_version": __version__,
-                "pipeline": job.pipeline,
-                "products": list(products) + list(combined),
-                "job": job.model_dump(mode="json"),
-                "inputs": inputs,
-                "reference_files": references,
-                "versions": versions(),
-                "started": started,
-                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "steps": last.attrs.get("steps", []),
-                "history": last.attrs.get("history", []),
-            })  # fmt: skip
-            writer.commit()
+            finish_store(writer, c, sums, job, products, list(products) + list(combined), last, started)
     if job.export_dir is not None:
         from ..io.exporters import export_excam_fits
 
@@ -195,16 +171,6 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
         if console is not None:
             console.print(f"export: {len(written)} FITS/PNG files in {job.export_dir}")
     return open_store(job.store)
-
-
-def _compute(c: Client, delayed, progress: bool, console, description: str) -> None:
-    futures = c.compute([delayed])
-    if progress:
-        from .progress import RichProgressBar
-
-        RichProgressBar([f.key for f in futures], scheduler=c.scheduler.address, console=console,
-                        description=description)  # fmt: skip
-    c.gather(futures)  # re-raises the first task error; the writer then removes the partial store
 
 
 def rejected_frames(store) -> list[dict]:

@@ -153,6 +153,53 @@ def _build_one(job: WFIJob, files: list[Path], detector: str, suffix: str) -> di
     return out
 
 
+def checksum_futures(c: Client, products: dict[str, xr.Dataset]) -> dict:
+    """Futures of the sha256 of every input and reference file of ``products``, by path."""
+    files = sorted({i["path"] for ds in products.values() for i in ds.attrs.get("inputs", [])} |
+                   {r["path"] for ds in products.values() for r in ds.attrs.get("reference_files", [])})  # fmt: skip
+    return dict(zip(files, c.map(sha256, files, pure=False)))
+
+
+def compute(c: Client, delayed, progress: bool, console, description: str) -> None:
+    """Compute one delayed store write on the cluster, with a progress bar; re-raises the first task
+    error (the writer then removes the partial store)."""
+    futures = c.compute([delayed])
+    if progress:
+        from .progress import RichProgressBar
+
+        RichProgressBar([f.key for f in futures], scheduler=c.scheduler.address, console=console,
+                        description=description)  # fmt: skip
+    c.gather(futures)
+
+
+def finish_store(writer: StoreWriter, c: Client, sums: dict, job, products: dict[str, xr.Dataset],
+                 groups: list[str], record: xr.Dataset, started: str) -> None:  # fmt: skip
+    """Provenance and commit: each group of ``products`` gets its inputs and reference files with
+    checksums, the root all of them, the job, versions, times, and ``record``'s steps and history."""
+    sums = dict(zip(sums, c.gather(list(sums.values()))))
+    inputs, references = [], []
+    for name, ds in products.items():
+        ins = [dict(i, sha256=sums[i["path"]]) for i in ds.attrs.get("inputs", [])]
+        refs = [dict(r, sha256=sums[r["path"]]) for r in ds.attrs.get("reference_files", [])]
+        writer.set_group_attrs(name, {"inputs": ins, "reference_files": refs})
+        inputs += [i for i in ins if i not in inputs]  # groups of one exposure share their inputs
+        references += [r for r in refs if r not in references]
+    writer.set_root_attrs({
+        "detflow_version": __version__,
+        "pipeline": job.pipeline,
+        "products": groups,
+        "job": job.model_dump(mode="json"),
+        "inputs": inputs,
+        "reference_files": references,
+        "versions": versions(),
+        "started": started,
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "steps": record.attrs.get("steps", []),
+        "history": record.attrs.get("history", []),
+    })  # fmt: skip
+    writer.commit()
+
+
 def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, scheduler: str | None = None,
         progress: bool = True, console=None) -> xr.DataTree:  # fmt: skip
     """Run a job end to end and return the written store as a DataTree.
@@ -177,40 +224,10 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
             console.print(f"dask dashboard: {c.dashboard_link}")
         with StoreWriter(job.store, overwrite=job.overwrite) as writer:
             first = next(v for k, v in products.items() if k.startswith("l2"))
-            # checksums of every input and reference file, computed on the cluster alongside the run
-            files = sorted({i["path"] for ds in products.values() for i in ds.attrs.get("inputs", [])} |
-                           {r["path"] for ds in products.values() for r in ds.attrs.get("reference_files", [])})  # fmt: skip
-            sums = dict(zip(files, c.map(sha256, files, pure=False)))
-            delayed = [writer.add_all(products)]  # one graph: tasks shared between groups run once
-            futures = c.compute(delayed)
-            if progress:
-                from .progress import RichProgressBar
-
-                RichProgressBar([f.key for f in futures], scheduler=c.scheduler.address, console=console,
-                                description=f"detflow {job.pipeline}")  # fmt: skip
-            c.gather(futures)  # re-raises the first task error; the writer then removes the partial store
-            sums = dict(zip(sums, c.gather(list(sums.values()))))
-            inputs, references = [], []
-            for name, ds in products.items():  # each group carries its own provenance; the root all of it
-                ins = [dict(i, sha256=sums[i["path"]]) for i in ds.attrs.get("inputs", [])]
-                refs = [dict(r, sha256=sums[r["path"]]) for r in ds.attrs.get("reference_files", [])]
-                writer.set_group_attrs(name, {"inputs": ins, "reference_files": refs})
-                inputs += [i for i in ins if i not in inputs]  # noise groups share their L2's inputs
-                references += [r for r in refs if r not in references]
-            writer.set_root_attrs({
-                "detflow_version": __version__,
-                "pipeline": job.pipeline,
-                "products": list(products),
-                "job": job.model_dump(mode="json"),
-                "inputs": inputs,
-                "reference_files": references,
-                "versions": versions(),
-                "started": started,
-                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "steps": first.attrs.get("steps", []),
-                "history": first.attrs.get("history", []),
-            })  # fmt: skip
-            writer.commit()
+            sums = checksum_futures(c, products)  # computed on the cluster alongside the run
+            # one graph: tasks shared between groups run once
+            compute(c, writer.add_all(products), progress, console, f"detflow {job.pipeline}")
+            finish_store(writer, c, sums, job, products, list(products), first, started)
     from ..io.exporters import export_wfi_asdf, export_wfi_fits, pit_fits_path
 
     exports = []
