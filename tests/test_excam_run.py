@@ -139,8 +139,11 @@ def test_combines_equal_numpy_over_the_kept_frames(reference_run):
 def test_chunking_does_not_change_a_bit(frames, reference_run, tmp_path):
     tree, _ = reference_run
     other = detflow.run(_job(tmp_path, frames[0].parent, combine=["l2a", "l2b"], frames_per_task=3,
-                             combine_task_mb=1), progress=False)  # frames chunked 3+1, combine tiles 64  # fmt: skip
+                             frames_per_shard=2, combine_task_mb=1), progress=False)  # fmt: skip
+    # frames computed in tasks of 3+1, stored in shards of 2+2, combined in tiles of 64
     assert combine_tile(4, 1024, 1024, 1) == 64
+    z = zarr.open_array(str(tmp_path / "out.zarr"), path="l2b/data", mode="r")
+    assert z.shards == (2, 1024, 1024) and z.chunks == (2, 64, 64)
     for group in ("l2a", "l2b", "mean_comb", "median_comb", "l2a_median_comb"):
         a, b = tree[group].to_dataset().compute(), other[group].to_dataset().compute()
         for v in a.data_vars:

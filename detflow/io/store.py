@@ -51,7 +51,10 @@ def _clean(ds: xr.Dataset) -> xr.Dataset:
         ds[name].attrs = sanitize_attrs(ds[name].attrs)
         ds[name].encoding = {}
         if ds[name].dtype.kind == "U":  # variable-length strings (fixed UTF-32 has no zarr v3 spec)
-            ds[name] = ds[name].astype(object)
+            # a lazy string coordinate is computed here (it is small): xarray would otherwise compute the
+            # object array eagerly anyway to choose a zarr dtype, with a warning
+            var = ds[name].variable
+            ds[name] = var.copy(data=var.compute().data.astype(object)) if isinstance(var.data, da.Array) else var.astype(object)
     return ds
 
 

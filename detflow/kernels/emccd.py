@@ -152,46 +152,62 @@ def flag_cosmics_frame(img, fwc, sat_thresh, plat_thresh, cosm_filter, cosm_box,
 
 
 # ---- data-set combines ----------------------------------------------------------------------------------
-@numba.njit(cache=CACHE)
-def combine_stack(data, err, dq, bad_bits, mean, median, err_mean, err_median, ngood, dq_out):
+@numba.njit(nogil=True, cache=CACHE)
+def combine_stack_flagged(data, err, dq, frame_flags, bad_bits, mean, median, err_mean, err_median, ngood, dq_out):
     """Mean and median over the frame axis of a ``(frame, y, x)`` tile, leaving out frames whose DQ has
-    any of ``bad_bits`` (and non-finite values), one pixel at a time.
+    any of ``bad_bits`` (and non-finite values), one pixel at a time. ``frame_flags`` (frame,) uint32
+    are OR'ed into every pixel of their frame (e.g. DO_NOT_USE for a rejected frame) without a copy of
+    the stack.
 
     ``err_mean = sqrt(mean(err^2)) / sqrt(n)`` over the n good frames (standard propagation),
     ``err_median = err_mean * sqrt(pi / 2)``; ``ngood`` = n; ``dq_out`` = OR of every frame's DQ where
-    no frame is good (NaN results), else 0. One pass for both combines: the stack is read once.
+    no frame is good (NaN results), else 0. One pass for both combines: the stack is streamed a row
+    of every frame at a time (contiguous reads) into a per-pixel buffer.
     """
     nf, ny, nx = data.shape
-    vals = np.empty(nf)
+    vals = np.empty((nx, nf))
+    n = np.empty(nx, dtype=np.int64)
+    s = np.empty(nx)
+    e2 = np.empty(nx)
+    flags = np.empty(nx, dtype=np.uint32)
     inflate = math.sqrt(math.pi / 2.0)
     for i in range(ny):
-        for j in range(nx):
-            n = 0
-            s = 0.0
-            e2 = 0.0
-            flags = np.uint32(0)
-            for f in range(nf):
-                q = dq[f, i, j]
-                flags |= q
+        n[:] = 0
+        s[:] = 0.0
+        e2[:] = 0.0
+        flags[:] = 0
+        for f in range(nf):
+            ff = frame_flags[f]
+            for j in range(nx):
+                q = dq[f, i, j] | ff
+                flags[j] |= q
                 v = data[f, i, j]
                 if (q & bad_bits) != 0 or not np.isfinite(v):
                     continue
-                vals[n] = v
-                n += 1
-                s += v
-                e2 += np.float64(err[f, i, j]) ** 2
-            ngood[i, j] = n
-            if n == 0:
+                k = n[j]
+                vals[j, k] = v
+                n[j] = k + 1
+                s[j] += v
+                e2[j] += np.float64(err[f, i, j]) ** 2
+        for j in range(nx):
+            m = n[j]
+            ngood[i, j] = m
+            if m == 0:
                 mean[i, j] = median[i, j] = err_mean[i, j] = err_median[i, j] = np.nan
-                dq_out[i, j] = flags
+                dq_out[i, j] = flags[j]
                 continue
             dq_out[i, j] = 0
-            mean[i, j] = s / n
-            med = np.median(vals[:n])
-            median[i, j] = med
-            em = math.sqrt(e2 / n) / math.sqrt(n)
+            mean[i, j] = s[j] / m
+            median[i, j] = np.median(vals[j, :m])
+            em = math.sqrt(e2[j] / m) / math.sqrt(m)
             err_mean[i, j] = em
             err_median[i, j] = em * inflate
+
+
+def combine_stack(data, err, dq, bad_bits, mean, median, err_mean, err_median, ngood, dq_out):
+    """:func:`combine_stack_flagged` with no per-frame flags."""
+    combine_stack_flagged(data, err, dq, np.zeros(data.shape[0], np.uint32), bad_bits, mean, median, err_mean,
+                          err_median, ngood, dq_out)  # fmt: skip
 
 
 # ---- L2a -> L2b ------------------------------------------------------------------------------------------

@@ -171,6 +171,9 @@ class ExcamJob(_Model):
     combine: list[Literal["l2a", "l2b"]] = Field(["l2b"], description="levels whose mean and median combines are "
                                                  "written (l2b: mean_comb, median_comb; l2a: l2a_mean_comb, ...)")  # fmt: skip
     frames_per_task: int = Field(4, ge=1, description="frames per L1 -> L2b task")
+    frames_per_shard: int | None = Field(None, ge=1, description="frames per zarr shard of l2a/l2b (default: "
+                                         "the multiple of frames_per_task nearest 32): the combines read one "
+                                         "piece of every shard per tile")  # fmt: skip
     combine_task_mb: float = Field(256, ge=1, description="target memory of one combine task (MB): sets the tile")
     photon_count: PhotonCountConfig | None = Field(None, description="photon-counted mean of each (gain, time) group")
     noise_maps: bool = Field(False, description="fit FPN, CIC and dark-current maps from a dark data set of >= 4 "

@@ -2,9 +2,9 @@
 
 Two passes over one temporary store (renamed into place only when both are done):
 
-1. ``l2a`` and ``l2b``: one task per ``frames_per_task`` whole frames. Their zarr chunks are small
-   pixel tiles over those frames, inside shards equal to the task's block, so every task writes
-   whole shards and the combine can read a tile of every frame without reading whole frames.
+1. ``l2a`` and ``l2b``: one task per ``frames_per_task`` whole frames, merged into zarr shards of
+   ``frames_per_shard`` frames (one write task each). Inside a shard the chunks are pixel tiles over
+   all its frames, so the combine can read a tile of every frame without reading whole frames.
 2. ``mean_comb`` and ``median_comb`` (and ``l2a_mean_comb``/``l2a_median_comb``): read back from
    the store with the whole frame axis per task and a tile sized by ``combine_task_mb``; memory is
    bounded by the tile, not by the number of frames.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -46,6 +47,15 @@ def combine_tile(n_frames: int, ny: int, nx: int, task_mb: int) -> int:
     while side > 16 and (side * side > budget or ny % side or nx % side):
         side //= 2
     return side
+
+
+def _open_tiles(path, group: str, t: int) -> xr.Dataset:
+    """A stored per-frame group with the whole frame axis per ``t`` x ``t`` tile: reads of part of
+    each shard, which is what the shards are for (xarray warns that the chunks split the shards)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified chunks separate the stored chunks")
+        return xr.open_zarr(str(path), group=group, consolidated=False,
+                            chunks={schema.FRAME: -1, schema.Y: t, schema.X: t})  # fmt: skip
 
 
 def _datasets(job: ExcamJob) -> dict[str, xr.Dataset]:
@@ -98,15 +108,32 @@ def build_excam(job: ExcamJob) -> tuple[dict[str, xr.Dataset], dict[str, int]]:
     return products, tiles
 
 
-def _sharded(products: dict[str, xr.Dataset], tiles: dict[str, int], fb: int) -> dict[str, dict]:
-    enc = {}
+def shard_frames(job: ExcamJob) -> int:
+    """Frames per zarr shard of the per-frame groups: ``frames_per_shard``, else the multiple of
+    ``frames_per_task`` nearest 32 (a shard of 32 float32 frames is 128 MiB)."""
+    if job.frames_per_shard is not None:
+        return job.frames_per_shard
+    return job.frames_per_task * max(1, round(32 / job.frames_per_task))
+
+
+def _sharded(products: dict[str, xr.Dataset], tiles: dict[str, int], fs: int) -> tuple[dict, dict]:
+    """The per-frame products merged along ``frame`` into blocks of ``fs`` frames (one write task and
+    one zarr shard each), and their encodings: shards ``(fs, ny, nx)`` of inner chunks ``(fs, t, t)``,
+    ``t`` the combine tile.
+
+    Why: a combine task reads the tile of every shard, and zarr's per-chunk cost (about 0.1-0.5 ms to
+    encode or to locate and decode an inner chunk) is paid ``n_frames / fs * (1024 / t)**2`` times per
+    variable; the tile shrinks as the frame count grows, so frames per shard are what keep it small.
+    The L1 -> L2b tasks keep ``frames_per_task`` frames; the merge only concatenates their outputs."""
+    enc, out = {}, {}
     for name, ds in products.items():
         suffix = name[name.index("/"):] if "/" in name else ""
         t = tiles[suffix]
         ny, nx = ds.sizes[schema.Y], ds.sizes[schema.X]
-        f = min(fb, ds.sizes[schema.FRAME])
+        f = min(fs, ds.sizes[schema.FRAME])
+        out[name] = ds.chunk({schema.FRAME: f})
         enc[name] = {v: {"chunks": (f, t, t), "shards": (f, ny, nx)} for v in ("data", "err", "dq")}
-    return enc
+    return out, enc
 
 
 def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
@@ -126,14 +153,13 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
             console.print(f"dask dashboard: {c.dashboard_link}")
         with StoreWriter(job.store, overwrite=job.overwrite) as writer:
             sums = checksum_futures(c, products)
-            compute(c, writer.add_all(products, _sharded(products, tiles, job.frames_per_task)), progress, console,
+            compute(c, writer.add_all(*_sharded(products, tiles, shard_frames(job))), progress, console,
                      "detflow roman_excam: L1 -> L2a -> L2b")  # fmt: skip
             combined = {}
             for suffix, t in tiles.items():
                 levels = list(dict.fromkeys(job.combine + (["l2a"] if job.noise_maps else [])))
                 for level in levels:
-                    stored = xr.open_zarr(str(writer.tmp), group=f"{level}{suffix}", consolidated=False,
-                                          chunks={schema.FRAME: -1, schema.Y: t, schema.X: t})  # fmt: skip
+                    stored = _open_tiles(writer.tmp, f"{level}{suffix}", t)
                     mean, median = sx.combine(stored)
                     head = "" if level == "l2b" else "l2a_"
                     for name, prod in ((f"{head}mean_comb{suffix}", mean), (f"{head}median_comb{suffix}", median)):
@@ -144,8 +170,7 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
                         prod.attrs["frames_rejected"] = int((stored["rejected"].values != 0).sum())
                         combined[name] = prod
                 if job.photon_count is not None:
-                    stored = xr.open_zarr(str(writer.tmp), group=f"l2a{suffix}", consolidated=False,
-                                          chunks={schema.FRAME: -1, schema.Y: t, schema.X: t})  # fmt: skip
+                    stored = _open_tiles(writer.tmp, f"l2a{suffix}", t)
                     pc = sx.photon_count(stored, job.eperdn, job.photon_count.read_noise, job.photon_count.t_factor,
                                          job.photon_count.niter)  # fmt: skip
                     pc.attrs["exptime"] = float(stored.attrs.get("exptime", np.nan))

@@ -432,15 +432,45 @@ def l2b_product(ds: xr.Dataset) -> xr.Dataset:
 
 
 # ---- data-set combines ----------------------------------------------------------------------------
-def _combine_tile(data, err, dq, bad_bits):
-    """(y, x, frame) tiles in (apply_ufunc puts the core dim last), (y, x, 6) out."""
-    data, err, dq = (np.ascontiguousarray(np.moveaxis(a, -1, 0)) for a in (data, err, dq))
+def _frame_flags(ds: xr.Dataset) -> xr.DataArray:
+    """(frame,) uint32: DO_NOT_USE for the frames marked ``rejected``, else 0."""
+    if "rejected" not in ds:
+        return xr.zeros_like(ds[FRAME], dtype=np.uint32)
+    return xr.where(ds["rejected"] != 0, np.uint32(DQ.DO_NOT_USE), np.uint32(0)).astype(np.uint32)
+
+
+def _per_pixel(func, stacks: list[xr.DataArray], frame_flags: xr.DataArray, nq: int, **kwargs) -> xr.DataArray:
+    """``func(*stack_blocks, frame_flags, **kwargs) -> (nq, ty, tx)`` over pixel tiles of (frame, y, x)
+    stacks whose frame axis is one chunk, as ``(q, y, x)`` float64.
+
+    ``map_blocks`` on the (frame, y, x) blocks as they are stored, so the kernels read each row of every
+    frame contiguously; ``apply_ufunc`` with a core dim would move ``frame`` last, a transposing copy of
+    every block."""
+    arrs = [s.transpose(FRAME, Y, X).data for s in stacks]
+    flags = frame_flags.data
+    ref = stacks[0]
+    coords = {k: ref.coords[k] for k in (Y, X) if k in ref.coords}
+    if not all(isinstance(a, da.Array) for a in arrs):
+        out = func(*(np.asarray(a) for a in arrs), np.asarray(flags, np.uint32), **kwargs)
+        return xr.DataArray(out, dims=("q", Y, X), coords=coords)
+    arrs = da.unify_chunks(*[x for a in arrs for x in (a.rechunk({0: -1}), "fyx")])[1]
+    flags = da.asarray(flags).rechunk(-1).astype(np.uint32)[:, None, None]
+    chunks = ((nq,),) + arrs[0].chunks[1:]
+    out = da.map_blocks(func, *arrs, flags, dtype=np.float64, chunks=chunks, meta=np.empty((0, 0, 0)), **kwargs)
+    return xr.DataArray(out, dims=("q", Y, X), coords=coords)
+
+
+def _combine_block(data, err, dq, flags, bad_bits):
+    """(frame, ty, tx) blocks in, (6, ty, tx) out: mean, median, their errors, ngood, dq."""
     ny, nx = data.shape[1:]
-    res = [np.empty((ny, nx)) for _ in range(4)]
+    out = np.empty((6, ny, nx))
     ngood = np.empty((ny, nx), dtype=np.int64)
     dq_out = np.empty((ny, nx), dtype=np.uint32)
-    emccd.combine_stack(data, err, dq, np.uint32(bad_bits), *res, ngood, dq_out)
-    return np.stack(res + [ngood.astype(np.float64), dq_out.astype(np.float64)], axis=-1)
+    emccd.combine_stack_flagged(data, err, dq.astype(np.uint32, copy=False), flags.reshape(-1), np.uint32(bad_bits),
+                                out[0], out[1], out[2], out[3], ngood, dq_out)  # fmt: skip
+    out[4] = ngood
+    out[5] = dq_out
+    return out
 
 
 def combine(ds: xr.Dataset, bad_bits: int = 0xFFFFFFFF) -> tuple[xr.Dataset, xr.Dataset]:
@@ -450,13 +480,7 @@ def combine(ds: xr.Dataset, bad_bits: int = 0xFFFFFFFF) -> tuple[xr.Dataset, xr.
     ``rejected`` are left out. Each product: ``data``, ``err`` (mean: rms(err)/sqrt(n); median: times
     sqrt(pi/2)), ``dq`` (the OR of every frame's flags where no frame is good, else 0) and ``ngood``.
     """
-    dq = ds["dq"]
-    if "rejected" in ds:
-        dq = dq | xr.where(ds["rejected"] != 0, np.uint32(DQ.DO_NOT_USE), np.uint32(0))
-    stack = xr.apply_ufunc(_combine_tile, ds["data"], ds["err"], dq.astype(np.uint32),
-                           input_core_dims=[[FRAME]] * 3, output_core_dims=[["q"]],
-                           kwargs={"bad_bits": bad_bits}, dask="parallelized", output_dtypes=[np.float64],
-                           dask_gufunc_kwargs={"output_sizes": {"q": 6}})  # fmt: skip
+    stack = _per_pixel(_combine_block, [ds["data"], ds["err"], ds["dq"]], _frame_flags(ds), 6, bad_bits=bad_bits)
     unit = ds["data"].attrs.get("units", "")
     out = []
     for k, name in ((0, "mean"), (1, "median")):
@@ -476,12 +500,13 @@ def combine(ds: xr.Dataset, bad_bits: int = 0xFFFFFFFF) -> tuple[xr.Dataset, xr.
 
 
 # ---- photon counting ------------------------------------------------------------------------------
-def _pc_tile(data, err, dq, thresh, em_gain, niter, bad_bits):
+def _pc_block(data, err, dq, flags, thresh, em_gain, niter, bad_bits, eperdn):
     from ..kernels.photon_count import photon_count_mean
 
-    data, err, dq = (np.ascontiguousarray(np.moveaxis(a, -1, 0)) for a in (data, err, dq))
-    mean, e, ngood, q = photon_count_mean(data, err, dq, thresh, em_gain, bad_bits=bad_bits, niter=niter)
-    return np.stack([mean, e, ngood.astype(np.float64), q.astype(np.float64)], axis=-1)
+    dq = dq.astype(np.uint32) | flags.astype(np.uint32)
+    mean, e, ngood, q = photon_count_mean(data * eperdn, err * eperdn, dq, thresh, em_gain, bad_bits=bad_bits,
+                                          niter=niter)  # fmt: skip
+    return np.stack([mean, e, ngood.astype(np.float64), q.astype(np.float64)])
 
 
 def photon_count(ds: xr.Dataset, eperdn: float, read_noise: float, t_factor: float = 5.0, niter: int = 2,
@@ -498,14 +523,8 @@ def photon_count(ds: xr.Dataset, eperdn: float, read_noise: float, t_factor: flo
         raise ValueError(f"photon counting needs one EM gain per stack, got {gains.tolist()}")
     g = float(gains[0])
     thresh = pc_threshold(read_noise, t_factor, g)
-    dq = ds["dq"]
-    if "rejected" in ds:
-        dq = dq | xr.where(ds["rejected"] != 0, np.uint32(DQ.DO_NOT_USE), np.uint32(0))
-    stack = xr.apply_ufunc(_pc_tile, ds["data"] * eperdn, ds["err"] * eperdn, dq.astype(np.uint32),
-                           input_core_dims=[[FRAME]] * 3, output_core_dims=[["q"]],
-                           kwargs={"thresh": thresh, "em_gain": g, "niter": niter, "bad_bits": bad_bits},
-                           dask="parallelized", output_dtypes=[np.float64],
-                           dask_gufunc_kwargs={"output_sizes": {"q": 4}})  # fmt: skip
+    stack = _per_pixel(_pc_block, [ds["data"], ds["err"], ds["dq"]], _frame_flags(ds), 4, thresh=thresh, em_gain=g,
+                       niter=niter, bad_bits=bad_bits, eperdn=float(eperdn))  # fmt: skip
     out = xr.Dataset({
         "data": stack.isel(q=0).astype(np.float32), "err": stack.isel(q=1).astype(np.float32),
         "ngood": stack.isel(q=2).astype(np.int32), "dq": stack.isel(q=3).astype(np.uint32)})  # fmt: skip
