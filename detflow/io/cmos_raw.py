@@ -1,0 +1,994 @@
+"""CMOS raw calibration trees: discovery, parsing, and ingest into one zarr v3 store per test section.
+
+A test campaign writes bias, dark and flat frames under three section roots
+(:data:`detflow.instruments.cmos.SECTIONS`), in attempt directories at any depth::
+
+    TestSection2/20Frames/T-10/0.5s/attempt0/
+        configFile.txt          HEIGHT, WIDTH, BIT_DEPTH (FILTER); ``key=value`` or ``key: value``, ``#`` comments
+        temperatureLog.csv      one row per frame keyed by FrameNum (dialect sniffed: comma, semicolon, tab, ...)
+        frames/frame0.raw       headerless little-endian uint16 (uint8 if BIT_DEPTH <= 8), shape (HEIGHT, WIDTH)
+        frames/f1_exp0.5s_T-10.0.raw  ...
+
+:func:`discover` finds attempts; :func:`read_config` and :func:`read_temperature_log` parse their
+files; :func:`ingest_section` validates every frame (size, name, log row) before any data are written
+and writes ``l1/data`` (frame, read, y, x) in the native integer type with the metadata of
+:data:`~detflow.instruments.cmos.KEYWORDS` as lower-case coordinates on ``frame`` (and ``path``).
+Bad input raises one :class:`DetflowInputError` naming the file, the field and what was expected;
+``on_error="skip"`` skips the frame (or the attempt) and lists it in the report instead.
+
+Store layout (``<out>/<caltype>.zarr``)::
+
+    l1/data       (frame, read, y, x) uint16|uint8, zarr chunks (frame_chunk, 1, tile_y, tile_x)
+    l1/frame      int64 index; l1/<keyword> coordinates on frame (chunks of COORD_CHUNK)
+    l1 attrs      instrument, caltype, section_root, data_scale, height, width, bit_depth, frame_chunk,
+                  tile, attempts (config of each attempt, losslessly), history
+
+Ingest tasks read whole-width row strips of ``frame_chunk`` raw files (contiguous reads) and write
+whole zarr chunks (a dask chunk is ``frame_chunk`` frames x a multiple of ``tile_y`` rows x the full
+width). A store is written under ``<out>.partial-<id>`` and renamed into place. Re-running on a tree
+with new attempts appends only the frames whose ``path`` is not in the store yet: the previous store
+is staged by hard links (zarr's local store replaces chunk files, it never writes into them; the
+partial last frame-chunk, which the append rewrites, and all metadata are copied), appended to and
+swapped in, so a failed ingest leaves the previous complete store. Frame order is the ingest order:
+attempts by natural order of their path within one ingest, later ingests after earlier ones
+(``ds.sortby("path")`` gives an order independent of the ingest history).
+
+``data_scale`` (16 for 12-bit values stored left-shifted in 16 bits) is recorded, never applied to
+the stored integers; :func:`open_cmos_section` divides by it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import math
+import os
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from .. import schema
+from ..errors import DetflowInputError, OutputExistsError
+from ..instruments import cmos
+from ..schema import sanitize_attrs
+
+if TYPE_CHECKING:
+    from astropy.io import fits
+
+GROUP = "l1"
+FRAME_CHUNK = 128  # frames per zarr chunk (the per-pixel models read every frame of a tile)
+TILE = (128, 128)  # (y, x) pixels per zarr chunk: 128 frames x 128 x 128 uint16 = 4 MiB
+COORD_CHUNK = 65536
+TARGET_TASK_BYTES = 64 * 2**20  # one ingest task (raw integers) / one float32 tile of open_cmos_section
+INDEX_NAME = "fits_index.csv"
+ON_ERROR = ("raise", "skip")
+
+_T_DIR = re.compile(r"^T_?([-+]?\d+(?:\.\d+)?)(?:C|degC)?$")
+_T_NAME = re.compile(r"(?:^|_)T_?([-+]?\d+(?:\.\d+)?)(?:C|degC)?(?=_|$)")
+_ATTEMPT = re.compile(r"^attempt_?(\d+)$", re.IGNORECASE)
+_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+_EXP_DIR = re.compile(r"^(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(s|ms|us)$", re.IGNORECASE)
+_EXP_NAME = re.compile(r"(?:^|_)exp_?(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(s|ms|us)(?=_|$)", re.IGNORECASE)
+_FRAME_NAME = re.compile(r"^(?:frame|f)_?(\d+)(?=_|$)", re.IGNORECASE)
+_MISSING = {"", "nan", "na", "n/a", "none", "null", "-"}
+_DELIMITERS = ",;\t|"
+
+
+# ---- discovery ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CmosAttempt:
+    """One attempt directory: its files and what its path says (NaN / -1 where it says nothing)."""
+
+    path: Path
+    relpath: str
+    temperature: float  # nearest T<float> folder
+    attempt: int  # nearest attempt<n> folder
+    exposure: float  # nearest <float>s folder, in s
+    config: Path | None
+    log: Path | None
+    frames_dir: Path | None  # frames/, or the attempt directory itself when it holds the .raw files
+
+
+def _natural(text: str) -> tuple:
+    parts = re.split(r"([-+]?\d+(?:\.\d+)?)", text)
+    return tuple(float(p) if i % 2 else p.lower() for i, p in enumerate(parts))
+
+
+def natural_key(relpath: str | Path) -> tuple:
+    """Sort key of a relative path: numbers compare as numbers (T-10 < T5 < T25, attempt2 < attempt10)."""
+    return tuple(_natural(p) for p in Path(relpath).parts)
+
+
+def _match(names: dict[str, str], wanted: Iterable[str]) -> str | None:
+    for w in wanted:
+        if w.lower() in names:
+            return names[w.lower()]
+    return None
+
+
+def _from_path(parts: list[str], pattern: re.Pattern) -> re.Match | None:
+    for part in reversed(parts):
+        m = pattern.match(part)
+        if m:
+            return m
+    return None
+
+
+def _attempt(root: Path, d: Path, files: dict[str, str], dirs: dict[str, str]) -> CmosAttempt:
+    rel = d.relative_to(root)
+    parts = list(rel.parts) or [d.name]
+    t = _from_path(parts, _T_DIR)
+    a = _from_path(parts, _ATTEMPT)
+    e = _from_path(parts, _EXP_DIR)
+    cfg, log = _match(files, cmos.CONFIG_NAMES), _match(files, cmos.LOG_NAMES)
+    fdir = dirs.get(cmos.FRAMES_DIR.lower())
+    frames_dir = d / fdir if fdir else (d if any(n.endswith(cmos.RAW_SUFFIX) for n in files) else None)
+    return CmosAttempt(path=d, relpath=rel.as_posix(), temperature=float(t.group(1)) if t else math.nan,
+                       attempt=int(a.group(1)) if a else -1,
+                       exposure=float(e.group(1)) * _UNIT[e.group(2).lower()] if e else math.nan,
+                       config=d / cfg if cfg else None, log=d / log if log else None, frames_dir=frames_dir)  # fmt: skip
+
+
+def discover(section_root: str | Path, search_depth: int = cmos.SEARCH_DEPTH) -> list[CmosAttempt]:
+    """Attempt directories under ``section_root`` (depth 0) down to ``search_depth`` levels, in natural order.
+
+    A directory is an attempt when it holds a temperature log, a ``frames/`` folder or ``.raw`` files
+    (with a config file, or without one: that is reported when the attempt is read). Discovery does not
+    descend into an attempt, nor into hidden folders or ``*.zarr`` stores."""
+    root = Path(section_root)
+    if not root.is_dir():
+        raise DetflowInputError(root, "section root", "an existing directory", "no such directory")
+    found: list[CmosAttempt] = []
+
+    def walk(d: Path, depth: int) -> None:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            return
+        files = {e.name.lower(): e.name for e in entries if e.is_file()}
+        dirs = {e.name.lower(): e.name for e in entries if e.is_dir()}
+        has_frames = cmos.FRAMES_DIR.lower() in dirs or any(n.endswith(cmos.RAW_SUFFIX) for n in files)
+        if has_frames or _match(files, cmos.LOG_NAMES):
+            found.append(_attempt(root, d, files, dirs))
+            return
+        if depth >= search_depth:
+            return
+        for name in sorted(dirs.values(), key=_natural):
+            if not name.startswith(".") and not name.lower().endswith(".zarr"):
+                walk(d / name, depth + 1)
+
+    walk(root, 0)
+    return sorted(found, key=lambda a: natural_key(a.relpath))
+
+
+# ---- config file ------------------------------------------------------------------------------------
+def read_config(path: str | Path) -> dict[str, str]:
+    """``{KEY: value}`` of a config file: ``key=value`` or ``key: value`` lines, ``#`` comments, keys upper-cased."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetflowInputError(path, "config file", "an existing configFile.txt or config.txt", "no such file")
+    out: dict[str, str] = {}
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        seps = [k for k in (text.find("="), text.find(":")) if k > 0]
+        if not seps:
+            raise DetflowInputError(path, f"line {i}", "'key=value' or 'key: value'", repr(line.strip()))
+        k = min(seps)
+        out[text[:k].strip().upper()] = text[k + 1 :].strip()
+    return out
+
+
+def config_geometry(cfg: dict[str, str], path: str | Path | None = None) -> tuple[int, int, int]:
+    """``(HEIGHT, WIDTH, BIT_DEPTH)`` of a parsed config (instrument defaults for missing keys), validated."""
+    out = []
+    limits = (("HEIGHT", cmos.HEIGHT, 1 << 20), ("WIDTH", cmos.WIDTH, 1 << 20), ("BIT_DEPTH", cmos.BIT_DEPTH, 16))
+    for key, default, hi in limits:
+        text = cfg.get(key, "")
+        if text == "":
+            out.append(default)
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value.is_integer() and 1 <= value <= hi):
+            raise DetflowInputError(path, key, f"an integer from 1 to {hi}", repr(text))
+        out.append(int(value))
+    return out[0], out[1], out[2]
+
+
+def frame_dtype(bit_depth: int) -> np.dtype:
+    """Stored type of a raw frame: little-endian uint16 above 8 bits, uint8 otherwise."""
+    return np.dtype("<u2") if bit_depth > 8 else np.dtype("u1")
+
+
+# ---- temperature log ----------------------------------------------------------------------------------
+def _norm(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+_COLUMN_KEYWORD = {_norm(k): v for k, v in cmos.LOG_COLUMNS.items()}
+
+
+@dataclass
+class TemperatureLog:
+    """A parsed temperature log: rows by frame number, values in keyword units (NaN where missing)."""
+
+    path: Path
+    delimiter: str
+    columns: list[str]
+    mapping: dict[str, str]  # keyword -> log column
+    rows: dict[int, dict[str, Any]]
+    bad_rows: dict[int, DetflowInputError] = field(default_factory=dict)  # rows with a value that is no number
+
+
+def _number(text: str, delimiter: str) -> float:
+    t = text.strip()
+    if t.lower() in _MISSING:
+        return math.nan
+    try:
+        return float(t)
+    except ValueError:
+        if delimiter != "," and t.count(",") == 1 and "." not in t:  # decimal comma
+            return float(t.replace(",", "."))
+        raise
+
+
+def read_temperature_log(path: str | Path) -> TemperatureLog:
+    """Parse a temperature log: dialect sniffed (``,`` ``;`` tab ``|``), a header row, one row per frame.
+
+    The delimiter is the sniffed one if the header then holds a ``FrameNum`` column, else the first of
+    ``, ; tab |`` that does (a semicolon log with decimal commas can sniff as comma-separated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetflowInputError(path, "temperature log", "an existing temperatureLog.csv", "no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    lines = [(i, ln) for i, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
+    if not lines:
+        raise DetflowInputError(path, cmos.FRAME_COLUMN, "a header row with a FrameNum column", "an empty file")
+    try:
+        sniffed = csv.Sniffer().sniff("\n".join(ln for _, ln in lines[:50]), delimiters=_DELIMITERS)
+        candidates = [sniffed.delimiter] + [d for d in _DELIMITERS if d != sniffed.delimiter]
+    except csv.Error:
+        candidates = list(_DELIMITERS)
+    frame_key = _norm(cmos.FRAME_COLUMN)
+    header: list[str] = []
+    delimiter = candidates[0]
+    for d in candidates:
+        cols = [c.strip() for c in next(csv.reader([lines[0][1]], delimiter=d))]
+        if frame_key in (_norm(c) for c in cols):
+            header, delimiter = cols, d
+            break
+    if not header:
+        cols = [c.strip() for c in next(csv.reader([lines[0][1]], delimiter=candidates[0]))]
+        raise DetflowInputError(path, cmos.FRAME_COLUMN, "a frame-number column 'FrameNum' in the header row",
+                                f"columns {cols}")  # fmt: skip
+    mapping: dict[str, str] = {}
+    index: dict[str, int] = {}
+    for j, c in enumerate(header):
+        kw = _COLUMN_KEYWORD.get(_norm(c))
+        if kw:
+            kw_name = kw[0]
+            rank = list(_COLUMN_KEYWORD).index(_norm(c))
+            if kw_name not in mapping or rank < list(_COLUMN_KEYWORD).index(_norm(mapping[kw_name])):
+                mapping[kw_name], index[kw_name] = c, j
+    factors = {kw: f for kw, f in cmos.LOG_COLUMNS.values()}  # divisors
+    rows: dict[int, dict[str, Any]] = {}
+    bad: dict[int, DetflowInputError] = {}
+    for lineno, line in lines[1:]:
+        values = [v.strip() for v in next(csv.reader([line], delimiter=delimiter))]
+        if len(values) != len(header):
+            raise DetflowInputError(path, f"line {lineno}", f"{len(header)} fields separated by {delimiter!r} like "
+                                    "the header", f"{len(values)} fields")  # fmt: skip
+        fn_text = values[index["FRAMENUM"]]
+        try:
+            fn_value = float(fn_text)
+            if not fn_value.is_integer() or fn_value < 0:
+                raise ValueError
+            fn = int(fn_value)
+        except ValueError:
+            raise DetflowInputError(path, f"{mapping['FRAMENUM']} (line {lineno})", "a frame number (integer >= 0)",
+                                    repr(fn_text)) from None  # fmt: skip
+        if fn in rows or fn in bad:
+            raise DetflowInputError(path, f"{mapping['FRAMENUM']} (line {lineno})", "one row per frame number",
+                                    f"frame {fn} again")  # fmt: skip
+        row: dict[str, Any] = {"FRAMENUM": fn}
+        try:
+            for kw, j in index.items():
+                if kw == "FRAMENUM":
+                    continue
+                if factors[kw] is None:
+                    row[kw] = values[j]
+                    continue
+                try:
+                    row[kw] = _number(values[j], delimiter) / factors[kw]
+                except ValueError:
+                    raise DetflowInputError(path, f"{header[j]} (line {lineno})", "a number (or empty)",
+                                            repr(values[j])) from None  # fmt: skip
+        except DetflowInputError as err:
+            bad[fn] = err
+            continue
+        rows[fn] = row
+    return TemperatureLog(path, delimiter, header, mapping, rows, bad)
+
+
+# ---- one attempt -> frames ---------------------------------------------------------------------------------
+def frame_number(path: str | Path) -> int:
+    """Frame number from a raw file name (``frame<N>`` or ``f<N>``, then ``_...``)."""
+    m = _FRAME_NAME.match(Path(path).stem)
+    if not m:
+        raise DetflowInputError(path, "file name", "frame<N>.raw or f<N>[_...].raw", Path(path).name)
+    return int(m.group(1))
+
+
+def name_exptime(path: str | Path) -> float:
+    """Exposure time (s) from ``exp<float>s`` (or ms, us) in a file name; NaN if none."""
+    m = _EXP_NAME.search(Path(path).stem)
+    return float(m.group(1)) * _UNIT[m.group(2).lower()] if m else math.nan
+
+
+def name_temperature(path: str | Path) -> float:
+    """Temperature from ``T<float>`` in a file name; NaN if none."""
+    m = _T_NAME.search(Path(path).stem)
+    return float(m.group(1)) if m else math.nan
+
+
+def _raw_files(att: CmosAttempt) -> list[Path]:
+    if att.frames_dir is None:
+        return []
+    return sorted((p for p in att.frames_dir.iterdir() if p.is_file() and p.name.lower().endswith(cmos.RAW_SUFFIX)),
+                  key=lambda p: _natural(p.name))  # fmt: skip
+
+
+@dataclass
+class _Geometry:
+    height: int
+    width: int
+    bit_depth: int
+    source: str
+
+    @property
+    def dtype(self) -> np.dtype:
+        return frame_dtype(self.bit_depth)
+
+    @property
+    def nbytes(self) -> int:
+        return self.height * self.width * self.dtype.itemsize
+
+    def same(self, other: _Geometry) -> bool:
+        return (self.height, self.width, self.dtype) == (other.height, other.width, other.dtype)
+
+
+def _frame_meta(att: CmosAttempt, raw: Path, n: int, row: dict, caltype: str, filt: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {kw.lower(): (row.get(kw, "") if kw in cmos.TEXT_KEYWORDS else row.get(kw, math.nan))
+                            for kw in cmos.LOG_KEYWORDS}  # fmt: skip
+    meta["framenum"] = n
+    if not math.isfinite(meta["exptime"]):  # the log lacks it: the file name, then the <t>s folder
+        t = name_exptime(raw)
+        meta["exptime"] = t if math.isfinite(t) else att.exposure
+    t_name = name_temperature(raw)
+    meta["filetemp"] = t_name if math.isfinite(t_name) else att.temperature
+    meta.update(caltype=caltype, filter=filt, attempt=att.attempt, path=str(raw.absolute()))
+    return meta
+
+
+class _Collector:
+    """Raise the first error, or (``skip``) record it against the frames it concerns and go on."""
+
+    def __init__(self, on_error: str, caltype: str):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.skip = on_error == "skip"
+        self.caltype = caltype
+        self.skipped: list[dict] = []
+
+    def __call__(self, err: DetflowInputError, paths: Iterable[Path | str]) -> None:
+        if not self.skip:
+            raise err
+        for p in list(paths) or [err.file]:
+            self.skipped.append({"path": str(Path(p).absolute()), "caltype": self.caltype, "file": err.file,
+                                 "field": err.field, "reason": str(err)})  # fmt: skip
+
+
+def _plan_attempt(att: CmosAttempt, caltype: str, known: set[str], geom: _Geometry | None,
+                  errors: _Collector) -> tuple[list[dict], dict | None, _Geometry | None]:  # fmt: skip
+    """Metadata of the new frames of one attempt, its record for the store attrs, its geometry."""
+    raws = [r for r in _raw_files(att) if str(r.absolute()) not in known]
+    if not raws:
+        return [], None, None
+    try:
+        if att.config is None:
+            raise DetflowInputError(att.path / cmos.CONFIG_NAMES[0], "config file",
+                                    f"{' or '.join(cmos.CONFIG_NAMES)} in the attempt directory", "none")  # fmt: skip
+        cfg = read_config(att.config)
+        h, w, bits = config_geometry(cfg, att.config)
+        mine = _Geometry(h, w, bits, str(att.config))
+        if geom is not None and not mine.same(geom):
+            raise DetflowInputError(att.config, "HEIGHT/WIDTH/BIT_DEPTH", f"{geom.height} x {geom.width}, "
+                                    f"{geom.dtype.name} frames like {geom.source}",
+                                    f"{h} x {w}, BIT_DEPTH {bits}")  # fmt: skip
+        if att.log is None:
+            raise DetflowInputError(att.path / cmos.LOG_NAMES[0], "temperature log",
+                                    "a temperature log with one row per frame", "none")  # fmt: skip
+        log = read_temperature_log(att.log)
+    except DetflowInputError as err:
+        errors(err, raws)
+        return [], None, None
+    filt = cfg.get("FILTER", "").strip() or cmos.NO_FILTER
+    frames: list[dict] = []
+    seen: dict[int, Path] = {}
+    for raw in raws:
+        try:
+            n = frame_number(raw)
+            if n in seen:
+                raise DetflowInputError(raw, "file name", f"one file per frame number ({n} is also {seen[n].name})",
+                                        raw.name)  # fmt: skip
+            seen[n] = raw
+            size = raw.stat().st_size
+            if size != mine.nbytes:
+                raise DetflowInputError(raw, "file size", f"{mine.nbytes} bytes ({h} x {w} {mine.dtype.name}, "
+                                        f"HEIGHT/WIDTH/BIT_DEPTH of {att.config.name})", f"{size} bytes")  # fmt: skip
+            if n in log.bad_rows:
+                raise log.bad_rows[n]
+            if n not in log.rows:
+                raise DetflowInputError(log.path, f"{log.mapping['FRAMENUM']} {n}", f"a row for frame {n} ({raw})",
+                                        "no such row")  # fmt: skip
+        except DetflowInputError as err:
+            errors(err, [raw])
+            continue
+        frames.append(_frame_meta(att, raw, n, log.rows[n], caltype, filt))
+    frames.sort(key=lambda m: m["framenum"])
+    record = {"path": str(att.path.absolute()), "relpath": att.relpath, "config_file": att.config.name, "config": cfg,
+              "temperature_log": att.log.name, "log_delimiter": log.delimiter, "log_columns": log.columns,
+              "frames": len(frames)}  # fmt: skip
+    return frames, record, mine
+
+
+@dataclass
+class SectionPlan:
+    """What an ingest of one section will write (validated; nothing written yet)."""
+
+    caltype: str
+    root: Path
+    attempts: list[CmosAttempt]
+    frames: list[dict]  # metadata of each new frame (lower-case keywords, path)
+    records: list[dict]  # attempt records for the store attrs
+    geometry: _Geometry | None
+    skipped: list[dict]
+    known: int  # frames already in the store
+
+
+def caltype_of(section_root: str | Path) -> str:
+    """BIAS, DARK or FLAT from the section folder name (TestSection1/2/3)."""
+    name = Path(section_root).absolute().name
+    for sec, cal in cmos.SECTIONS.items():
+        if name.lower() == sec.lower():
+            return cal
+    raise DetflowInputError(section_root, "section", f"a folder named {', '.join(cmos.SECTIONS)} (or caltype= "
+                            "BIAS/DARK/FLAT)", name)  # fmt: skip
+
+
+def _check_caltype(caltype: str | None, root: Path) -> str:
+    cal = caltype_of(root) if caltype is None else str(caltype).upper()
+    if cal not in cmos.CALTYPES:
+        raise DetflowInputError(root, "caltype", " or ".join(cmos.CALTYPES), caltype)
+    return cal
+
+
+def plan_section(section_root: str | Path, *, caltype: str | None = None, search_depth: int = cmos.SEARCH_DEPTH,
+                 on_error: str = "raise", store: str | Path | None = None) -> SectionPlan:  # fmt: skip
+    """Discover and validate one section (the frames not yet in ``store``), reading no pixel data."""
+    root = Path(section_root)
+    cal = _check_caltype(caltype, root)
+    errors = _Collector(on_error, cal)
+    attempts = discover(root, search_depth)
+    if not attempts:
+        raise DetflowInputError(root, "attempts", f"attempt directories (config file + temperature log + frames/) "
+                                f"within {search_depth} levels", "none")  # fmt: skip
+    known: set[str] = set()
+    geom: _Geometry | None = None
+    if store is not None and Path(store).exists():
+        attrs, paths = _store_state(store, cal)
+        known = set(paths)
+        geom = _Geometry(attrs["height"], attrs["width"], attrs["bit_depth"], str(store))
+    frames: list[dict] = []
+    records: list[dict] = []
+    for att in attempts:
+        new, record, g = _plan_attempt(att, cal, known, geom, errors)
+        if record is None:
+            continue
+        geom = geom or g
+        frames.extend(new)
+        records.append(record)
+    return SectionPlan(cal, root, attempts, frames, records, geom, errors.skipped, len(known))
+
+
+# ---- the store ---------------------------------------------------------------------------------------------
+def _store_state(store: str | Path, caltype: str) -> tuple[dict, list[str]]:
+    """Attrs and ingested paths of an existing CMOS store (an error if it is something else)."""
+    try:
+        g = zarr.open_group(str(store), path=GROUP, mode="r")
+        attrs = dict(g.attrs)
+        paths = [str(p) for p in g["path"][:]] if "path" in g else []
+    except Exception as exc:
+        raise DetflowInputError(store, "store", "a CMOS section store written by ingest_section (or overwrite=True)",
+                                f"{type(exc).__name__}: {exc}") from None  # fmt: skip
+    if attrs.get("instrument") != "cmos" or attrs.get("caltype") != caltype:
+        raise DetflowInputError(store, "store", f"a CMOS {caltype} store (or overwrite=True)",
+                                f"instrument {attrs.get('instrument')!r}, caltype {attrs.get('caltype')!r}")  # fmt: skip
+    return attrs, paths
+
+
+def _read_rows(paths: tuple[str, ...], shape: tuple[int, int], dtype: str, y0: int, y1: int) -> np.ndarray:
+    """Rows ``y0:y1`` of each raw file, as (frames, 1, rows, width) in the native byte order."""
+    dt = np.dtype(dtype)
+    out = np.empty((len(paths), 1, y1 - y0, shape[1]), dtype=dt.newbyteorder("="))
+    nbytes = shape[0] * shape[1] * dt.itemsize
+    for i, p in enumerate(paths):
+        size = os.path.getsize(p)
+        if size != nbytes:  # changed since it was validated
+            raise DetflowInputError(p, "file size", f"{nbytes} bytes", f"{size} bytes")
+        mm = np.memmap(p, dtype=dt, mode="r", shape=shape)
+        out[i, 0] = mm[y0:y1]
+        del mm
+    return out
+
+
+def _frame_blocks(n0: int, n: int, fc: int) -> list[tuple[int, int]]:
+    """Frame ranges (relative to the new frames) whose absolute positions ``n0 + ...`` fill whole zarr chunks."""
+    blocks, start = [], 0
+    while start < n:
+        stop = min(n, start + fc - (n0 + start) % fc)
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+def _row_block(height: int, width: int, itemsize: int, fc: int, ty: int) -> int:
+    rows = TARGET_TASK_BYTES // max(1, fc * width * itemsize)
+    return min(height, max(ty, rows // ty * ty))
+
+
+def _coords(frames: list[dict], n0: int) -> dict[str, tuple]:
+    coords: dict[str, tuple] = {schema.FRAME: (schema.FRAME, np.arange(n0, n0 + len(frames), dtype=np.int64))}
+    for kw in (*cmos.KEYWORDS, "PATH"):
+        name = kw.lower()
+        values = [m[name] for m in frames]
+        if kw in cmos.INT_KEYWORDS:
+            arr = np.array(values, dtype=np.int64)
+        elif kw in cmos.TEXT_KEYWORDS or kw == "PATH":
+            arr = np.array([str(v) for v in values], dtype=object)
+        else:
+            arr = np.array(values, dtype=np.float64)
+        attrs = {"description": cmos.DESCRIPTIONS[kw], "keyword": kw}
+        if kw in cmos.UNITS:
+            attrs["units"] = cmos.UNITS[kw]
+        coords[name] = (schema.FRAME, arr, attrs)
+    return coords
+
+
+def _dataset(frames: list[dict], geom: _Geometry, n0: int, fc: int, tile: tuple[int, int]) -> xr.Dataset:
+    """The new frames as a lazy dataset whose dask chunks cover whole zarr chunks of the store."""
+    h, w, dt = geom.height, geom.width, geom.dtype
+    rows = _row_block(h, w, dt.itemsize, fc, tile[0])
+    paths = [m["path"] for m in frames]
+    native = dt.newbyteorder("=")
+    nested = []  # da.block nesting: frame blocks > read (1) > row strips > x (1)
+    for a, b in _frame_blocks(n0, len(frames), fc):
+        strips = []
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            part = dask.delayed(_read_rows, pure=True)(tuple(paths[a:b]), (h, w), dt.str, y0, y1)
+            strips.append([da.from_delayed(part, (b - a, 1, y1 - y0, w), dtype=native)])
+        nested.append([strips])
+    cube = da.block(nested)
+    data_attrs = {"units": "DN", "long_name": "raw counts as stored by the camera (divide by the data_scale "
+                  "attribute for ADC counts)"}  # fmt: skip
+    return xr.Dataset({"data": (schema.DIMS_L1, cube, data_attrs)}, coords=_coords(frames, n0))
+
+
+def _encoding(fc: int, tile: tuple[int, int]) -> dict:
+    enc = {"data": {"chunks": (fc, 1, tile[0], tile[1])}, schema.FRAME: {"chunks": (COORD_CHUNK,)}}
+    for kw in (*cmos.KEYWORDS, "PATH"):
+        enc[kw.lower()] = {"chunks": (COORD_CHUNK,)}
+    return enc
+
+
+def _stage_copy(src: Path, dst: Path, keep_chunks: int) -> None:
+    """Copy a store for an append: chunk files of ``data`` in frame-chunks ``< keep_chunks`` by hard link
+    (they are not written by the append; zarr replaces files rather than writing into them anyway),
+    everything else (metadata, coordinates, the partial last frame-chunk) by copy."""
+    chunk_root = src / GROUP / "data" / "c"
+    for dirpath, _dirs, files in os.walk(src):
+        d = Path(dirpath)
+        rel = d.relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        link = False
+        if d.is_relative_to(chunk_root) and d != chunk_root:
+            first = d.relative_to(chunk_root).parts[0]
+            link = first.isdigit() and int(first) < keep_chunks
+        for f in files:
+            if link:
+                try:
+                    os.link(d / f, dst / rel / f)
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(d / f, dst / rel / f)
+
+
+def _history(text: str) -> str:
+    return f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')} detflow: {text}"
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _write_plan(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: tuple[int, int],
+                overwrite: bool) -> Path | None:  # fmt: skip
+    """Write (or append) the plan's frames; the store at ``out`` is replaced only when complete."""
+    if not plan.frames:
+        return out if out.exists() else None
+    geom = plan.geometry
+    append = out.exists() and not overwrite
+    tmp = out.with_name(f"{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if append:
+            z = zarr.open_group(str(out), path=GROUP, mode="r")
+            attrs = dict(z.attrs)
+            n0 = int(z["data"].shape[0])
+            fc, ty, tx = int(z["data"].chunks[0]), int(z["data"].chunks[2]), int(z["data"].chunks[3])
+            tile = (ty, tx)
+            _stage_copy(out, tmp, n0 // fc)
+            ds = _dataset(plan.frames, geom, n0, fc, tile)
+            ds.to_zarr(str(tmp), group=GROUP, mode="a", append_dim=schema.FRAME, zarr_format=3, consolidated=False,
+                       compute=False).compute()  # fmt: skip
+            recorded = {r["path"]: r for r in attrs.get("attempts", [])}
+            for r in plan.records:
+                if r["path"] in recorded:
+                    recorded[r["path"]]["frames"] += r["frames"]
+                else:
+                    recorded[r["path"]] = r
+            attrs["attempts"] = sorted(recorded.values(), key=lambda r: natural_key(r["relpath"]))
+        else:
+            n0 = 0
+            tile = (min(tile[0], geom.height), min(tile[1], geom.width))
+            ds = _dataset(plan.frames, geom, 0, fc, tile)
+            ds.to_zarr(str(tmp), group=GROUP, mode="w-", zarr_format=3, consolidated=False, compute=False,
+                       encoding=_encoding(fc, tile)).compute()  # fmt: skip
+            attrs = {"instrument": "cmos", "caltype": plan.caltype, "section_root": str(plan.root.absolute()),
+                     "data_scale": data_scale, "height": geom.height, "width": geom.width,
+                     "bit_depth": geom.bit_depth, "dtype": geom.dtype.newbyteorder("=").name, "frame_chunk": fc,
+                     "tile": list(tile), "attempts": plan.records, "history": [],
+                     "detflow_version": _version()}  # fmt: skip
+        attrs["history"] = list(attrs.get("history", [])) + [
+            _history(f"ingest_section {'appended' if append else 'wrote'} {len(plan.frames)} frames from "
+                     f"{plan.root} (frames {n0}..{n0 + len(plan.frames) - 1})")]  # fmt: skip
+        g = zarr.open_group(str(tmp), path=GROUP, mode="r+", zarr_format=3)
+        g.attrs.update(sanitize_attrs(attrs))
+        root = zarr.open_group(str(tmp), mode="r+", zarr_format=3)
+        root.attrs.update({"detflow_product": "cmos_l1", "group": GROUP, "caltype": plan.caltype})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(tmp))
+        if out.exists():
+            old = out.with_name(f"{out.name}.old-{uuid.uuid4().hex[:8]}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+@dataclass
+class SectionReport:
+    """What one section ingest did."""
+
+    caltype: str
+    root: Path
+    store: Path | None
+    ingested: list[str]  # paths of the frames written by this ingest
+    already: int  # frames that were in the store before
+    skipped: list[dict]  # {"path", "caltype", "file", "field", "reason"}
+    n_frames: int  # frames in the store after the ingest
+
+    def to_dict(self) -> dict:
+        return sanitize_attrs({"caltype": self.caltype, "root": self.root, "store": self.store,
+                               "ingested": len(self.ingested), "already": self.already, "n_frames": self.n_frames,
+                               "skipped": self.skipped})  # fmt: skip
+
+
+@dataclass
+class IngestReport:
+    """What :func:`ingest_tree` did: one :class:`SectionReport` per section, and the FITS index."""
+
+    sections: dict[str, SectionReport]
+    index: Path | None
+
+    @property
+    def stores(self) -> dict[str, Path]:
+        return {k: s.store for k, s in self.sections.items() if s.store is not None}
+
+    @property
+    def ingested(self) -> dict[str, int]:
+        return {k: len(s.ingested) for k, s in self.sections.items()}
+
+    @property
+    def skipped(self) -> list[dict]:
+        return [item for s in self.sections.values() for item in s.skipped]
+
+    def to_dict(self) -> dict:
+        return {"sections": {k: s.to_dict() for k, s in self.sections.items()}, "index": str(self.index)}
+
+
+def _check_scale(data_scale: float | None, store: Path, overwrite: bool) -> float:
+    if data_scale is not None:
+        try:
+            ok = math.isfinite(float(data_scale)) and float(data_scale) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DetflowInputError(None, "data_scale", "a positive number (16 for 12-bit data stored in 16 bits)",
+                                    data_scale)  # fmt: skip
+    if store.exists() and not overwrite:
+        try:
+            recorded = zarr.open_group(str(store), path=GROUP, mode="r").attrs.get("data_scale", 1)
+        except Exception as exc:
+            raise DetflowInputError(store, "store", "a CMOS section store written by ingest_section (or "
+                                    "overwrite=True)", f"{type(exc).__name__}: {exc}") from None  # fmt: skip
+        if data_scale is not None and float(data_scale) != float(recorded):
+            raise DetflowInputError(store, "data_scale", f"{recorded} as recorded in the store (or overwrite=True)",
+                                    data_scale)  # fmt: skip
+        return recorded
+    if data_scale is None:
+        return 1
+    return int(data_scale) if float(data_scale).is_integer() else float(data_scale)
+
+
+def _check_chunks(frame_chunk: int, tile: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+    try:
+        ok = len(tuple(tile)) == 2 and all(int(v) == v and v >= 1 for v in (frame_chunk, *tile))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DetflowInputError(None, "frame_chunk/tile", "positive integers (frames; (rows, columns))",
+                                (frame_chunk, tile))  # fmt: skip
+    return int(frame_chunk), (int(tile[0]), int(tile[1]))
+
+
+def _finish(plan: SectionPlan, out: Path, data_scale: float | None, fc: int, tile: tuple[int, int],
+            overwrite: bool) -> SectionReport:  # fmt: skip
+    store = _write_plan(plan, out, data_scale, fc, tile, overwrite)
+    n = int(zarr.open_group(str(store), path=GROUP, mode="r")["data"].shape[0]) if store else 0
+    return SectionReport(plan.caltype, plan.root, store, [m["path"] for m in plan.frames], plan.known, plan.skipped, n)
+
+
+def ingest_section(section_root: str | Path, out_store: str | Path, *, caltype: str | None = None,
+                   search_depth: int = cmos.SEARCH_DEPTH, data_scale: float | None = None, on_error: str = "raise",
+                   frame_chunk: int = FRAME_CHUNK, tile: tuple[int, int] = TILE, overwrite: bool = False,
+                   index: bool = True) -> SectionReport:  # fmt: skip
+    """Ingest one test section into ``out_store`` (appending the frames not in it yet) and refresh the index.
+
+    ``caltype`` defaults to the section folder name; ``data_scale`` (default 1, or the store's) is
+    recorded, not applied; ``frame_chunk`` and ``tile`` set the zarr chunks of a new store (an append
+    keeps the store's). ``overwrite`` re-ingests everything into a new store. Every frame is validated
+    before any data are written; ``on_error="skip"`` lists bad frames in the report instead of raising.
+    With ``index``, ``fits_index.csv`` next to the store is rewritten from every CMOS store there."""
+    out = Path(out_store)
+    frame_chunk, tile = _check_chunks(frame_chunk, tile)
+    scale = _check_scale(data_scale, out, overwrite)
+    plan = plan_section(section_root, caltype=caltype, search_depth=search_depth, on_error=on_error,
+                        store=None if overwrite else out)  # fmt: skip
+    report = _finish(plan, out, scale, frame_chunk, tile, overwrite)
+    if index and report.store is not None:
+        write_fits_index(out.parent)
+    return report
+
+
+def ingest_tree(bias_root: str | Path | None, dark_root: str | Path | None, flat_root: str | Path | None,
+                out_dir: str | Path, *, skip: Iterable[str] = (), search_depth: int = cmos.SEARCH_DEPTH,
+                data_scale: float | None = None, on_error: str = "raise", frame_chunk: int = FRAME_CHUNK,
+                tile: tuple[int, int] = TILE, overwrite: bool = False) -> IngestReport:  # fmt: skip
+    """Ingest the three sections into ``out_dir/{bias,dark,flat}.zarr`` and write ``out_dir/fits_index.csv``.
+
+    ``skip`` names sections not to ingest (``"bias"``, ``"dark"``, ``"flat"``); a root of None is
+    skipped too. All sections are validated before any store is written."""
+    out_dir = Path(out_dir)
+    frame_chunk, tile = _check_chunks(frame_chunk, tile)
+    skip_set = {str(s).upper() for s in skip}
+    unknown = skip_set - set(cmos.CALTYPES)
+    if unknown:
+        raise DetflowInputError(None, "skip", "section names among bias, dark, flat", sorted(unknown))
+    roots = dict(zip(cmos.CALTYPES, (bias_root, dark_root, flat_root)))
+    plans: dict[str, tuple[SectionPlan, Path, float]] = {}
+    for cal, root in roots.items():
+        if root is None or cal in skip_set:
+            continue
+        out = out_dir / f"{cal.lower()}.zarr"
+        scale = _check_scale(data_scale, out, overwrite)
+        plans[cal] = (plan_section(root, caltype=cal, search_depth=search_depth, on_error=on_error,
+                                   store=None if overwrite else out), out, scale)  # fmt: skip
+    sections = {cal: _finish(plan, out, scale, frame_chunk, tile, overwrite)
+                for cal, (plan, out, scale) in plans.items()}  # fmt: skip
+    idx = write_fits_index(out_dir) if any(s.store for s in sections.values()) else None
+    return IngestReport(sections, idx)
+
+
+# ---- reading back -------------------------------------------------------------------------------------------
+def _dask_tile(n: int, h: int, w: int, ty: int, tx: int, target: int) -> tuple[int, int]:
+    """Multiples of the zarr tile (x first, then y) while a float32 tile of every frame stays under ``target``."""
+    per_px = 4 * max(1, n)
+    while tx < w and per_px * ty * min(w, 2 * tx) <= target:
+        tx = min(w, 2 * tx)
+    while ty < h and per_px * min(h, 2 * ty) * tx <= target:
+        ty = min(h, 2 * ty)
+    return ty, tx
+
+
+def _plain(coord: xr.DataArray) -> xr.DataArray:
+    """zarr v3 reads text as numpy's variable-width StringDType, which ``astype(str)`` cannot cast:
+    fixed-width unicode instead."""
+    if coord.dtype.kind == "T":
+        return coord.copy(data=np.array(coord.values.tolist(), dtype=str))
+    return coord
+
+
+def open_cmos_section(store: str | Path, *, scaled: bool = True, chunks: dict | None = None,
+                      target_bytes: int = TARGET_TASK_BYTES) -> xr.Dataset:  # fmt: skip
+    """A section store as a lazy dataset: ``data`` (frame, y, x) float32 divided by the recorded
+    ``data_scale`` (``scaled=False``: the stored integers, (frame, read, y, x)), with every frame of a
+    pixel tile in one dask chunk. Tiles are multiples of the zarr tiles (or ``chunks={"y":, "x":}``,
+    which should be too); coordinates are loaded."""
+    store = Path(store)
+    if not store.exists():
+        raise DetflowInputError(store, "store", "an existing CMOS section store", "no such path")
+    z = zarr.open_group(str(store), path=GROUP, mode="r")["data"]
+    n, _, h, w = z.shape
+    _, _, ty, tx = z.chunks
+    if chunks:
+        ty, tx = int(chunks.get("y", ty)), int(chunks.get("x", tx))
+    else:
+        ty, tx = _dask_tile(n, h, w, ty, tx, target_bytes)
+    ds = xr.open_zarr(str(store), group=GROUP, chunks={schema.FRAME: -1, schema.READ: -1, schema.Y: ty, schema.X: tx})
+    ds = ds.assign_coords({c: _plain(ds[c].load()) for c in ds.coords})
+    if not scaled:
+        return ds
+    scale = float(ds.attrs.get("data_scale", 1))
+    data = ds["data"].isel({schema.READ: 0}, drop=True).astype(np.float32)
+    if scale != 1:
+        data = data / np.float32(scale)
+    data.attrs = {"units": "DN", "long_name": "raw counts / data_scale", "data_scale": ds.attrs.get("data_scale", 1)}
+    return ds.assign(data=data).drop_dims(schema.READ, errors="ignore")
+
+
+# ---- FITS index and export ------------------------------------------------------------------------------------
+def _cell(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "" if not math.isfinite(float(v)) else repr(float(v))
+    if isinstance(v, (np.integer, int)):
+        return str(int(v))
+    return str(v)
+
+
+def _section_stores(out_dir: Path) -> list[Path]:
+    found = []
+    for p in sorted(out_dir.glob("*.zarr")):
+        try:
+            attrs = zarr.open_group(str(p), path=GROUP, mode="r").attrs
+        except Exception:
+            continue
+        if attrs.get("instrument") == "cmos":
+            rank = cmos.CALTYPES.index(attrs["caltype"]) if attrs.get("caltype") in cmos.CALTYPES else 9
+            found.append((rank, p.name, p))
+    return [p for *_, p in sorted(found)]
+
+
+def write_fits_index(out_dir: str | Path) -> Path:
+    """``out_dir/fits_index.csv`` from every CMOS section store in ``out_dir``: one row per frame, columns
+    :data:`~detflow.instruments.cmos.INDEX_COLUMNS` (missing values empty). Written via a temporary file."""
+    out_dir = Path(out_dir)
+    path = out_dir / INDEX_NAME
+    tmp = path.with_name(f"{INDEX_NAME}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(cmos.INDEX_COLUMNS)
+            for store in _section_stores(out_dir):
+                g = zarr.open_group(str(store), path=GROUP, mode="r")
+                cols = {c: g[c.lower()][:] for c in cmos.INDEX_COLUMNS}
+                for i in range(len(cols["PATH"])):
+                    writer.writerow([_cell(cols[c][i]) for c in cmos.INDEX_COLUMNS])
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_fits_index(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a ``fits_index.csv`` as dicts of strings."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def fits_header(meta: dict[str, Any], data_scale: float = 1) -> fits.Header:
+    """FITS header cards of one frame's metadata (lower-case keyword names); missing values left out."""
+    from astropy.io import fits
+
+    hdr = fits.Header()
+    for kw in (*cmos.INDEX_COLUMNS[1:], "PATH"):
+        v = meta.get(kw.lower())
+        if v is None or (isinstance(v, (float, np.floating)) and not math.isfinite(float(v))):
+            continue
+        if isinstance(v, (np.integer, int)):
+            v = int(v)
+        elif isinstance(v, (np.floating, float)):
+            v = float(v)
+        else:
+            v = str(v)
+        if len(kw) > 8:  # TIMESTAMP: a HIERARCH card (astropy reads it as header["TIMESTAMP"])
+            hdr[f"HIERARCH {kw}"] = v
+        elif kw == "PATH" or isinstance(v, str):
+            hdr[kw] = v  # long strings continue (CONTINUE cards)
+        else:
+            hdr[kw] = (v, cmos.DESCRIPTIONS.get(kw, "")[:46])
+    hdr["DATASCL"] = (data_scale, "ADC counts = data / DATASCL")
+    hdr["ORIGIN"] = "detflow"
+    return hdr
+
+
+def export_fits(store: str | Path, outdir: str | Path, *, overwrite: bool = False,
+                prefix: str | None = None) -> list[Path]:  # fmt: skip
+    """One FITS file per frame (``<caltype>_<frame:06d>.fits``): a primary HDU with the frame in its native
+    integer type and the index keywords. Existing files are refused before anything is written."""
+    from astropy.io import fits
+
+    ds = open_cmos_section(store, scaled=False)
+    attrs = ds.attrs
+    prefix = prefix or str(attrs.get("caltype", "cmos")).lower()
+    outdir = Path(outdir)
+    names = [outdir / f"{prefix}_{i:06d}.fits" for i in range(ds.sizes[schema.FRAME])]
+    clash = [p for p in names if p.exists()]
+    if clash and not overwrite:
+        raise OutputExistsError(clash[0], "outdir", "FITS files that do not exist yet (or overwrite=True)",
+                                f"{len(clash)} exist")  # fmt: skip
+    outdir.mkdir(parents=True, exist_ok=True)
+    fc = int(zarr.open_group(str(store), path=GROUP, mode="r")["data"].chunks[0])
+    coords = {c: ds[c].values for c in ds.coords if ds[c].dims == (schema.FRAME,)}
+    z = zarr.open_group(str(store), path=GROUP, mode="r")["data"]
+    frame_bytes = z.shape[2] * z.shape[3] * z.dtype.itemsize
+    step = max(1, min(fc, TARGET_TASK_BYTES // frame_bytes))  # frames per read: a frame-chunk, memory bounded
+    for a in range(0, ds.sizes[schema.FRAME], step):
+        block = z[a : a + step, 0]
+        for k in range(block.shape[0]):
+            i = a + k
+            hdr = fits_header({c: v[i] for c, v in coords.items()}, attrs.get("data_scale", 1))
+            tmp = names[i].with_name(names[i].name + f".partial-{os.getpid()}")
+            fits.PrimaryHDU(block[k], header=hdr).writeto(tmp, overwrite=True)
+            tmp.replace(names[i])
+    return names
