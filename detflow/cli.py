@@ -50,6 +50,9 @@ def run(
         tree = run_job(cfg, scheduler=scheduler, progress=not no_progress, console=console)
     except DetflowInputError as exc:
         _fail(exc)
+    if tree is None:  # a CMOS ingest-only job
+        out.print(f"section stores in {cfg.stores}")
+        return
     out.print(f"wrote {cfg.store}" + (f" and {cfg.output}" if cfg.output != cfg.store else ""))
     for node in tree.subtree:
         if node.has_data:
@@ -66,7 +69,8 @@ def validate(job: Path = typer.Argument(..., help="job YAML")) -> None:
 
     try:
         cfg = load_job(job)
-        check_output(cfg.store, cfg.overwrite)
+        if cfg.store is not None:
+            check_output(cfg.store, cfg.overwrite)
         noise = getattr(cfg, "noise", None)
         if noise is not None and noise.out is not None:
             check_output(noise.out, cfg.overwrite)
@@ -140,6 +144,97 @@ def demo(
         _fail(exc)
     out.print(f"store: {store.resolve()}")
     out.print(f"quicklook: {png.resolve()}")
+
+
+# ---- detflow cmos ... --------------------------------------------------------------------------------------
+cmos_app = typer.Typer(no_args_is_help=True, help="CMOS characterisation: raw ingest, bias/dark/flat models, analyses.")
+app.add_typer(cmos_app, name="cmos")
+
+
+def _run_cmos(job: dict, scheduler: Optional[str], no_progress: bool) -> None:
+    from .runtime.config import load_job
+    from .runtime.run import run as run_job
+
+    try:
+        cfg = load_job(job)
+        tree = run_job(cfg, scheduler=scheduler, progress=not no_progress, console=console)
+    except DetflowInputError as exc:
+        _fail(exc)
+    if tree is None:
+        out.print(f"section stores in {cfg.stores}")
+        return
+    out.print(f"wrote {cfg.output}; reports in {cfg.reports}")
+    for node in tree.subtree:
+        if node.has_data:
+            out.print(f"  group {node.path}: " + ", ".join(f"{k}{tuple(v.shape)}" for k, v in node.data_vars.items()))
+
+
+@cmos_app.command("ingest")
+def cmos_ingest(
+    bias: Optional[Path] = typer.Argument(None, help="TestSection1 (bias)"),
+    dark: Optional[Path] = typer.Argument(None, help="TestSection2 (darks)"),
+    flat: Optional[Path] = typer.Argument(None, help="TestSection3 (flats)"),
+    out_dir: Path = typer.Option(..., "--out", help="folder of the section stores (bias.zarr, dark.zarr, flat.zarr)"),
+    search_depth: int = typer.Option(6, "--search-depth", help="folder levels searched for attempts"),
+    skip_bias: bool = typer.Option(False, "--skip-bias"),
+    skip_dark: bool = typer.Option(False, "--skip-dark"),
+    skip_flat: bool = typer.Option(False, "--skip-flat"),
+    data_scale: Optional[float] = typer.Option(None, "--data-scale", help="e.g. 16 for 12-bit data in 16 bits"),
+    on_error: str = typer.Option("raise", "--on-error", help="raise, or skip bad frames and list them"),
+    fits: Optional[Path] = typer.Option(None, "--fits", help="also export one FITS file per frame here"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running dask scheduler"),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Ingest raw test-section trees into one zarr store per section (only new frames on a re-run)."""
+    ingest = {"bias": None if skip_bias else bias, "dark": None if skip_dark else dark,
+              "flat": None if skip_flat else flat, "search_depth": search_depth, "data_scale": data_scale,
+              "on_error": on_error, "fits_export": fits}  # fmt: skip
+    _run_cmos({"pipeline": "cmos", "stores": out_dir, "ingest": ingest}, scheduler, no_progress)
+
+
+def _model_command(model: str):
+    def command(
+        stores: Path = typer.Option(..., "--stores", help="folder of the section stores"),
+        output: Path = typer.Option(..., "--out", help="model store (.zarr)"),
+        mode: str = typer.Option("full", "--mode", help="full | fit | synthesize | evaluate"),
+        model_store: Optional[Path] = typer.Option(None, "--model-store", help="models of an earlier run"),
+        temp: list[float] = typer.Option([], "--temp", help="synthesize at this temperature (repeat)"),
+        exptime: list[float] = typer.Option([], "--exptime", help="... and exposure time (repeat)"),
+        holdout_every: int = typer.Option(5, "--holdout-every", help="every n-th frame per group held out"),
+        overwrite: bool = typer.Option(False, "--overwrite"),
+        scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running dask scheduler"),
+        no_progress: bool = typer.Option(False, "--no-progress"),
+    ) -> None:
+        job = {"pipeline": "cmos", "stores": stores, "output": output, "models": [model], "mode": mode,
+               "model_store": model_store, "holdout_every": holdout_every, "overwrite": overwrite}  # fmt: skip
+        if temp:
+            job["synthesize"] = {"temps": temp, "exptimes": exptime}
+        _run_cmos(job, scheduler, no_progress)
+
+    command.__doc__ = (f"Build the {model} model (and what it needs) from the section stores; evaluate it on "
+                       "held-out frames; synthesize at --temp/--exptime.")  # fmt: skip
+    return command
+
+
+for _m in ("bias", "dark", "flat"):
+    cmos_app.command(_m)(_model_command(_m))
+
+
+@cmos_app.command("analyse")
+def cmos_analyse(
+    kind: str = typer.Argument(..., help="structure | degradation"),
+    stores: Path = typer.Option(..., "--stores", help="folder of the section stores"),
+    output: Path = typer.Option(..., "--out", help="analysis store (.zarr); tables and plots beside it"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running dask scheduler"),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Structure (trends, new structures) or degradation (outgassing) analysis of the section stores."""
+    if kind not in ("structure", "degradation"):
+        _fail(DetflowInputError(None, "analysis", "structure or degradation", kind))
+    job = {"pipeline": "cmos", "stores": stores, "output": output, "models": [], "mode": "fit", "analyses": [kind],
+           "overwrite": overwrite}  # fmt: skip
+    _run_cmos(job, scheduler, no_progress)
 
 
 def main() -> None:  # pragma: no cover

@@ -226,6 +226,112 @@ class ExcamJob(_Model):
         return self
 
 
+class CmosIngestConfig(_Model):
+    """Raw test-section trees to ingest into the section stores (``detflow cmos ingest``)."""
+
+    bias: Path | None = Field(None, description="TestSection1 (bias frames)")
+    dark: Path | None = Field(None, description="TestSection2 (dark frames)")
+    flat: Path | None = Field(None, description="TestSection3 (flat frames)")
+    search_depth: int = Field(6, ge=1, description="folder levels searched below each section for attempts")
+    data_scale: float | None = Field(None, gt=0, description="divide the stored counts by this when reading "
+                                     "(16: 12-bit data stored in 16 bits); recorded in the store")  # fmt: skip
+    on_error: Literal["raise", "skip"] = Field("raise", description="a bad frame stops the ingest, or is skipped "
+                                                "and listed in the report")  # fmt: skip
+    fits_export: Path | None = Field(None, description="also write one FITS file per ingested frame here")
+
+
+class CmosBiasConfig(_Model):
+    method: Literal["median", "mean", "sigma_clip"] = "median"
+    sigma: float = Field(3.0, gt=0)
+    temp_step: float = Field(0.1, gt=0, description="temperature grouping of the masters (deg C)")
+    weights: Literal["none", "nframes"] = "none"
+    hot_k: float | None = Field(None, gt=0, description="hot-pixel mask: master > median + k sigma")
+
+
+class CmosDarkConfig(_Model):
+    bias_mode: Literal["master", "model"] = Field("master", description="subtract the nearest-temperature bias "
+                                                  "master, or the bias model at the frame's temperature")  # fmt: skip
+    method: Literal["median", "mean", "sigma_clip"] = "mean"
+    zero_frac_max: float = Field(0.1, ge=0, le=1, description="frames with more exact-zero pixels are rejected")
+    hot_k: float = Field(5.0, gt=0, description="hot pixels: rate > mean + k sigma")
+    weights: Literal["noise_model", "scatter", "none"] = "noise_model"
+
+
+class CmosFlatConfig(_Model):
+    bias_mode: Literal["master", "model"] = "master"
+    method: Literal["median", "mean", "sigma_clip"] = "median"
+    normalize: Literal["mean", "max"] = "mean"
+    vignetting: Literal["radial", "empirical", "none"] = "radial"
+    radial_order: int = Field(2, ge=1)
+    max_dtemp: float = Field(5.0, gt=0, description="pair a flat with a dark at most this far in temperature (C)")
+    max_dexptime: float = Field(10.0, gt=0, description="... and in exposure time (s)")
+
+
+class CmosSynthConfig(_Model):
+    temps: list[float] = Field(..., min_length=1, description="temperatures (deg C)")
+    exptimes: list[float] = Field(default_factory=list, description="exposure times (s) of the synthetic darks/flats")
+    filter: str | None = Field(None, description="filter of the synthetic flats (default: every filter)")
+
+
+class CmosJob(_Model):
+    """CMOS calibration reference products: raw ingest, bias/dark/flat models, synthesis, evaluation,
+    analyses (``pipeline: cmos``)."""
+
+    pipeline: Literal["cmos"] = "cmos"
+    stores: Path = Field(..., description="folder of the section stores (bias.zarr, dark.zarr, flat.zarr)")
+    ingest: CmosIngestConfig | None = Field(None, description="ingest raw trees into `stores` first")
+    output: Path | None = Field(None, description="model store (.zarr); none: ingest only (models not built)")
+    overwrite: bool = False
+    models: list[Literal["bias", "dark", "flat"]] = Field(["bias", "dark", "flat"], description="models to build "
+                                                          "(dark needs bias, flat needs both: built as needed)")  # fmt: skip
+    mode: Literal["full", "fit", "synthesize", "evaluate"] = Field(
+        "full", description="full: fit on the training frames, evaluate on the held-out ones, synthesize; fit: "
+                            "fit on every frame; synthesize / evaluate: from the models in `model_store`")  # fmt: skip
+    model_store: Path | None = Field(None, description="models of an earlier run (mode synthesize/evaluate)")
+    holdout_every: int = Field(5, ge=0, description="every n-th frame of each (T, t) group is held out for the "
+                                                    "evaluation (mode full; 0: none)")  # fmt: skip
+    bias: CmosBiasConfig = Field(default_factory=CmosBiasConfig)
+    dark: CmosDarkConfig = Field(default_factory=CmosDarkConfig)
+    flat: CmosFlatConfig = Field(default_factory=CmosFlatConfig)
+    synthesize: CmosSynthConfig | None = None
+    analyses: list[Literal["structure", "degradation"]] = Field(default_factory=list)
+    report_dir: Path | None = Field(None, description="tables and plots (default: <output>_report)")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    source: str | None = Field(None, description="the file this job was read from")
+
+    @pydantic.field_validator("output", "model_store")
+    @classmethod
+    def _zarr_suffix(cls, v: Path | None) -> Path | None:
+        if v is not None and v.suffix != ".zarr":
+            raise ValueError(f"a .zarr store, got {v.name!r}")
+        return v
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> "CmosJob":
+        if self.mode in ("synthesize", "evaluate") and self.model_store is None:
+            raise ValueError(f"mode {self.mode} reads the models of an earlier run: give model_store")
+        if self.mode == "synthesize" and self.synthesize is None:
+            raise ValueError("mode synthesize needs a synthesize block (temps, exptimes)")
+        if self.output is None and (self.ingest is None or self.analyses):
+            raise ValueError("output (a .zarr store) is required unless the job only ingests (an ingest block, "
+                             "no analyses)")  # fmt: skip
+        return self
+
+    @property
+    def store(self) -> Path | None:
+        return self.output
+
+    @property
+    def reports(self) -> Path | None:
+        if self.report_dir is not None:
+            return self.report_dir
+        return None if self.output is None else self.output.with_name(self.output.stem + "_report")
+
+
+def is_cmos(raw: dict) -> bool:
+    return isinstance(raw, dict) and raw.get("pipeline") == "cmos"
+
+
 def is_excam(raw: dict) -> bool:
     return isinstance(raw, dict) and (raw.get("pipeline") == "roman_excam" or (
         raw.get("pipeline") is None and "IN" not in raw and any(k in raw for k in ("eperdn", "fwc_em_e", "fwc_pp_e"))))
@@ -332,9 +438,9 @@ def _format_validation(exc: pydantic.ValidationError, source) -> DetflowInputErr
                              repr(err.get("input"))[:80])  # fmt: skip
 
 
-def load_job(job: str | Path | dict | WFIJob | ExcamJob) -> WFIJob | ExcamJob:
+def load_job(job: str | Path | dict | WFIJob | ExcamJob | CmosJob) -> WFIJob | ExcamJob | CmosJob:
     """Validate a job given as a YAML path, a dict (any spelling) or a job model."""
-    if isinstance(job, (WFIJob, ExcamJob)):
+    if isinstance(job, (WFIJob, ExcamJob, CmosJob)):
         return job
     source = None
     if isinstance(job, (str, Path)):
@@ -352,6 +458,8 @@ def load_job(job: str | Path | dict | WFIJob | ExcamJob) -> WFIJob | ExcamJob:
         raise DetflowInputError(source, "<root>", "a mapping of job keys", type(raw).__name__)
     if is_excam(raw):
         return _load_excam(raw, source)
+    if is_cmos(raw):
+        return _load_cmos(raw, source)
     if is_pit(raw):
         raw = from_pit(raw, source)
     elif source is not None:
@@ -392,5 +500,23 @@ def _load_excam(raw: dict, source: str | None) -> ExcamJob:
     raw["pipeline"] = "roman_excam"
     try:
         return ExcamJob(**raw)
+    except pydantic.ValidationError as exc:
+        raise _format_validation(exc, source) from None
+
+
+def _load_cmos(raw: dict, source: str | None) -> CmosJob:
+    """A CMOS job: paths relative to the job file."""
+    raw = dict(raw)
+    if source is not None:
+        base = Path(source).resolve().parent
+        for key in ("stores", "output", "model_store", "report_dir"):
+            if raw.get(key):
+                raw[key] = str(_resolve(base, raw[key]))
+        if isinstance(raw.get("ingest"), dict):
+            raw["ingest"] = {k: (str(_resolve(base, v)) if k in ("bias", "dark", "flat", "fits_export") and v else v)
+                             for k, v in raw["ingest"].items()}  # fmt: skip
+    raw.setdefault("source", source)
+    try:
+        return CmosJob(**raw)
     except pydantic.ValidationError as exc:
         raise _format_validation(exc, source) from None

@@ -86,6 +86,10 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
         from .excam import build_excam
 
         return build_excam(job)[0]
+    if job.pipeline == "cmos":
+        from .cmos import validate_cmos
+
+        return validate_cmos(job)
     files = expand_inputs(job.input)
     by_det: dict[str, list[Path]] = {}
     for f in files:
@@ -212,6 +216,10 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
         from .excam import run_excam
 
         return run_excam(job, client, scheduler=scheduler, progress=progress, console=console)
+    if job.pipeline == "cmos":
+        from .cmos import run_cmos
+
+        return run_cmos(job, client, scheduler=scheduler, progress=progress, console=console)
     check_output(job.store, job.overwrite)
     if job.output != job.store:
         check_output(job.output, job.overwrite)
