@@ -163,3 +163,30 @@ def test_bad_inputs_write_nothing(sim, cluster, tmp_path):
     with pytest.raises(DetflowInputError, match=victim.name):
         detflow.run(job, cluster, progress=False)
     assert not (tmp_path / "stores" / "bias.zarr").exists() and not (tmp_path / "m.zarr").exists()
+
+
+def test_cli_analyses_write_maps_and_reports(cluster, tmp_path):
+    from detflow.sim.cmos import FlatDefect
+
+    cfg = CmosSimConfig(temps=(0.0, 20.0), n_bias=2, n_dark=2, n_flat=2, flat_exptimes=(0.1,), flat_epochs=5,
+                        flat_defects=(FlatDefect(y=40, x=22, radius=4, depth=0.2, first_epoch=2, depth_growth=0.1),),
+                        seed=5)  # fmt: skip
+    sim = simulate_cmos_tree(tmp_path / "raw", cfg)
+    stores = tmp_path / "stores"
+    job = {"pipeline": "cmos", "stores": str(stores), "ingest": {k.lower(): str(v) for k, v in sim.roots.items()}}
+    assert detflow.run(job, cluster, progress=False) is None  # ingest only
+    runner = CliRunner()
+    for kind in ("degradation", "structure"):
+        res = runner.invoke(app, ["cmos", "analyse", kind, "--stores", str(stores), "--out", str(tmp_path / f"{kind}.zarr"),
+                                  "--scheduler", cluster.scheduler.address, "--no-progress"])  # fmt: skip
+        assert res.exit_code == 0, res.output
+    deg = open_store(tmp_path / "degradation.zarr")["degradation"].to_dataset()
+    pixels = pd.read_csv(tmp_path / "degradation_report" / "degradation_pixels.csv")
+    yy, xx = np.mgrid[:64, :64]
+    inside = np.hypot(yy - 40, xx - 22) <= 4
+    flagged = np.zeros((64, 64), bool)
+    flagged[pixels["y"], pixels["x"]] = True
+    assert flagged[inside].mean() > 0.8 and flagged[~inside].sum() <= 3  # the patch, not the rest
+    assert "class_max" in deg
+    structs = pd.read_csv(tmp_path / "structure_report" / "structures.csv")
+    assert len(structs) >= 1 and np.hypot(structs["centroid_y"] - 40, structs["centroid_x"] - 22).min() < 2

@@ -215,7 +215,9 @@ def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | Non
             return None
         sections = open_sections(job, sections_needed(job))
         products, _ = build_cmos(job, sections) if job.models else ({}, {})
-        products.update(analysis_products(job, sections))
+        with dask.config.set(scheduler=c.get):
+            analyses = run_analyses(job, sections)
+        products.update(analysis_products(analyses))
         with StoreWriter(job.output, overwrite=job.overwrite) as writer:
             compute(c, writer.add_all(products), progress, console, "detflow cmos: models")
             writer.set_root_attrs({
@@ -226,27 +228,39 @@ def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | Non
                 "ingest": ingest_report or {},
             })  # fmt: skip
             writer.commit()
-    write_reports(job, ingest_report, console)
+    write_reports(job, ingest_report, analyses, console)
     return open_store(job.output)
 
 
-def analysis_products(job: CmosJob, sections: dict[str, xr.Dataset]) -> dict[str, xr.Dataset]:
-    """Groups of the analyses asked for (their tables go to the report directory)."""
-    out: dict[str, xr.Dataset] = {}
+def run_analyses(job: CmosJob, sections: dict[str, xr.Dataset]) -> dict:
+    """The analyses asked for (:mod:`detflow.calib.cmos_analysis`), computed under the active scheduler:
+    their results by name (tables and computed maps; the per-frame cubes stay lazy)."""
     if not job.analyses:
-        return out
+        return {}
     from ..calib import cmos_analysis as ca
 
+    out = {}
     if "structure" in job.analyses:
-        res = ca.structure_analysis(bias=sections.get("bias"), dark=sections.get("dark"), flat=sections.get("flat"))
-        out.update(ca.structure_products(res))
+        out["structure"] = ca.structure_analysis(bias=sections.get("bias"), dark=sections.get("dark"),
+                                                 flat=sections.get("flat"))  # fmt: skip
     if "degradation" in job.analyses:
-        res = ca.degradation_analysis(sections["flat"], dark=sections.get("dark"))
-        out.update(ca.degradation_products(res))
+        out["degradation"] = ca.degradation_analysis(sections["flat"], dark=sections.get("dark"))
     return out
 
 
-def write_reports(job: CmosJob, ingest_report: dict | None, console=None) -> list[Path]:
+def analysis_products(results: dict) -> dict[str, xr.Dataset]:
+    """Store groups of the analyses: their maps (structure: flag counts, first detection, deviations,
+    labels; degradation: per-group outlier maps and classes)."""
+    out = {}
+    for name, res in results.items():
+        if res.maps is not None:
+            maps = res.maps.copy()
+            maps.attrs = dict(maps.attrs, analysis=name, time_unit=res.time_unit, params=res.params)
+            out[name] = maps
+    return out
+
+
+def write_reports(job: CmosJob, ingest_report: dict | None, analyses: dict | None = None, console=None) -> list[Path]:
     """The tables and plots of a finished model store, read back from it: evaluation summaries (CSV and
     PNG), the frames the models left out (CSV), the analyses' tables and plots, the ingest report."""
     import matplotlib
@@ -273,10 +287,13 @@ def write_reports(job: CmosJob, ingest_report: dict | None, console=None) -> lis
         path = out_dir / "rejected_frames.csv"
         pd.DataFrame(rejected).to_csv(path, index=False)
         written.append(path)
-    if job.analyses:
+    if analyses:
         from ..calib import cmos_analysis as ca
 
-        written += ca.write_analysis_reports(tree, out_dir)
+        if "structure" in analyses:
+            written += list(ca.write_structure_report(analyses["structure"], out_dir, overwrite=True).values())
+        if "degradation" in analyses:
+            written += list(ca.write_degradation_report(analyses["degradation"], out_dir, overwrite=True).values())
     if ingest_report:
         path = out_dir / "ingest_report.json"
         path.write_text(json.dumps(ingest_report, indent=1, default=str))

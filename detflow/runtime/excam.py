@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 import xarray as xr
 from distributed import Client
+from zarr.codecs import BloscCodec
 
 from .. import schema
 from ..errors import DetflowInputError
@@ -31,6 +32,10 @@ from ..steps.registry import apply_recipe
 from .cluster import get_client
 from .config import ExcamJob
 
+# L2b data and errors compress little (1.08x and 1.2x with zstd on simulated frames, against 3.4x for
+# L2a DN and >100x for DQ): blosc's lz4 with byte shuffle keeps most of that at several times the
+# speed, and releases the GIL, so the worker's threads write shards in parallel
+FAST_FLOAT_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 COMBINE_BYTES_PER_PIXEL_FRAME = 20  # data f4 + err f4 + dq u4, the rejected-frame OR copy, slack
 
 
@@ -133,6 +138,9 @@ def _sharded(products: dict[str, xr.Dataset], tiles: dict[str, int], fs: int) ->
         f = min(fs, ds.sizes[schema.FRAME])
         out[name] = ds.chunk({schema.FRAME: f})
         enc[name] = {v: {"chunks": (f, t, t), "shards": (f, ny, nx)} for v in ("data", "err", "dq")}
+        if name.startswith("l2b"):  # electrons with shot noise: zstd gains 8-20% for 2-3x the time
+            for v in ("data", "err"):
+                enc[name][v]["compressors"] = [FAST_FLOAT_CODEC]
     return out, enc
 
 
