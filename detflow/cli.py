@@ -29,6 +29,8 @@ def _fail(exc: Exception) -> None:
 def run(
     job: Path = typer.Argument(..., help="job YAML (detflow or PIT gen_cal_image spelling)"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running dask scheduler"),
+    scheduler_file: Optional[Path] = typer.Option(None, "--scheduler-file", help="a dask scheduler file"),
+    profile: Optional[str] = typer.Option(None, "--profile", help="a cluster profile (deploy/profiles)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="LocalCluster worker processes (default 1)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="threads per worker (default: cores / workers)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output store"),
@@ -43,7 +45,8 @@ def run(
         updates = {}
         if overwrite:
             updates["overwrite"] = True
-        cluster = {k: v for k, v in (("n_workers", workers), ("threads_per_worker", threads)) if v}
+        cluster = {k: v for k, v in (("n_workers", workers), ("threads_per_worker", threads),
+                                     ("scheduler_file", scheduler_file), ("profile", profile)) if v}  # fmt: skip
         if cluster:
             updates["cluster"] = cfg.cluster.model_copy(update=cluster)
         cfg = cfg.model_copy(update=updates)
@@ -144,6 +147,150 @@ def demo(
         _fail(exc)
     out.print(f"store: {store.resolve()}")
     out.print(f"quicklook: {png.resolve()}")
+
+
+# ---- jobs on a running cluster: submit, status, wait, cancel, jobs ---------------------------------------
+_SCHED = typer.Option(None, "--scheduler", help="address of a running dask scheduler (tcp:// or tls://)")
+_SFILE = typer.Option(None, "--scheduler-file", help="a dask scheduler file")
+_PROFILE = typer.Option(None, "--profile", help="a cluster profile (name or YAML path; deploy/profiles)")
+
+
+def _cluster_client(scheduler: Optional[str], scheduler_file: Optional[Path], profile: Optional[str]):
+    """A client of a *running* cluster (an embedded LocalCluster would die with this command)."""
+    import os
+
+    from .cluster import connect
+
+    if not (scheduler or scheduler_file or profile or os.environ.get("DETFLOW_SCHEDULER_ADDRESS")):
+        _fail(DetflowInputError(None, "cluster", "--scheduler ADDRESS, --scheduler-file F or --profile NAME (or "
+                                "DETFLOW_SCHEDULER_ADDRESS): a running cluster to submit to", "none given"))  # fmt: skip
+    return connect(profile, address=scheduler, scheduler_file=scheduler_file, warmup=False)
+
+
+@app.command()
+def submit(
+    job: Path = typer.Argument(..., help="job YAML"),
+    scheduler: Optional[str] = _SCHED,
+    scheduler_file: Optional[Path] = _SFILE,
+    profile: Optional[str] = _PROFILE,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output store"),
+) -> None:
+    """Submit a job to a running dask cluster and return at once with its id (it runs on after exit)."""
+    from .runtime.config import load_job
+    from .runtime.submit import record_path, submit as submit_job
+
+    try:
+        cfg = load_job(job)
+        if overwrite:
+            cfg = cfg.model_copy(update={"overwrite": True})
+        with _cluster_client(scheduler, scheduler_file, profile) as c:
+            job_id = submit_job(cfg, c)
+            address = c.scheduler.address
+    except DetflowInputError as exc:
+        _fail(exc)
+    out.print(job_id)
+    console.print(f"submitted to {address}; record: {record_path(cfg)}; "
+                  f"`detflow wait {job_id} --scheduler {address}`")  # fmt: skip
+
+
+def _record_table(recs: list[dict]) -> Table:
+    table = Table(title_justify="left")
+    for col in ("job", "state", "submitted", "started", "finished", "output", "error"):
+        table.add_column(col, overflow="fold")
+    for r in recs:
+        table.add_row(r["id"], r.get("state", ""), r.get("submitted", ""), r.get("started", ""),
+                      r.get("finished", ""), r.get("output", ""), (r.get("error") or "")[:200])  # fmt: skip
+    return table
+
+
+@app.command()
+def jobs(
+    scheduler: Optional[str] = _SCHED,
+    scheduler_file: Optional[Path] = _SFILE,
+    profile: Optional[str] = _PROFILE,
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """List the jobs the cluster knows: state, start, end, output store, error."""
+    from .runtime.submit import jobs as list_jobs
+
+    with _cluster_client(scheduler, scheduler_file, profile) as c:
+        recs = list_jobs(c)
+    if as_json:
+        out.print_json(json.dumps([{k: v for k, v in r.items() if k != "job"} for r in recs], default=str))
+    else:
+        out.print(_record_table(recs))
+
+
+@app.command()
+def status(
+    job_id: Optional[str] = typer.Argument(None, help="job id (default: every job)"),
+    scheduler: Optional[str] = _SCHED,
+    scheduler_file: Optional[Path] = _SFILE,
+    profile: Optional[str] = _PROFILE,
+    record: Optional[Path] = typer.Option(None, "--record", help="read a <output>.job.json instead of the scheduler"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """A job's state (or every job's): from the scheduler, or from the record beside its output."""
+    from .runtime.submit import jobs as list_jobs, read_record
+
+    if record is not None:
+        recs = [read_record(record)]
+    else:
+        with _cluster_client(scheduler, scheduler_file, profile) as c:
+            recs = [r for r in list_jobs(c) if job_id is None or r["id"] == job_id]
+        if job_id is not None and not recs:
+            _fail(DetflowInputError(None, "job", "the id of a job this scheduler knows", job_id))
+    if as_json:
+        out.print_json(json.dumps([{k: v for k, v in r.items() if k != "job"} for r in recs], default=str))
+    else:
+        out.print(_record_table(recs))
+
+
+@app.command()
+def wait(
+    job_id: str = typer.Argument(..., help="job id"),
+    scheduler: Optional[str] = _SCHED,
+    scheduler_file: Optional[Path] = _SFILE,
+    profile: Optional[str] = _PROFILE,
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="give up after this many seconds"),
+) -> None:
+    """Wait for a job with progress (its phase and the cluster's tasks); exit 1 unless it finished."""
+    from rich.live import Live
+
+    from .runtime.submit import wait as wait_job
+
+    with _cluster_client(scheduler, scheduler_file, profile) as c, Live(console=console, transient=True) as live:
+        def show(rec, tasks):
+            busy = ", ".join(f"{n} {k}" for k, n in sorted(tasks.items()))
+            live.update(f"{job_id}: {rec.get('state')} {rec.get('phase', '')} | cluster tasks: {busy}")
+
+        try:
+            rec = wait_job(c, job_id, timeout=timeout, on_poll=show)
+        except KeyError:
+            _fail(DetflowInputError(None, "job", "the id of a job this scheduler knows", job_id))
+        except TimeoutError as exc:
+            _fail(exc)
+    out.print(f"{job_id}: {rec.get('state')}" + (f": {rec['error']}" if rec.get("error") else ""))
+    if rec.get("state") != "finished":
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(
+    job_id: str = typer.Argument(..., help="job id"),
+    scheduler: Optional[str] = _SCHED,
+    scheduler_file: Optional[Path] = _SFILE,
+    profile: Optional[str] = _PROFILE,
+) -> None:
+    """Cancel a job: it stops at its next poll and leaves no partial output."""
+    from .runtime.submit import cancel as cancel_job
+
+    with _cluster_client(scheduler, scheduler_file, profile) as c:
+        try:
+            rec = cancel_job(c, job_id)
+        except KeyError:
+            _fail(DetflowInputError(None, "job", "the id of a job this scheduler knows", job_id))
+    out.print(f"{job_id}: cancel requested (state {rec.get('state')})")
 
 
 # ---- detflow cmos ... --------------------------------------------------------------------------------------

@@ -52,10 +52,14 @@ def read_excam_header(path: str | Path) -> dict:
             shape = (int(hdul[idx].header["NAXIS2"]), int(hdul[idx].header["NAXIS1"]))
             bitpix = int(hdul[idx].header["BITPIX"])
             text = [h.header.tostring() for h in hdul]
+            end = hdul.fileinfo(idx)["datLoc"] + shape[0] * shape[1] * abs(bitpix) // 8
     except DetflowInputError:
         raise
     except Exception as exc:  # astropy raises many types for a damaged file
-        raise DetflowInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}") from None
+        raise CorruptInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}") from None
+    if path.stat().st_size < end:
+        raise CorruptInputError(path, "data", f"{end} bytes for a {shape[0]}x{shape[1]} BITPIX {bitpix} frame",
+                                f"a file of {path.stat().st_size} bytes (truncated)")  # fmt: skip
     level, key = _card(headers, "DATA_LEVEL", "DATALVL")
     if str(level).strip().upper() != roman_excam.DATA_LEVEL:
         raise DetflowInputError(path, key, f"DATA_LEVEL {roman_excam.DATA_LEVEL}", level)
@@ -108,12 +112,36 @@ def _dataset(metas: list[dict]) -> xr.Dataset:
     return ds
 
 
-def open_excam_l1(paths, group: bool = False) -> xr.Dataset | dict[tuple[float, float, str], xr.Dataset]:
-    """Open EXCAM L1 files as one lazy dataset (or, with ``group``, one per (EXPTIME, EM gain, ARRTYPE))."""
+class CorruptInputError(DetflowInputError):
+    """A damaged input file (unreadable, truncated): a poison frame that a data set can go on without."""
+
+
+def open_excam_l1(paths, group: bool = False, skip_corrupt: bool = False
+                  ) -> xr.Dataset | dict[tuple[float, float, str], xr.Dataset]:  # fmt: skip
+    """Open EXCAM L1 files as one lazy dataset (or, with ``group``, one per (EXPTIME, EM gain, ARRTYPE)).
+
+    ``skip_corrupt``: damaged files (unreadable FITS, truncated data) are left out and listed in the
+    ``skipped_inputs`` attribute (file, field, reason) instead of failing the data set; valid files
+    with wrong content (DATA_LEVEL, geometry, mixed gains) are always errors."""
     from . import expand_inputs
 
     files = expand_inputs(paths)
-    metas = [read_excam_header(f) for f in files]
+    metas, skipped = [], []
+    for f in files:
+        try:
+            metas.append(read_excam_header(f))
+        except CorruptInputError as exc:
+            if not skip_corrupt:
+                raise
+            skipped.append({"file": exc.file, "field": exc.field, "reason": str(exc.got), "frames": 1})
+    if not metas:
+        raise DetflowInputError(files[0].parent, "files", "at least one readable EXCAM L1 file",
+                                f"{len(skipped)} damaged files")  # fmt: skip
+    if skipped:
+        out = open_excam_l1([m["path"] for m in metas], group=group)
+        for ds in out.values() if group else [out]:
+            ds.attrs["skipped_inputs"] = skipped
+        return out
     groups: dict[tuple[float, float, str], list[dict]] = {}
     for m in metas:
         groups.setdefault((m["exptime"], m["em_gain"], m["arrtype"]), []).append(m)

@@ -8,6 +8,8 @@ each task writes whole zarr chunks and no two tasks touch the same chunk.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import uuid
 import warnings
@@ -15,8 +17,10 @@ from pathlib import Path
 
 import dask
 import dask.array as da
+import numpy as np
 import xarray as xr
 import zarr
+from xarray.backends.zarr import encode_zarr_variable
 
 from ..errors import OutputExistsError
 from ..schema import sanitize_attrs
@@ -58,6 +62,19 @@ def _clean(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def _safe(name: str) -> str:
+    return name.strip("/").replace("/", "__") or "root"
+
+
+def _write_region(block, root: str, path: str, region: tuple[slice, ...], marker: str) -> int:
+    """Write one dask block into its region of a zarr array, then mark the region done."""
+    arr = zarr.open_array(root, path=path, mode="r+", zarr_format=3)
+    arr[region] = np.asarray(block)
+    Path(marker).parent.mkdir(parents=True, exist_ok=True)
+    Path(marker).touch()
+    return 1
+
+
 def check_output(path: str | Path, overwrite: bool = False) -> Path:
     """Refuse an output path that exists unless ``overwrite`` (checked before any work starts)."""
     path = Path(path)
@@ -68,46 +85,95 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
 
 
 class StoreWriter:
-    """Write product groups into a fresh store; ``commit()`` renames it into place."""
+    """Write product groups into a fresh store; ``commit()`` renames it into place.
 
-    def __init__(self, path: str | Path, overwrite: bool = False):
+    Groups are written as a template first (metadata and the small in-memory variables), then every
+    dask block of every variable by its own region-write task, which marks the region done in the
+    store (``_detflow_regions/regions/<group>/<variable>/<block>``). With a ``resume_key`` (a hash of the job)
+    the partial store is ``<out>.partial-<key>``: a run that died (client, worker or scheduler killed)
+    and is started again with the same job finds it and computes only the regions not marked done. A
+    resumable partial store is kept when the run fails (it says which regions are done; it is never
+    at the output path), else removed."""
+
+    def __init__(self, path: str | Path, overwrite: bool = False, resume_key: str | None = None):
         self.path = check_output(path, overwrite)
         self.overwrite = overwrite
-        self.tmp = self.path.with_name(f"{self.path.name}.partial-{uuid.uuid4().hex[:8]}")
+        self.resume_key = resume_key
+        self.tmp = self.path.with_name(f"{self.path.name}.partial-{resume_key or uuid.uuid4().hex[:8]}")
         self.groups: list[str] = []
+        self.resumed = False
+        self.regions = {"total": 0, "done_before": 0}
+
+    @property
+    def _meta(self) -> Path:
+        # a zarr group of its own (zarr warns about directories in a hierarchy that are not), holding
+        # one empty file per region done; removed when the store is committed
+        return self.tmp / "_detflow_regions"
 
     def __enter__(self) -> "StoreWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        zarr.open_group(str(self.tmp), mode="w-", zarr_format=3)
+        if self.resume_key and (self._meta / "resume.json").exists():
+            self.resumed = True
+            return self
+        if self.tmp.exists():  # a partial store of another job version under the same key: start afresh
+            shutil.rmtree(self.tmp)
+        root = zarr.open_group(str(self.tmp), mode="w-", zarr_format=3)
+        root.create_group(self._meta.name)
+        (self._meta / "resume.json").write_text(json.dumps({"resume_key": self.resume_key}))
         return self
 
     def add(self, name: str, ds: xr.Dataset) -> "dask.delayed.Delayed":
         """Write ``ds``'s metadata now and return the delayed write of its chunks."""
-        ds = _clean(regular_chunks(ds))
-        self.groups.append(name)
-        return ds.to_zarr(str(self.tmp), group=name, mode="w-", compute=False, zarr_format=3,
-                          consolidated=False, encoding=_encoding(ds))  # fmt: skip
+        return self.add_all({name: ds})
 
     def add_all(self, products: dict[str, xr.Dataset], encoding: dict[str, dict] | None = None) -> "dask.delayed.Delayed":
-        """Write the metadata of every group now and return one delayed write of all their chunks.
+        """Write the template of every group now and return one delayed write of all their regions not
+        yet done (a count of the regions written).
 
-        One ``to_zarr`` for all groups, so dask optimises them as one graph: the tasks groups share
-        (the calibrated exposure behind both ``l2`` and ``noise``) keep one key and run once. Separate
-        ``to_zarr(compute=False)`` calls fuse each group's graph on its own and run shared tasks twice
-        (``bench/repro_store_shared_chain.py``).
+        One graph for all groups, optimised together: the tasks groups share (the calibrated exposure
+        behind both ``l2`` and ``noise``) keep one key and run once (``bench/repro_store_shared_chain.py``).
 
         ``encoding`` (``{group: {variable: {...}}}``) overrides a variable's zarr chunks, e.g. smaller
         chunks inside shards that equal the dask chunks (each task still writes whole shards)."""
         cleaned = {name: _clean(regular_chunks(ds)) for name, ds in products.items()}
         self.groups.extend(cleaned)
-        tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in cleaned.items()})
-        enc = {f"/{name}": _encoding(ds) for name, ds in cleaned.items()}
-        for name, variables in (encoding or {}).items():
-            for var, e in variables.items():
-                if name in cleaned and var in cleaned[name].variables:
-                    enc[f"/{name}"][var] = e
-        return tree.to_zarr(str(self.tmp), mode="a", compute=False, zarr_format=3, consolidated=False,
-                            encoding=enc)  # fmt: skip
+        fresh = {n: ds for n, ds in cleaned.items() if not (self._meta / "templates" / _safe(n)).exists()}
+        if fresh:
+            tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in fresh.items()})
+            enc = {f"/{name}": _encoding(ds) for name, ds in fresh.items()}
+            for name, variables in (encoding or {}).items():
+                for var, e in variables.items():
+                    if name in fresh and var in fresh[name].variables:
+                        enc[f"/{name}"][var] = e
+            tree.to_zarr(str(self.tmp), mode="a", compute=False, zarr_format=3, consolidated=False,
+                         encoding=enc)  # fmt: skip  (the template: the returned delayed write is not used)
+            (self._meta / "templates").mkdir(parents=True, exist_ok=True)
+            for name in fresh:
+                (self._meta / "templates" / _safe(name)).touch()
+        names, arrays = [], []
+        for name, ds in cleaned.items():
+            for var, v in ds.variables.items():
+                if isinstance(v.data, da.Array):
+                    enc_v = encode_zarr_variable(v, name=var, zarr_format=3)
+                    names.append((name, var))
+                    arrays.append(enc_v.data)
+        arrays = dask.optimize(*arrays)  # together: shared tasks keep one key
+        writes = []
+        for (name, var), arr in zip(names, arrays):
+            done_dir = self._meta / "regions" / _safe(name) / var
+            done = set(os.listdir(done_dir)) if done_dir.exists() else set()
+            blocks = arr.to_delayed(optimize_graph=False)
+            starts = [np.cumsum((0,) + c[:-1]) for c in arr.chunks]
+            for idx in np.ndindex(*arr.numblocks):
+                self.regions["total"] += 1
+                tag = ".".join(map(str, idx)) or "0"
+                if tag in done:
+                    self.regions["done_before"] += 1
+                    continue
+                region = tuple(slice(int(st[i]), int(st[i]) + c[i]) for st, c, i in zip(starts, arr.chunks, idx))
+                writes.append(dask.delayed(_write_region, pure=False)(
+                    blocks[idx], str(self.tmp), f"{name}/{var}", region, str(done_dir / tag)))  # fmt: skip
+        return dask.delayed(len)(writes)
 
     def set_group_attrs(self, name: str, attrs: dict) -> None:
         g = zarr.open_group(str(self.tmp), path=name, mode="r+", zarr_format=3)
@@ -118,6 +184,7 @@ class StoreWriter:
         g.attrs.update(sanitize_attrs(attrs))
 
     def commit(self) -> Path:
+        shutil.rmtree(self._meta, ignore_errors=True)  # every region is done: the markers have served
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # consolidated metadata is a zarr-python convention in v3
             zarr.consolidate_metadata(str(self.tmp))
@@ -127,7 +194,7 @@ class StoreWriter:
         return self.path
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and self.tmp.exists():
+        if exc_type is not None and self.tmp.exists() and not self.resume_key:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -25,11 +25,22 @@ class _Model(pydantic.BaseModel):
 
 
 class ClusterConfig(_Model):
-    scheduler: str | None = Field(None, description="address of a running dask scheduler")
-    n_workers: int = Field(1, ge=1, description="LocalCluster worker processes")
+    """A job's ``cluster:`` block. Without ``profile`` (and ``$DETFLOW_PROFILE``): an embedded LocalCluster.
+    With one (``cluster: {profile: slurm}``), the profile's settings, the keys set here on top (only those
+    written in the job: defaults do not override the profile). See :mod:`detflow.cluster`."""
+
+    profile: str | None = Field(None, description="cluster profile: a name (local, slurm, kubernetes, gateway, "
+                                "address, or NAME.yaml on $DETFLOW_PROFILE_PATH / ~/.config/detflow/profiles) "
+                                "or a path to a profile YAML")  # fmt: skip
+    scheduler: str | None = Field(None, description="address of a running dask scheduler (tcp:// or tls://)")
+    scheduler_file: Path | None = Field(None, description="scheduler file of a running scheduler (dask scheduler "
+                                        "--scheduler-file)")  # fmt: skip
+    n_workers: int = Field(1, ge=1, description="LocalCluster worker processes (with a profile: workers to scale to)")
     threads_per_worker: int | None = Field(None, ge=1, description="threads per worker (default: cores / workers)")
     memory_limit: str = Field("auto", description="per-worker memory limit of the LocalCluster")
     dashboard_address: str = Field("127.0.0.1:8787", description="LocalCluster dashboard (localhost only)")
+    options: dict[str, Any] = Field(default_factory=dict, description="more profile keys for this job, e.g. "
+                                    "{slurm: {walltime: '04:00:00'}, adapt: {maximum: 20}, warmup: true}")  # fmt: skip
 
 
 class NoiseConfig(_Model):
@@ -178,6 +189,8 @@ class ExcamJob(_Model):
     photon_count: PhotonCountConfig | None = Field(None, description="photon-counted mean of each (gain, time) group")
     noise_maps: bool = Field(False, description="fit FPN, CIC and dark-current maps from a dark data set of >= 4 "
                              "(EM gain, exposure time) groups (implies group: true)")  # fmt: skip
+    all_or_nothing: bool = Field(False, description="a damaged L1 file (unreadable, truncated) fails the job; by "
+                                 "default it is left out and listed in the store and the job record")  # fmt: skip
     export_dir: Path | None = Field(None, description="also write the II&T FITS file set here")
     export_prefix: str = Field("excam", description="prefix of the data-set FITS files")
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step (excam_*)")

@@ -64,9 +64,10 @@ def _open_tiles(path, group: str, t: int) -> xr.Dataset:
 
 
 def _datasets(job: ExcamJob) -> dict[str, xr.Dataset]:
+    skip = not job.all_or_nothing
     if job.group or job.noise_maps:
-        return {f"/{group_key(*k)}": ds for k, ds in open_excam_l1(job.input, group=True).items()}
-    return {"": open_excam_l1(job.input)}
+        return {f"/{group_key(*k)}": ds for k, ds in open_excam_l1(job.input, group=True, skip_corrupt=skip).items()}
+    return {"": open_excam_l1(job.input, skip_corrupt=skip)}
 
 
 def build_excam(job: ExcamJob) -> tuple[dict[str, xr.Dataset], dict[str, int]]:
@@ -106,6 +107,7 @@ def build_excam(job: ExcamJob) -> tuple[dict[str, xr.Dataset], dict[str, int]]:
                 "exptime": float(l1["exptime"].values[0]),
                 "eperdn": job.eperdn, "fwc_em_e": job.fwc_em_e, "fwc_pp_e": job.fwc_pp_e,
                 "bias_offset": job.bias_offset,
+                "skipped_inputs": list(l1.attrs.get("skipped_inputs", [])),
             })  # fmt: skip
         products[f"l2a{suffix}"] = l2a
         products[f"l2b{suffix}"] = l2b
@@ -147,7 +149,7 @@ def _sharded(products: dict[str, xr.Dataset], tiles: dict[str, int], fs: int) ->
 def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
               console=None) -> xr.DataTree:  # fmt: skip
     """Run an EXCAM job and return the written store as a DataTree (complete or absent)."""
-    from .run import checksum_futures, compute, finish_store
+    from .run import checksum_futures, compute, finish_store, resume_key
 
     check_output(job.store, job.overwrite)
     if job.export_dir is not None:
@@ -159,7 +161,7 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
-        with StoreWriter(job.store, overwrite=job.overwrite) as writer:
+        with StoreWriter(job.store, overwrite=job.overwrite, resume_key=resume_key(job)) as writer:
             sums = checksum_futures(c, products)
             compute(c, writer.add_all(*_sharded(products, tiles, shard_frames(job))), progress, console,
                      "detflow roman_excam: L1 -> L2a -> L2b")  # fmt: skip

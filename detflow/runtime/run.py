@@ -168,6 +168,23 @@ def compute(c: Client, delayed, progress: bool, console, description: str) -> No
     """Compute one delayed store write on the cluster, with a progress bar; re-raises the first task
     error (the writer then removes the partial store)."""
     futures = c.compute([delayed])
+    from .submit import JobCancelled, current_job
+
+    job = current_job()
+    if job is not None:  # a submitted job: keep its record's phase, stop when it is cancelled
+        from distributed import wait
+
+        job.update(phase=description)
+        while True:
+            try:
+                wait(futures, timeout=2.0)
+                break
+            except TimeoutError:
+                if job.cancel_requested():
+                    c.cancel(futures, force=True)
+                    raise JobCancelled(f"job {job.job_id} cancelled during {description}") from None
+        c.gather(futures)
+        return
     if progress:
         from .progress import RichProgressBar
 
@@ -176,11 +193,35 @@ def compute(c: Client, delayed, progress: bool, console, description: str) -> No
     c.gather(futures)
 
 
+def resume_key(job) -> str:
+    """A hash of what a job computes (not where it runs): the partial store of a run that died is found
+    again by a run of the same job, which then computes only the regions not done."""
+    import hashlib
+    import json
+
+    spec = {k: v for k, v in job.model_dump(mode="json").items() if k not in ("source", "cluster", "overwrite")}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def job_record_attrs() -> dict:
+    """``{"job_record": ...}`` for a submitted job (its id, submission and attempt), else nothing."""
+    from .submit import current_job
+
+    job = current_job()
+    if job is None:
+        return {}
+    rec = {k: v for k, v in job.record().items() if k != "job"}
+    return {"job_record": dict(rec, state="finished")}
+
+
 def finish_store(writer: StoreWriter, c: Client, sums: dict, job, products: dict[str, xr.Dataset],
                  groups: list[str], record: xr.Dataset, started: str) -> None:  # fmt: skip
     """Provenance and commit: each group of ``products`` gets its inputs and reference files with
     checksums, the root all of them, the job, versions, times, and ``record``'s steps and history."""
     sums = dict(zip(sums, c.gather(list(sums.values()))))
+    skipped = []  # damaged inputs left out (the poison frames of a data set), once each
+    for ds in products.values():
+        skipped += [s for s in ds.attrs.get("skipped_inputs", []) if s not in skipped]
     inputs, references = [], []
     for name, ds in products.items():
         ins = [dict(i, sha256=sums[i["path"]]) for i in ds.attrs.get("inputs", [])]
@@ -200,7 +241,14 @@ def finish_store(writer: StoreWriter, c: Client, sums: dict, job, products: dict
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "steps": record.attrs.get("steps", []),
         "history": record.attrs.get("history", []),
+        "regions": dict(writer.regions, resumed=writer.resumed),
+        "skipped_inputs": skipped,
+        **job_record_attrs(),
     })  # fmt: skip
+    from .submit import current_job
+
+    if current_job() is not None:
+        current_job().update(regions=dict(writer.regions, resumed=writer.resumed), skipped_inputs=skipped)
     writer.commit()
 
 
@@ -230,7 +278,7 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
-        with StoreWriter(job.store, overwrite=job.overwrite) as writer:
+        with StoreWriter(job.store, overwrite=job.overwrite, resume_key=resume_key(job)) as writer:
             first = next(v for k, v in products.items() if k.startswith("l2"))
             sums = checksum_futures(c, products)  # computed on the cluster alongside the run
             # one graph: tasks shared between groups run once

@@ -1,0 +1,199 @@
+"""detflow as a cluster service, on a real ``dask scheduler`` and real ``dask worker`` processes on
+127.0.0.1 (no mocks): submit and exit, status from a new process, a worker killed mid-run, the whole
+cluster killed mid-run and the job re-submitted (only the missing regions computed), cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client
+
+import detflow
+from detflow.io.store import open_store
+from detflow.runtime.submit import jobs, submit
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_excam_run import DATA, write_frames  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ENV = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+
+
+class Cluster:
+    """A scheduler and ``n`` single-threaded worker processes (no nanny: a killed worker stays dead)."""
+
+    def __init__(self, tmp: Path, n: int = 2):
+        self.file = tmp / f"scheduler-{time.monotonic_ns()}.json"
+        self.sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                       "--port", "0", "--no-dashboard", "--scheduler-file", str(self.file)],
+                                      env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        for _ in range(300):
+            if self.file.exists() and self.file.stat().st_size:
+                break
+            time.sleep(0.1)
+        self.address = json.loads(self.file.read_text())["address"]
+        self.workers = [self.add_worker() for _ in range(n)]
+        with Client(self.address, timeout=30) as c:
+            c.wait_for_workers(n, timeout=60)
+
+    def add_worker(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1",
+                                 "--no-nanny", "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", "4GB"],
+                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def kill(self) -> None:
+        for p in [*self.workers, self.sched]:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.kill()
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    return write_frames(tmp_path_factory.mktemp("submit") / "l1", n=8, seed=5)
+
+
+def _job(frames, out: Path) -> dict:
+    return {"input": str(frames[0].parent), "output": str(out), "eperdn": 8.7, "fwc_em_e": 90000,
+            "fwc_pp_e": 50000, "non_linearity_filepath": str(DATA / "nonlin_table_TVAC.txt"), "frames_per_task": 1,
+            "frames_per_shard": 1, "combine": ["l2b"]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(frames, tmp_path_factory):
+    """The same job run in the foreground on an embedded LocalCluster."""
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    return detflow.run(_job(frames, out), progress=False)
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "detflow.cli", *args], env=ENV, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def _same(a, b) -> None:
+    for group in ("l2a", "l2b", "mean_comb", "median_comb"):
+        x, y = a[group].to_dataset(), b[group].to_dataset()
+        assert set(x.data_vars) == set(y.data_vars)
+        for v in x.data_vars:
+            np.testing.assert_array_equal(x[v].values, y[v].values, err_msg=f"{group}/{v}")
+
+
+def _regions_done(out: Path) -> int:
+    return sum(1 for p in out.parent.glob(f"{out.name}.partial-*/_detflow_regions/regions/**/*") if p.is_file())
+
+
+def test_submit_returns_at_once_and_status_from_another_process(frames, reference, cluster, tmp_path):
+    out = tmp_path / "job.zarr"
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps(_job(frames, out)))  # JSON is YAML
+    t0 = time.monotonic()
+    res = _cli("submit", str(job), "--scheduler", cluster.address)
+    assert res.returncode == 0, res.stderr
+    job_id = res.stdout.strip().splitlines()[-1]
+    assert job_id.startswith("roman_excam-")
+    assert time.monotonic() - t0 < 60  # it returned; the submitting process has exited
+    res = _cli("wait", job_id, "--scheduler", cluster.address)  # a new process
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = _cli("jobs", "--scheduler", cluster.address, "--json")
+    rec = {r["id"]: r for r in json.loads(res.stdout)}[job_id]
+    assert rec["state"] == "finished" and rec["output"] == str(out) and rec["started"] and rec["finished"]
+    assert json.loads(Path(str(out) + ".job.json").read_text())["state"] == "finished"
+    tree = open_store(out)
+    assert tree.attrs["job_record"]["id"] == job_id
+    _same(tree, reference)
+
+
+def test_a_worker_killed_mid_run_does_not_fail_the_job(frames, reference, cluster, tmp_path):
+    out = tmp_path / "k.zarr"
+    with Client(cluster.address) as c:
+        job_id = submit(_job(frames, out), c)
+        pids = c.run(os.getpid)
+        deadline = time.monotonic() + 240
+        while _regions_done(out) < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _regions_done(out) >= 6, "the job never got going"
+        driver = jobs(c)[-1]["worker"]
+        victim = next(a for a in pids if a != driver)  # kill the other worker: its tasks move
+        os.kill(pids[victim], signal.SIGKILL)
+    res = _cli("wait", job_id, "--scheduler", cluster.address)
+    assert res.returncode == 0, res.stdout + res.stderr
+    _same(open_store(out), reference)
+
+
+def test_cluster_killed_then_resubmitted_computes_only_the_missing_regions(frames, reference, cluster, tmp_path):
+    out = tmp_path / "r.zarr"
+    with Client(cluster.address) as c:
+        submit(_job(frames, out), c)
+        deadline = time.monotonic() + 240
+        while _regions_done(out) < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    cluster.kill()  # scheduler and workers, mid-run
+    done = _regions_done(out)
+    assert 10 <= done and not out.exists()
+    again = Cluster(tmp_path, n=2)
+    try:
+        with Client(again.address) as c:
+            job_id = submit(_job(frames, out), c)
+        res = _cli("wait", job_id, "--scheduler", again.address)
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        again.kill()
+    tree = open_store(out)
+    regions = tree.attrs["regions"]
+    assert regions["resumed"] and regions["done_before"] >= done  # what was done is not done again
+    assert regions["done_before"] < regions["total"]
+    _same(tree, reference)
+
+
+def test_cancel_stops_the_job_and_leaves_no_output(frames, cluster, tmp_path):
+    out = tmp_path / "c.zarr"
+    with Client(cluster.address) as c:
+        job_id = submit(_job(frames, out), c)
+        deadline = time.monotonic() + 240
+        while jobs(c)[-1]["state"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.2)
+    res = _cli("cancel", job_id, "--scheduler", cluster.address)
+    assert res.returncode == 0, res.stderr
+    res = _cli("wait", job_id, "--scheduler", cluster.address)
+    assert res.returncode == 1 and "cancelled" in res.stdout
+    assert not out.exists()
+
+
+def test_a_corrupt_file_fails_only_its_frame(frames, cluster, tmp_path):
+    import shutil
+
+    data = tmp_path / "l1"
+    shutil.copytree(frames[0].parent, data)
+    bad = sorted(data.glob("*.fits"))[4]
+    bad.write_bytes(bad.read_bytes()[: 2880 * 3 + 1000])  # headers kept, the frame cut short
+    out = tmp_path / "p.zarr"
+    job = dict(_job(frames, out), input=str(data), combine=[])
+    with Client(cluster.address) as c:
+        job_id = submit(job, c)
+    res = _cli("wait", job_id, "--scheduler", cluster.address)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = _cli("status", job_id, "--scheduler", cluster.address, "--json")
+    rec = json.loads(res.stdout)[0]
+    assert [s["file"] for s in rec["skipped_inputs"]] == [str(bad)] and "truncated" in rec["skipped_inputs"][0]["reason"]
+    tree = open_store(out)
+    assert tree["l2b"].sizes["frame"] == len(frames) - 1 and str(bad.name) not in tree["l2b"]["source_file"].values
+    assert tree.attrs["skipped_inputs"][0]["file"] == str(bad)
+    with pytest.raises(detflow.DetflowInputError, match="truncated"):
+        detflow.run(dict(job, output=str(tmp_path / "strict.zarr"), all_or_nothing=True), c if False else None,
+                    progress=False)  # fmt: skip
