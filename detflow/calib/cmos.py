@@ -114,6 +114,18 @@ def _round(v, step: float) -> np.ndarray:
     return np.round(np.round(np.asarray(v, F8) / step) * step, 6)
 
 
+def _temp_keys(ds: xr.Dataset, temps: np.ndarray, step: float) -> np.ndarray:
+    """Each frame's temperature grouping key: its set point (``filetemp``, the ``T<temp>`` of its folder or
+    file name) rounded to ``step`` where every frame has one, else the logged temperature rounded: the
+    logged temperature jitters about the set point, and rounding it would split a set point's frames
+    into several groups. (The fits use each group's mean logged temperature either way.)"""
+    if "filetemp" in ds.coords:
+        ft = np.asarray(ds["filetemp"].values, F8)
+        if ft.size and np.all(np.isfinite(ft)):
+            return _round(ft, step)
+    return _round(temps, step)
+
+
 def _group(*keys: np.ndarray) -> tuple[list[tuple], np.ndarray]:
     """Unique key tuples (sorted) and each frame's group index."""
     rows = list(zip(*(k.tolist() for k in keys)))
@@ -273,11 +285,14 @@ def _map_stats(maps: xr.DataArray, dim: str, mask: xr.DataArray | None = None, s
 
 
 # ---- linear least squares per pixel -----------------------------------------------------------------------
-def wls_pixels(y: np.ndarray, design: np.ndarray, weights: np.ndarray | None = None):
+def wls_pixels(y: np.ndarray, design: np.ndarray, weights: np.ndarray | None = None, var_floor=None):
     """Weighted linear least squares per pixel over the last axis of ``y`` (..., n) with one design
     (n, p) for all pixels; non-finite points are left out. Returns ``(params (..., p), cov (..., p, p),
     rms (...), status (...))``: cov is ``(X^T W X)^-1`` times the residual variance ``sum w r^2 / (n_used -
-    p)``, rms its square root; status 0, or too few points (< p + 1) / singular (NaN results)."""
+    p)`` (``var_floor`` (...) instead where the residual variance is below a thousandth of it: the
+    variance the points are known to have, so a fit of a few points that happen to lie on the line does
+    not claim a zero error), rms the residual
+    variance's square root; status 0, or too few points (< p + 1) / singular (NaN results)."""
     y = np.asarray(y, F8)
     xd = np.asarray(design, F8)
     n, p = xd.shape
@@ -300,7 +315,12 @@ def wls_pixels(y: np.ndarray, design: np.ndarray, weights: np.ndarray | None = N
     with np.errstate(divide="ignore", invalid="ignore"):
         s2 = (w * resid**2).sum(axis=-1) / (nused - p)
     params = beta / scale
-    cov = ninv / np.outer(scale, scale) * s2[..., None, None]
+    if var_floor is None:
+        s2c = s2
+    else:  # residuals that vanish by chance (points on the line): the points' known variance instead
+        floor = np.asarray(var_floor, F8)
+        s2c = np.where(s2 < 1e-3 * floor, floor, s2)
+    cov = ninv / np.outer(scale, scale) * s2c[..., None, None]
     status = np.where(nused < p + 1, kc.FEW_POINTS, np.where(good, kc.OK, kc.SINGULAR)).astype(np.uint8)
     status = np.where((status == 0) & ~(np.isfinite(params).all(-1) & np.isfinite(s2)), kc.NOT_CONVERGED, status)
     bad = status != 0
@@ -309,16 +329,19 @@ def wls_pixels(y: np.ndarray, design: np.ndarray, weights: np.ndarray | None = N
     return params, cov, np.where(bad, np.nan, np.sqrt(s2)), status.astype(np.uint8)
 
 
-def _fit_linear(stack: xr.DataArray, dim: str, design: np.ndarray, weights: np.ndarray | None):
+def _fit_linear(stack: xr.DataArray, dim: str, design: np.ndarray, weights: np.ndarray | None,
+                var_floor: xr.DataArray | None = None):  # fmt: skip
     """:func:`wls_pixels` over ``dim`` of a (dim, y, x) stack, lazily: params (y, x, _p), cov (y, x, _p, _q),
     rms, status."""
     p = design.shape[1]
 
-    def func(block):
-        return wls_pixels(block, design, weights)
+    def func(block, floor):
+        return wls_pixels(block, design, weights, floor)
 
     stack = _whole(stack.drop_vars([c for c in stack.coords if c not in (Y, X)]), dim)
-    return xr.apply_ufunc(func, stack, input_core_dims=[[dim]], output_core_dims=[["_p"], ["_p", "_q"], [], []],
+    floor = xr.zeros_like(stack.isel({dim: 0}, drop=True)) if var_floor is None else var_floor.drop_vars(
+        [c for c in var_floor.coords if c not in (Y, X)])  # fmt: skip
+    return xr.apply_ufunc(func, stack, floor, input_core_dims=[[dim], []], output_core_dims=[["_p"], ["_p", "_q"], [], []],
                           dask="parallelized", output_dtypes=[F8, F8, F8, np.uint8],
                           dask_gufunc_kwargs={"output_sizes": {"_p": p, "_q": p}})  # fmt: skip
 
@@ -339,7 +362,7 @@ def build_bias_model(ds: xr.Dataset, *, method: Method = "median", sigma: float 
         raise DetflowInputError(None, "weights", "'none' or 'nframes'", weights)
     b = _frames(ds, "BIAS", ("temp",))
     temps = np.asarray(b["temp"].values, F8)
-    labels, index = _group(_round(temps, temp_step))
+    labels, index = _group(_temp_keys(b, temps, temp_step))
     if len(labels) < 3:
         raise DetflowInputError(_source(ds) or _path(b, 0), "temp", f"bias frames at 3 or more temperatures "
                                 f"(rounded to {temp_step} deg C) to fit a + b*T with errors",
@@ -353,7 +376,11 @@ def build_bias_model(ds: xr.Dataset, *, method: Method = "median", sigma: float 
     master = m["value"].assign_coords(coords)
     w = nfr / nfr.mean() if weights == "nframes" else np.ones(len(groups))
     tc = float((w * gtemp).sum() / w.sum())
-    params, cov, rms, status = _fit_linear(master, "temp_group", np.stack([np.ones_like(gtemp), gtemp - tc], 1), w)
+    # the masters' own variance stands in for a residual variance that vanished by chance: with a few
+    # masters (3-5 set points) medians of integer counts can lie exactly on a line (a zero error)
+    floor = (m["err"] ** 2 * xr.DataArray(w, dims="temp_group")).sum("temp_group") / w.sum()
+    params, cov, rms, status = _fit_linear(master, "temp_group", np.stack([np.ones_like(gtemp), gtemp - tc], 1), w,
+                                           floor)  # fmt: skip
     slope = params.isel(_p=1)
     a = params.isel(_p=0) - slope * tc
     c00, c01, c11 = cov.isel(_p=0, _q=0), cov.isel(_p=0, _q=1), cov.isel(_p=1, _q=1)
@@ -516,7 +543,7 @@ def build_dark_model(ds: xr.Dataset, bias: xr.Dataset, *, bias_mode: Literal["ma
     zero_fraction = (d["data"] == 0).mean((Y, X))
     rejected = (zero_fraction > zero_frac_max).astype(np.uint8) * np.uint8(REJECT["zero_pixels"])
     good = rejected == 0
-    labels, index = _group(_round(texp, exptime_step), _round(temps, temp_step))
+    labels, index = _group(_round(texp, exptime_step), _temp_keys(d, temps, temp_step))
     groups = [np.nonzero(index == g)[0] for g in range(len(labels))]
     ng = len(groups)
     gtemp = np.array([temps[i].mean() for i in groups])
@@ -804,7 +831,7 @@ def build_flat_model(ds: xr.Dataset, dark: xr.Dataset, bias: xr.Dataset, *,
     nflat = sub / norm
 
     keep = np.nonzero(~far)[0]
-    labels, gidx = _group(filt[keep], _round(temps[keep], temp_step), _round(texp[keep], exptime_step))
+    labels, gidx = _group(filt[keep], _temp_keys(f, temps, temp_step)[keep], _round(texp[keep], exptime_step))
     groups = [keep[gidx == g] for g in range(len(labels))]
     gfilt = np.array([k[0] for k in labels])
     gtemp = np.array([temps[i].mean() for i in groups])
@@ -955,7 +982,7 @@ def evaluate_model(model: xr.Dataset, ds: xr.Dataset, *, bias: xr.Dataset | None
     err = pred - obs
     ae = np.abs(err)
     ape = 100.0 * ae / np.abs(obs).where(obs != 0)
-    labels, index = _group(_round(T.values, temp_step), _round(t.values, exptime_step))
+    labels, index = _group(_temp_keys(f, T.values, temp_step), _round(t.values, exptime_step))
     ng = len(labels)
     onehot = xr.DataArray((index[:, None] == np.arange(ng)).astype(F8), dims=(FRAME, "eval_group"))
     nfr = onehot.sum(FRAME)

@@ -201,7 +201,7 @@ def _ingest(job: CmosJob, c: Client, console) -> dict | None:
 def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
              console=None) -> xr.DataTree | None:  # fmt: skip
     """Run a CMOS job; return the model store as a DataTree (None for an ingest-only job)."""
-    from .run import compute, versions
+    from .run import compute, job_record_attrs, resume_key, versions
     from .. import __version__
 
     if job.output is not None:
@@ -218,7 +218,7 @@ def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | Non
         with dask.config.set(scheduler=c.get):
             analyses = run_analyses(job, sections)
         products.update(analysis_products(analyses))
-        with StoreWriter(job.output, overwrite=job.overwrite) as writer:
+        with StoreWriter(job.output, overwrite=job.overwrite, resume_key=resume_key(job)) as writer:
             compute(c, writer.add_all(products), progress, console, "detflow cmos: models")
             writer.set_root_attrs({
                 "detflow_version": __version__, "pipeline": "cmos", "mode": job.mode, "products": list(products),
@@ -226,6 +226,8 @@ def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | Non
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "sections": {s: str(section_store(job, s)) for s in sections},
                 "ingest": ingest_report or {},
+                "regions": dict(writer.regions, resumed=writer.resumed),
+                **job_record_attrs(),
             })  # fmt: skip
             writer.commit()
     write_reports(job, ingest_report, analyses, console)
@@ -262,12 +264,9 @@ def analysis_products(results: dict) -> dict[str, xr.Dataset]:
 
 def write_reports(job: CmosJob, ingest_report: dict | None, analyses: dict | None = None, console=None) -> list[Path]:
     """The tables and plots of a finished model store, read back from it: evaluation summaries (CSV and
-    PNG), the frames the models left out (CSV), the analyses' tables and plots, the ingest report."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    PNG), the frames the models left out (CSV), the analyses' tables and plots, the ingest report. The plots
+    are plain ``matplotlib.figure.Figure`` objects, so the caller's pyplot backend is left alone (a notebook
+    that runs a job keeps its inline plots)."""
     out_dir = job.reports
     out_dir.mkdir(parents=True, exist_ok=True)
     tree = open_store(job.output)
@@ -280,7 +279,6 @@ def write_reports(job: CmosJob, ingest_report: dict | None, analyses: dict | Non
             fig = cm.plot_evaluation(ev, title=f"{m} model on held-out frames")
             png = out_dir / f"{m}_evaluation.png"
             fig.savefig(png, dpi=90)
-            plt.close(fig)
             written += [table, png]
     rejected = rejected_frames(tree)
     if rejected:
