@@ -48,9 +48,9 @@ def _now() -> str:
 
 
 def record_path(job) -> Path:
-    """Where the job record is kept beside the output: ``<output>.job.json`` (an ingest-only CMOS job:
+    """Where the job record is kept beside the output store: ``<store>.job.json`` (an ingest-only CMOS job:
     ``<stores>/ingest.job.json``)."""
-    out = getattr(job, "output", None)
+    out = getattr(job, "store", None) or getattr(job, "output", None)  # a WFI job's store, not its ASDF export
     if out is None:
         return Path(job.stores) / "ingest.job.json"
     return Path(out).with_name(Path(out).name + ".job.json")
