@@ -33,7 +33,7 @@ are removed after the run unless ``--keep-sim``.
    defaults) is built and written once beforehand, untimed. The ingest runs on the cluster of its own
    shape (``--workers`` x ``--threads``), which is the first one started.
    Against a vectorised NumPy baseline in a child process (peak RSS = its ``ru_maxrss``): the same frames,
-   grouped as ``build_dark_model`` groups them (exposure to 1 ms, logged temperature to 0.1 deg C), the
+   grouped as ``build_dark_model`` groups them (exposure to 1 ms, set point (``filetemp``) to 0.1 deg C), the
    nearest-temperature bias master subtracted, the group means / exposure time = rates, then
    ``ln rate = ln A + gamma ln t + B (T - Tmin)`` for every pixel by one ``np.linalg.lstsq`` with the
    pixels as multiple right-hand sides (unweighted, log space; rates below 1e-3 DN/s clipped there and
@@ -369,12 +369,14 @@ def baseline(args, dark_store: Path, bias_model: Path, work: Path) -> dict:
     """The NumPy log-space lstsq fit in a child process, on the raw files of the ingested frames."""
     import zarr
 
-    from detflow.calib.cmos import _group, _round
+    from detflow.calib.cmos import _group, _round, _temp_keys
+    from detflow.io.cmos_raw import open_cmos_section
 
     g = zarr.open_group(str(dark_store), path="l1", mode="r")
     temps = np.asarray(g["temp"][:], np.float64)
     texp = np.asarray(g["exptime"][:], np.float64)
-    _, gidx = _group(_round(texp, 1e-3), _round(temps, 0.1))  # build_dark_model's grouping
+    frames = open_cmos_section(dark_store)
+    _, gidx = _group(_round(texp, 1e-3), _temp_keys(frames, temps, 0.1))  # build_dark_model's grouping
     payload = {"paths": [str(p) for p in g["path"][:]], "temps": temps.tolist(), "exptimes": texp.tolist(),
                "group": gidx.tolist(), "height": int(g.attrs["height"]), "width": int(g.attrs["width"]),
                "data_scale": g.attrs["data_scale"], "bias_model": str(bias_model), "floor": RATE_FLOOR,

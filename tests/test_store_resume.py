@@ -42,9 +42,9 @@ def test_region_markers_and_resume(tmp_path):
     partial = tmp_path / "out.zarr.partial-job1"
     assert not out.exists() and partial.exists()  # never at the output path; it says which regions are done
     marks = partial / "_detflow_regions" / "regions" / "g"
-    done = sorted(p.name for p in (marks / "data").iterdir())
-    n_done = len(done) + len(list((marks / "dq").iterdir()))
-    assert "1.1" not in done and len(done) >= 1
+    done = sorted(p.name for p in (marks / "data").iterdir()) if (marks / "data").exists() else []
+    n_done = len(done) + (len(list((marks / "dq").iterdir())) if (marks / "dq").exists() else 0)
+    assert "1.1" not in done and n_done >= 1
     flag.unlink()
     log2: list = []
     with StoreWriter(out, resume_key="job1") as w:

@@ -66,13 +66,16 @@ def _safe(name: str) -> str:
     return name.strip("/").replace("/", "__") or "root"
 
 
-def _write_region(block, root: str, path: str, region: tuple[slice, ...], marker: str) -> int:
+def _write_block(block, root: str, path: str, done_dir: str, block_info=None) -> np.ndarray:
     """Write one dask block into its region of a zarr array, then mark the region done."""
+    info = block_info[0]
+    region = tuple(slice(lo, hi) for lo, hi in info["array-location"])
     arr = zarr.open_array(root, path=path, mode="r+", zarr_format=3)
     arr[region] = np.asarray(block)
-    Path(marker).parent.mkdir(parents=True, exist_ok=True)
-    Path(marker).touch()
-    return 1
+    marker = Path(done_dir) / (".".join(map(str, info["chunk-location"])) or "0")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return np.ones((1,) * np.ndim(block), dtype=np.int8)
 
 
 def check_output(path: str | Path, overwrite: bool = False) -> Path:
@@ -122,13 +125,13 @@ class StoreWriter:
         (self._meta / "resume.json").write_text(json.dumps({"resume_key": self.resume_key}))
         return self
 
-    def add(self, name: str, ds: xr.Dataset) -> "dask.delayed.Delayed":
+    def add(self, name: str, ds: xr.Dataset) -> da.Array:
         """Write ``ds``'s metadata now and return the delayed write of its chunks."""
         return self.add_all({name: ds})
 
-    def add_all(self, products: dict[str, xr.Dataset], encoding: dict[str, dict] | None = None) -> "dask.delayed.Delayed":
-        """Write the template of every group now and return one delayed write of all their regions not
-        yet done (a count of the regions written).
+    def add_all(self, products: dict[str, xr.Dataset], encoding: dict[str, dict] | None = None) -> da.Array:
+        """Write the template of every group now and return one lazy write of all their regions not yet
+        done (a dask scalar: the number of regions written).
 
         One graph for all groups, optimised together: the tasks groups share (the calibrated exposure
         behind both ``l2`` and ``noise``) keep one key and run once (``bench/repro_store_shared_chain.py``).
@@ -154,26 +157,27 @@ class StoreWriter:
         for name, ds in cleaned.items():
             for var, v in ds.variables.items():
                 if isinstance(v.data, da.Array):
-                    enc_v = encode_zarr_variable(v, name=var, zarr_format=3)
                     names.append((name, var))
-                    arrays.append(enc_v.data)
-        arrays = dask.optimize(*arrays)  # together: shared tasks keep one key
-        writes = []
+                    arrays.append(encode_zarr_variable(v, name=var, zarr_format=3).data)
+        parts = []
         for (name, var), arr in zip(names, arrays):
             done_dir = self._meta / "regions" / _safe(name) / var
             done = set(os.listdir(done_dir)) if done_dir.exists() else set()
-            blocks = arr.to_delayed(optimize_graph=False)
-            starts = [np.cumsum((0,) + c[:-1]) for c in arr.chunks]
-            for idx in np.ndindex(*arr.numblocks):
-                self.regions["total"] += 1
-                tag = ".".join(map(str, idx)) or "0"
-                if tag in done:
-                    self.regions["done_before"] += 1
-                    continue
-                region = tuple(slice(int(st[i]), int(st[i]) + c[i]) for st, c, i in zip(starts, arr.chunks, idx))
-                writes.append(dask.delayed(_write_region, pure=False)(
-                    blocks[idx], str(self.tmp), f"{name}/{var}", region, str(done_dir / tag)))  # fmt: skip
-        return dask.delayed(len)(writes)
+            # the write of each block is a blockwise task on the array itself (as dask's own store), so it
+            # fuses with the task that makes the block and no block waits in memory for a separate writer
+            marks = arr.map_blocks(_write_block, root=str(self.tmp), path=f"{name}/{var}", done_dir=str(done_dir),
+                                   dtype=np.int8, chunks=tuple((1,) * len(c) for c in arr.chunks),
+                                   meta=np.empty((0,) * arr.ndim, np.int8))  # fmt: skip
+            todo = [idx for idx in np.ndindex(*arr.numblocks) if (".".join(map(str, idx)) or "0") not in done]
+            self.regions["total"] += int(np.prod(arr.numblocks))
+            self.regions["done_before"] += int(np.prod(arr.numblocks)) - len(todo)
+            if len(todo) == int(np.prod(arr.numblocks)):
+                parts.append(marks.ravel())
+            else:  # only the blocks not done: culling drops the work behind the others
+                parts += [marks.blocks[idx].ravel() for idx in todo]
+        if not parts:
+            return da.zeros((), dtype=np.int64)
+        return da.concatenate(parts).sum()  # the number of regions written
 
     def set_group_attrs(self, name: str, attrs: dict) -> None:
         g = zarr.open_group(str(self.tmp), path=name, mode="r+", zarr_format=3)
