@@ -85,10 +85,7 @@ def holdout_mask(ds: xr.Dataset, every: int) -> np.ndarray:
     n = ds.sizes[schema.FRAME]
     if every <= 0:
         return np.zeros(n, dtype=bool)
-    temp = np.round(np.asarray(ds["temp"].values, np.float64))
-    if "filetemp" in ds.coords:
-        ft = np.asarray(ds["filetemp"].values, np.float64)
-        temp = np.where(np.isfinite(ft), ft, temp)
+    temp = cm._temp_keys(ds, np.asarray(ds["temp"].values, np.float64), 1.0)  # the models' grouping, to 1 C
     texp = np.asarray(ds["exptime"].values, np.float64) if "exptime" in ds.coords else np.zeros(n)
     filt = [str(f) for f in ds["filter"].values] if "filter" in ds.coords else ["none"] * n
     keys = pd.DataFrame({"t": np.nan_to_num(temp, nan=-1e9), "e": np.nan_to_num(texp, nan=-1.0), "f": filt})

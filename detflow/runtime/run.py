@@ -165,8 +165,9 @@ def checksum_futures(c: Client, products: dict[str, xr.Dataset]) -> dict:
 
 
 def compute(c: Client, delayed, progress: bool, console, description: str) -> None:
-    """Compute one delayed store write on the cluster, with a progress bar; re-raises the first task
-    error (the writer then removes the partial store)."""
+    """Compute one store write on the cluster, with a progress bar (a submitted job: its record's phase
+    and cancel flag instead); re-raises the first task error (the partial store is kept with the regions
+    done, for a re-run to resume, or removed when the writer has no resume key)."""
     futures = c.compute([delayed])
     from .submit import JobCancelled, current_job
 

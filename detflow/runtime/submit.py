@@ -172,7 +172,7 @@ def _driver_states(client: Client, ids: list[str]) -> dict[str, str]:
 
 
 def status(client: Client, job_id: str) -> dict:
-    """One job's record (the scheduler's; else the file beside its output, if it is given)."""
+    """One job's record, as the scheduler keeps it (``read_record`` reads the file beside the output)."""
     for rec in jobs(client):
         if rec["id"] == job_id:
             return rec
