@@ -25,16 +25,26 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+# options shared by several commands
+_SCHED = typer.Option(None, "--scheduler", help="address of a running dask scheduler (tcp:// or tls://)")
+_SFILE = typer.Option(None, "--scheduler-file", help="a dask scheduler file")
+_PROFILE = typer.Option(None, "--profile", help="a cluster profile (name or YAML path; deploy/profiles)")
+_OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing output store")
+_NO_PROGRESS = typer.Option(False, "--no-progress", help="no progress bar")
+_JSON = typer.Option(False, "--json", help="machine-readable output")
+_STORES = typer.Option(..., "--stores", help="folder of the section stores")
+
+
 @app.command()
 def run(
     job: Path = typer.Argument(..., help="job YAML (detflow or PIT gen_cal_image spelling)"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running dask scheduler"),
-    scheduler_file: Optional[Path] = typer.Option(None, "--scheduler-file", help="a dask scheduler file"),
-    profile: Optional[str] = typer.Option(None, "--profile", help="a cluster profile (deploy/profiles)"),
+    scheduler: Optional[str] = _SCHED,
+    scheduler_file: Optional[Path] = _SFILE,
+    profile: Optional[str] = _PROFILE,
     workers: Optional[int] = typer.Option(None, "--workers", help="LocalCluster worker processes (default 1)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="threads per worker (default: cores / workers)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output store"),
-    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+    overwrite: bool = _OVERWRITE,
+    no_progress: bool = _NO_PROGRESS,
 ) -> None:
     """Run a job on an embedded LocalCluster (default) or an existing scheduler; write its store."""
     from .runtime.config import load_job
@@ -90,7 +100,7 @@ def validate(job: Path = typer.Argument(..., help="job YAML")) -> None:
 
 
 @app.command()
-def steps(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def steps(as_json: bool = _JSON) -> None:
     """List the registered steps with their parameters and defaults."""
     from .steps.registry import all_steps
 
@@ -150,9 +160,6 @@ def demo(
 
 
 # ---- jobs on a running cluster: submit, status, wait, cancel, jobs ---------------------------------------
-_SCHED = typer.Option(None, "--scheduler", help="address of a running dask scheduler (tcp:// or tls://)")
-_SFILE = typer.Option(None, "--scheduler-file", help="a dask scheduler file")
-_PROFILE = typer.Option(None, "--profile", help="a cluster profile (name or YAML path; deploy/profiles)")
 
 
 def _cluster_client(scheduler: Optional[str], scheduler_file: Optional[Path], profile: Optional[str]):
@@ -173,7 +180,7 @@ def submit(
     scheduler: Optional[str] = _SCHED,
     scheduler_file: Optional[Path] = _SFILE,
     profile: Optional[str] = _PROFILE,
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output store"),
+    overwrite: bool = _OVERWRITE,
 ) -> None:
     """Submit a job to a running dask cluster and return at once with its id (it runs on after exit)."""
     from .runtime.config import load_job
@@ -208,7 +215,7 @@ def jobs(
     scheduler: Optional[str] = _SCHED,
     scheduler_file: Optional[Path] = _SFILE,
     profile: Optional[str] = _PROFILE,
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    as_json: bool = _JSON,
 ) -> None:
     """List the jobs the cluster knows: state, start, end, output store, error."""
     from .runtime.submit import jobs as list_jobs
@@ -228,7 +235,7 @@ def status(
     scheduler_file: Optional[Path] = _SFILE,
     profile: Optional[str] = _PROFILE,
     record: Optional[Path] = typer.Option(None, "--record", help="read a <output>.job.json instead of the scheduler"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    as_json: bool = _JSON,
 ) -> None:
     """A job's state (or every job's): from the scheduler, or from the record beside its output."""
     from .runtime.submit import jobs as list_jobs, read_record
@@ -329,8 +336,8 @@ def cmos_ingest(
     data_scale: Optional[float] = typer.Option(None, "--data-scale", help="e.g. 16 for 12-bit data in 16 bits"),
     on_error: str = typer.Option("raise", "--on-error", help="raise, or skip bad frames and list them"),
     fits: Optional[Path] = typer.Option(None, "--fits", help="also export one FITS file per frame here"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running dask scheduler"),
-    no_progress: bool = typer.Option(False, "--no-progress"),
+    scheduler: Optional[str] = _SCHED,
+    no_progress: bool = _NO_PROGRESS,
 ) -> None:
     """Ingest raw test-section trees into one zarr store per section (only new frames on a re-run)."""
     ingest = {"bias": None if skip_bias else bias, "dark": None if skip_dark else dark,
@@ -341,16 +348,16 @@ def cmos_ingest(
 
 def _model_command(model: str):
     def command(
-        stores: Path = typer.Option(..., "--stores", help="folder of the section stores"),
+        stores: Path = _STORES,
         output: Path = typer.Option(..., "--out", help="model store (.zarr)"),
         mode: str = typer.Option("full", "--mode", help="full | fit | synthesize | evaluate"),
         model_store: Optional[Path] = typer.Option(None, "--model-store", help="models of an earlier run"),
         temp: list[float] = typer.Option([], "--temp", help="synthesize at this temperature (repeat)"),
         exptime: list[float] = typer.Option([], "--exptime", help="... and exposure time (repeat)"),
         holdout_every: int = typer.Option(5, "--holdout-every", help="every n-th frame per group held out"),
-        overwrite: bool = typer.Option(False, "--overwrite"),
-        scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running dask scheduler"),
-        no_progress: bool = typer.Option(False, "--no-progress"),
+        overwrite: bool = _OVERWRITE,
+        scheduler: Optional[str] = _SCHED,
+        no_progress: bool = _NO_PROGRESS,
     ) -> None:
         job = {"pipeline": "cmos", "stores": stores, "output": output, "models": [model], "mode": mode,
                "model_store": model_store, "holdout_every": holdout_every, "overwrite": overwrite}  # fmt: skip
@@ -370,11 +377,11 @@ for _m in ("bias", "dark", "flat"):
 @cmos_app.command("analyse")
 def cmos_analyse(
     kind: str = typer.Argument(..., help="structure | degradation"),
-    stores: Path = typer.Option(..., "--stores", help="folder of the section stores"),
+    stores: Path = _STORES,
     output: Path = typer.Option(..., "--out", help="analysis store (.zarr); tables and plots beside it"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running dask scheduler"),
-    no_progress: bool = typer.Option(False, "--no-progress"),
+    overwrite: bool = _OVERWRITE,
+    scheduler: Optional[str] = _SCHED,
+    no_progress: bool = _NO_PROGRESS,
 ) -> None:
     """Structure (trends, new structures) or degradation (outgassing) analysis of the section stores."""
     if kind not in ("structure", "degradation"):

@@ -74,16 +74,42 @@ def inv_spd(a, out):
 
 
 @numba.njit(nogil=True, cache=CACHE)
+def _eta(x, k, theta):
+    v = 0.0
+    for j in range(theta.size):
+        v += x[k, j] * theta[j]
+    return v
+
+
+@numba.njit(nogil=True, cache=CACHE)
 def _chi2(y, w, x, theta, idx, n):
     c = 0.0
     for q in range(n):
         k = idx[q]
-        eta = 0.0
-        for j in range(theta.size):
-            eta += x[k, j] * theta[j]
-        r = y[k] - math.exp(eta)
+        r = y[k] - math.exp(_eta(x, k, theta))
         c += w[k] * r * r
     return c
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def _accumulate(m, g, x, k, wm, gz):
+    """One point of weighted normal equations: ``m += wm x_k x_k^T``, ``g += gz x_k``."""
+    p = m.shape[0]
+    for a in range(p):
+        g[a] += gz * x[k, a]
+        for b in range(p):
+            m[a, b] += wm * x[k, a] * x[k, b]
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def _gauss_newton_normal(y, w, x, theta, idx, n, m, g):
+    """``m = J^T W J`` and ``g = J^T W r`` of ``y ~ exp(x @ theta)`` at ``theta`` (``J = f x``)."""
+    m[:, :] = 0.0
+    g[:] = 0.0
+    for q in range(n):
+        k = idx[q]
+        f = math.exp(_eta(x, k, theta))
+        _accumulate(m, g, x, k, w[k] * f * f, w[k] * f * (y[k] - f))
 
 
 @numba.njit(nogil=True, cache=CACHE)
@@ -141,11 +167,7 @@ def fit_exp_model(y, w, x, fit, maxiter, tol, params, cov, chi2, nused, status):
             if yi[k] <= 0.0:
                 continue
             wl = wi[k] * yi[k] * yi[k]
-            ly = math.log(yi[k])
-            for a in range(p):
-                g[a] += wl * x[k, a] * ly
-                for b in range(p):
-                    m[a, b] += wl * x[k, a] * x[k, b]
+            _accumulate(m, g, x, k, wl, wl * math.log(yi[k]))
         if not inv_spd(m, minv):
             status[i] = SINGULAR
             continue
@@ -158,20 +180,7 @@ def fit_exp_model(y, w, x, fit, maxiter, tol, params, cov, chi2, nused, status):
         converged = False
         singular = False
         for _ in range(maxiter):
-            m[:, :] = 0.0
-            g[:] = 0.0
-            for q in range(nv):
-                k = idx[q]
-                eta = 0.0
-                for a in range(p):
-                    eta += x[k, a] * theta[a]
-                f = math.exp(eta)
-                r = yi[k] - f
-                for a in range(p):
-                    ja = f * x[k, a]
-                    g[a] += wi[k] * ja * r
-                    for b in range(p):
-                        m[a, b] += wi[k] * ja * f * x[k, b]
+            _gauss_newton_normal(yi, wi, x, theta, idx, nv, m, g)
             if not inv_spd(m, minv):
                 singular = True
                 break
@@ -205,17 +214,7 @@ def fit_exp_model(y, w, x, fit, maxiter, tol, params, cov, chi2, nused, status):
         if singular:
             status[i] = SINGULAR
             continue
-        # covariance at the solution
-        m[:, :] = 0.0
-        for q in range(nv):
-            k = idx[q]
-            eta = 0.0
-            for a in range(p):
-                eta += x[k, a] * theta[a]
-            f = math.exp(eta)
-            for a in range(p):
-                for b in range(p):
-                    m[a, b] += wi[k] * f * f * x[k, a] * x[k, b]
+        _gauss_newton_normal(yi, wi, x, theta, idx, nv, m, g)  # covariance at the solution
         if not inv_spd(m, minv):
             status[i] = SINGULAR
             continue
