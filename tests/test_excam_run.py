@@ -245,7 +245,7 @@ def test_iit_config_keys_carry_over(tmp_path):
 @pytest.mark.parametrize("bad, field", [
     ({"eperdn": -1}, "eperdn"),
     ({"cosm_tial": 3}, "cosm_tial"),
-    ({"median_filter_mode": 2}, "median_filter_mode"),
+    ({"median_filter_mode": 3}, "median_filter_mode"),
     ({"steps": {"excam_flat": {"x": 1}}}, "x"),
 ])  # fmt: skip
 def test_bad_job_keys(tmp_path, bad, field):

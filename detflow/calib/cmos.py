@@ -57,6 +57,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Literal
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -144,6 +145,28 @@ def _chunk(obj, chunks: dict):
 def _whole(arr: xr.DataArray, dim: str) -> xr.DataArray:
     """``arr`` with ``dim`` in one chunk (a core dimension of a per-pixel function)."""
     return _chunk(arr, {dim: -1}) if arr.chunks is not None and len(arr.chunksizes[dim]) > 1 else arr
+
+
+def _independent(arr: xr.DataArray) -> xr.DataArray:
+    """``arr`` computed by its own copy of the graph (new keys, :func:`dask.graph_manipulation.clone`).
+
+    A whole-frame statistic (a frame's share of zero pixels, its normalisation) that a per-pixel step then
+    needs is taken from this copy. The frames are read twice, but the per-pixel chain stays one fused task
+    per tile that waits for the statistic before it reads anything; with a shared read, dask must hold
+    every tile of the stack in memory until the statistic is known (16 GiB for 1000 2048x2048 darks)."""
+    if arr.chunks is None:
+        return arr
+    # dask.graph_manipulation.clone keeps some of xarray's indexing keys shared (dask 2026.x fails to fuse
+    # the result: "Cannot fuse tasks with multiple outputs"), so every key is renamed here
+    from dask._task_spec import convert_legacy_graph
+    from dask.base import tokenize
+
+    x = arr.data
+    tag = "-twin-" + tokenize(x.name, "twin")[:10]
+    graph = convert_legacy_graph(dict(x.__dask_graph__()))
+    subs = {k: (k[0] + tag, *k[1:]) if isinstance(k, tuple) else f"{k}{tag}" for k in graph}
+    twin = {subs[k]: node.substitute(subs, key=subs[k]) for k, node in graph.items()}
+    return arr.copy(data=da.Array(twin, x.name + tag, chunks=x.chunks, dtype=x.dtype, meta=x._meta))
 
 
 def _tile_chunks(like: xr.DataArray) -> dict:
@@ -540,7 +563,7 @@ def build_dark_model(ds: xr.Dataset, bias: xr.Dataset, *, bias_mode: Literal["ma
         raise DetflowInputError(_path(d, i), "exptime", "> 0 s for a dark frame", texp[i])
     stack, coef, dtemp = _bias_refs(bias, temps, bias_mode)
     sub = _subtract(d["data"], stack, coef)
-    zero_fraction = (d["data"] == 0).mean((Y, X))
+    zero_fraction = (_independent(d["data"]) == 0).mean((Y, X))
     rejected = (zero_fraction > zero_frac_max).astype(np.uint8) * np.uint8(REJECT["zero_pixels"])
     good = rejected == 0
     labels, index = _group(_round(texp, exptime_step), _temp_keys(d, temps, temp_step))
@@ -827,7 +850,8 @@ def build_flat_model(ds: xr.Dataset, dark: xr.Dataset, bias: xr.Dataset, *,
     stack = xr.concat([bstack.drop_vars([c for c in bstack.coords if c not in (Y, X)]),
                        rate.rename({"dark_group": "ref"})], dim="ref")  # fmt: skip
     sub = _subtract(f["data"], stack, np.concatenate([bcoef, dcoef], axis=1))
-    norm = sub.mean((Y, X), skipna=True) if normalize == "mean" else sub.max((Y, X), skipna=True)
+    twin = _independent(sub)
+    norm = twin.mean((Y, X), skipna=True) if normalize == "mean" else twin.max((Y, X), skipna=True)
     nflat = sub / norm
 
     keep = np.nonzero(~far)[0]
@@ -968,7 +992,8 @@ def evaluate_model(model: xr.Dataset, ds: xr.Dataset, *, bias: xr.Dataset | None
             stack = xr.concat([bstack.drop_vars([c for c in bstack.coords if c not in (Y, X)]),
                                rate.rename({"dark_group": "ref"})], dim="ref")  # fmt: skip
             sub = _subtract(f["data"], stack, np.concatenate([bcoef, dcoef], axis=1))
-            norm = sub.mean((Y, X), skipna=True) if model.attrs["normalize"] == "mean" else sub.max((Y, X))
+            twin = _independent(sub)
+            norm = twin.mean((Y, X), skipna=True) if model.attrs["normalize"] == "mean" else twin.max((Y, X))
             obs = sub / norm
             band = xr.DataArray(np.asarray(f["filter"].values).astype(str), dims=FRAME)
             pred = synthesize_flat(model, band, T.drop_vars(list(T.coords)), t.drop_vars(list(t.coords)))

@@ -113,3 +113,29 @@ def em_gain(header) -> tuple[float, str]:
         if g > 0:
             return g, key
     raise KeyError("EMGAIN_M, EMGAIN_A, CMDGAIN, EMGAIN_C or EM_GAIN (a positive EM gain)")
+
+
+# ---- coronagraph inner working angle (left out of the cosmic-ray search, as corgidrp does) ------------
+TELESCOPE_DIAMETER_M = 2.36  # effective primary diameter (lambda/D)
+PLATESCALE_ARCSEC = 0.0218  # EXCAM arcsec per pixel
+# CFAM filter central wavelengths (nm): the TV-40b measured value where there is one, else Phase C
+CFAM_CENTER_NM = {
+    "1": 573.8, "2": 659.4, "3": 729.3, "4": 825.5, "1A": 554.8, "1B": 574.5, "1C": 594.7, "2A": 614.2,
+    "2B": 639.4, "2C": 655.65, "3A": 680.37, "3B": 702.04, "3C": 726.00, "3G": 752.5, "3D": 753.83,
+    "3E": 776.44, "4A": 791.7, "4B": 823.9, "4C": 856.5,
+}  # fmt: skip
+IWA_LAMBDA_OVER_D = {"NFOV": 3.0, "WFOV": 5.9}  # default IWA radius per Lyot stop (LSAMNAME); others 0
+
+
+def cfam_center_nm(band: str) -> float:
+    """Central wavelength of a CFAM filter name ("3C", "1F" = band 1); KeyError for an unknown name."""
+    key = str(band).strip().upper()
+    if key.endswith("F"):
+        key = key[0]
+    return CFAM_CENTER_NM[key]
+
+
+def iwa_radius_pix(band: str, radius_lambda_d: float, platescale: float = PLATESCALE_ARCSEC) -> int:
+    """An IWA radius in lambda/D at the filter's central wavelength, in whole pixels."""
+    arcsec = radius_lambda_d * cfam_center_nm(band) * 1e-9 / TELESCOPE_DIAMETER_M * 206265.0
+    return int(round(arcsec / platescale))

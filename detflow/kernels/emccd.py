@@ -97,6 +97,27 @@ def _row_median_filter(row, size, out):
         out[i] = buf[size // 2]
 
 
+@numba.njit(nogil=True, cache=CACHE)
+def _row_nanmedian_filter(row, size, out):
+    """:func:`_row_median_filter` over the finite samples of each window, the mean of the two middle ones
+    for an even count (numpy's nanmedian, as corgidrp filters rows holding NaN), NaN for none."""
+    n = row.size
+    buf = np.empty(size)
+    lo = size // 2
+    for i in range(n):
+        m = 0
+        for k in range(size):
+            v = row[min(max(i - lo + k, 0), n - 1)]
+            if v == v:
+                buf[m] = v
+                m += 1
+        if m == 0:
+            out[i] = np.nan
+            continue
+        part = np.sort(buf[:m])
+        out[i] = part[m // 2] if m % 2 else 0.5 * (part[m // 2 - 1] + part[m // 2])
+
+
 @numba.njit(cache=CACHE)
 def flag_cosmics_frame(img, fwc, sat_thresh, plat_thresh, cosm_filter, cosm_box, cosm_tail, full_frame, mask):
     """Mask saturated cosmic-ray plateaus, their tails and a box around their heads in one frame.
@@ -106,7 +127,8 @@ def flag_cosmics_frame(img, fwc, sat_thresh, plat_thresh, cosm_filter, cosm_box,
     ``plat_thresh * fwc`` to the plateau head; mask the head and the ``cosm_filter + cosm_tail`` pixels
     after it (to the row end, or with ``full_frame`` onward into the next row: the serial register
     reads on) and a ``(2 cosm_box + 1)^2`` box centred on the head (inside the frame). ``mask`` (uint8,
-    same shape) is OR'ed with 1. Bias-subtracted DN in, NaNs allowed (never a plateau).
+    same shape) is OR'ed with 1. Bias-subtracted DN in; NaNs are never a plateau, and a row holding
+    any is filtered over its finite samples (:func:`_row_nanmedian_filter`).
     """
     nrow, ncol = img.shape
     sat = sat_thresh * fwc
@@ -116,12 +138,18 @@ def flag_cosmics_frame(img, fwc, sat_thresh, plat_thresh, cosm_filter, cosm_box,
     for r in range(nrow):
         row = img[r]
         top = -np.inf
+        has_nan = False
         for c in range(ncol):
             if row[c] > top:
                 top = row[c]
+            elif row[c] != row[c]:
+                has_nan = True
         if not top >= sat:
             continue
-        _row_median_filter(row, cosm_filter + 1, filt)
+        if has_nan:  # pixels masked beforehand (median_filter_mode 2)
+            _row_nanmedian_filter(row, cosm_filter + 1, filt)
+        else:
+            _row_median_filter(row, cosm_filter + 1, filt)
         heads[:] = False
         for c in range(ncol):
             if filt[c] >= sat:

@@ -130,7 +130,8 @@ class WFIJob(_Model):
 EXCAM_CAL_KEYS = ("non_linearity_filepath", "dark_current_map", "fixed_pattern_noise", "EXCAM_clock_induced_charge",
                   "flatfield_filepath", "badpix_filepath", "master_dark_filepath")  # fmt: skip
 EXCAM_COSMIC_KEYS = ("sat_thresh", "plat_thresh", "cosm_filter", "cosm_box", "cosm_tail", "cosm_tail_auto_factor",
-                     "cosm_thresh", "median_filter_mode", "pct_oversat_lim")  # fmt: skip
+                     "cosm_thresh", "median_filter_mode", "median_filter_size", "median_filter_histogram_nbins",
+                     "skip_coronagraph_iwa", "coronagraph_iwa_radius", "pct_oversat_lim")  # fmt: skip
 
 
 class PhotonCountConfig(_Model):
@@ -173,7 +174,12 @@ class ExcamJob(_Model):
     cosm_tail: int | Literal["auto"] = 10
     cosm_tail_auto_factor: float = Field(0.04, gt=0)
     cosm_thresh: float | None = Field(None, gt=0, le=1)
-    median_filter_mode: Literal[0] = Field(0, description="0 only in this version (corgidrp's plateau search)")
+    median_filter_mode: Literal[0, 1, 2] = Field(0, description="0: plateau search; 1: median-filter histogram "
+                                                 "threshold; 2: both (corgidrp; see the excam_cosmics step)")  # fmt: skip
+    median_filter_size: tuple[int, int] = (10, 10)
+    median_filter_histogram_nbins: int = Field(21, ge=3)
+    skip_coronagraph_iwa: bool = Field(True, description="no cosmic-ray search inside the coronagraph IWA (corgidrp)")
+    coronagraph_iwa_radius: float | None = Field(None, ge=0, description="IWA radius (lambda/D); null: by Lyot stop")
     pct_oversat_lim: float = Field(20.0, ge=0, le=100)
     # detflow
     desmear: bool = Field(True, description="remove the readout smear at L2b")
