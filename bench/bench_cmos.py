@@ -416,7 +416,7 @@ def fit_runs(args, client, shape, dark_store: Path, bias_model: Path, work: Path
 
     nw, nt = shape
     npix, b = res["pixels"], res.get("baseline")
-    for every in (False, True):
+    for every in [v == "every" for v in args.variant_list]:
         variant = "every pixel" if every else "hot pixels per pixel"
         r = fit_once(client, dark_store, bias_model, work / f"dark_model_{nw}x{nt}_{int(every)}.zarr", every)
         m = open_store(r["store"])["dark_model"]
@@ -491,6 +491,8 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=1, help="ingest: worker processes")
     ap.add_argument("--threads", type=int, default=2, help="ingest: threads per worker")
     ap.add_argument("--gen-processes", type=int, default=min(2, os.cpu_count() or 1), help="processes writing the campaign")
+    ap.add_argument("--variants", default="default,every", help="dark fits to time: default (hot pixels per pixel) "
+                    "and/or every (every pixel fitted)")  # fmt: skip
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-fit", action="store_true")
     ap.add_argument("--skip-baseline", action="store_true")
@@ -501,6 +503,9 @@ def main(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, FULL[k] if args.full else v)
     args.exptime_list = [float(t) for t in str(args.exptimes).split(",") if t]
+    args.variant_list = [v for v in args.variants.split(",") if v]
+    if not set(args.variant_list) <= {"default", "every"}:
+        ap.error("--variants takes default and/or every")
     args.shape_list = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",") if s]
     args.out.mkdir(parents=True, exist_ok=True)
     code_version = git_version()

@@ -25,6 +25,8 @@ Arguments are passed to ``bench_wfi.py``, except ``--skip-wfi``, ``--skip-excam`
   run_all): CMOS at the issue's size, 2048x2048 pixels and 1000 darks
   (8.4 GB of raw frames written first by the simulator's attempt writer on 2 processes; ~30 GB of disk at
   the peak; not yet timed).
+* ``--scaling "ARGS"``: then ``bench_scaling.py`` (strong scaling on 1 and 2 worker processes, scheduler
+  cost per task; ~12 min with its defaults; ``--scaling ""`` for the defaults).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_cmos
 import bench_excam
+import bench_scaling
 import bench_wfi
 
 if __name__ == "__main__":
@@ -48,6 +51,7 @@ if __name__ == "__main__":
     ap.add_argument("--skip-cmos", action="store_true")
     ap.add_argument("--excam", default="", metavar="ARGS", help="arguments of bench_excam.py, in one string")
     ap.add_argument("--cmos", default="", metavar="ARGS", help="arguments of bench_cmos.py, in one string")
+    ap.add_argument("--scaling", default=None, metavar="ARGS", help="also run bench_scaling.py with these arguments")
     ours, wfi_args = ap.parse_known_args(sys.argv[1:])
     t0 = time.perf_counter()
     if not ours.skip_wfi:
@@ -58,4 +62,7 @@ if __name__ == "__main__":
     if not ours.skip_cmos:
         print(flush=True)
         bench_cmos.main(shlex.split(ours.cmos))
+    if ours.scaling is not None:
+        print(flush=True)
+        bench_scaling.main(shlex.split(ours.scaling))
     print(f"\nmake bench: {time.perf_counter() - t0:.0f} s")
