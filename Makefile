@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/detflow demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --nbmake tests notebooks
+	$(PY) -m pytest -n 2 --nbmake -m "not slurm" tests notebooks
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
