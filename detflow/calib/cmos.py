@@ -204,6 +204,8 @@ def _grouped_combine(data: xr.DataArray, groups: list[np.ndarray], dim: str, goo
     """Combine the frames of each group (frame indices) per pixel: ``value``, ``err``, ``nused`` (dim, y, x).
     Frames where ``good`` (frame,) is False count as missing."""
     _check_method(method)
+    if method != "sigma_clip":
+        return _grouped_stats(data, groups, dim, good, method == "median")
 
     def func(block, *rest):
         out = [np.empty(block.shape[:-1] + (len(groups),), dt) for dt in (F8, F8, np.int32)]
@@ -221,6 +223,43 @@ def _grouped_combine(data: xr.DataArray, groups: list[np.ndarray], dim: str, goo
                          dask_gufunc_kwargs={"output_sizes": {dim: len(groups)}})  # fmt: skip
     names = ("value", "err", "nused")
     return xr.Dataset({k: v.transpose(dim, Y, X).drop_vars(list(v.coords)) for k, v in zip(names, res)})
+
+
+def _stats_block(block, goodb, members, starts, use_median):
+    ng = starts.size - 1
+    out = np.empty((3 * ng,) + block.shape[1:], F8)
+    count = np.empty((ng,) + block.shape[1:], np.int64)
+    kc.group_stats(block, np.ascontiguousarray(goodb.reshape(-1), dtype=np.bool_), members, starts, use_median,
+                   out[:ng], out[ng : 2 * ng], count)  # fmt: skip
+    out[2 * ng :] = count
+    return out
+
+
+def _grouped_stats(data: xr.DataArray, groups: list[np.ndarray], dim: str, good: xr.DataArray | None,
+                   use_median: bool) -> xr.Dataset:  # fmt: skip
+    """The median / mean path of :func:`_grouped_combine`: the numba kernel over (frame, y, x) blocks as
+    they are stored (no transposes), every frame of a tile in one block."""
+    arr = _whole(data.transpose(FRAME, Y, X), FRAME)
+    n, ng = arr.sizes[FRAME], len(groups)
+    members = np.concatenate([np.asarray(i, np.int64) for i in groups]) if ng else np.zeros(0, np.int64)
+    starts = np.concatenate([[0], np.cumsum([len(i) for i in groups])]).astype(np.int64)
+    x = arr.data
+    if good is None:
+        g3 = np.ones((n, 1, 1), np.bool_)
+    else:
+        gd = good.data
+        g3 = gd.rechunk(-1).reshape(n, 1, 1) if isinstance(gd, da.Array) else np.asarray(gd, np.bool_).reshape(n, 1, 1)
+    if isinstance(x, da.Array):
+        out = da.map_blocks(_stats_block, x, g3, members, starts, use_median, dtype=F8,
+                            chunks=((3 * ng,), x.chunks[1], x.chunks[2]), meta=np.empty((0, 0, 0), F8))  # fmt: skip
+    else:
+        out = _stats_block(np.asarray(x), np.asarray(g3), members, starts, use_median)
+    value, std, count = out[:ng], out[ng : 2 * ng], out[2 * ng :]
+    err = std / np.sqrt(np.maximum(count, 1))
+    err = (err * math.sqrt(math.pi / 2)) if use_median else err
+    err = da.where(count > 1, err, np.nan) if isinstance(err, da.Array) else np.where(count > 1, err, np.nan)
+    dims = (dim, Y, X)
+    return xr.Dataset({"value": (dims, value), "err": (dims, err), "nused": (dims, count.astype(np.int32))})
 
 
 def combine_frames(ds: xr.Dataset | xr.DataArray, method: Method = "median", sigma: float = 3.0,

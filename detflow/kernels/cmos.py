@@ -6,6 +6,10 @@
   [ln A, B]``), ``[1, T - Tmin, ln t]`` gives ``A t^gamma exp(B (T - Tmin))``. Iterative (Gauss-Newton
   with step halving, started from the weighted straight-line fit of ``ln y``), hence numba.
 
+* :func:`group_stats`: per pixel and per group of frames, the median or mean, the standard deviation
+  (ddof 1) and the number of finite values, in one pass over a (frame, y, x) block as it is stored (the
+  master of every (set point, exposure) group of a calibration stack).
+
 The statuses (:data:`STATUS`) are shared with the vectorised linear fits of :mod:`detflow.calib.cmos`.
 """
 
@@ -231,3 +235,57 @@ def fit_exp_model(y, w, x, fit, maxiter, tol, params, cov, chi2, nused, status):
                 cov[i, a, b] = minv[a, b] * red
         chi2[i] = red
         status[i] = OK
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def group_stats(block, good, members, starts, use_median, value, std, count):
+    """Per group ``g`` (frames ``members[starts[g]:starts[g+1]]`` of ``block`` (frame, y, x)) and pixel:
+    ``value`` the median (``use_median``; the mean of the two middle values for an even count, as
+    numpy's) or the mean of the finite values of the frames where ``good``, ``std`` their standard
+    deviation with ddof 1 (NaN below 2 values), ``count`` how many; outputs (group, y, x). The frames
+    of a group are copied to a (members, pixels) buffer row by row (contiguous reads), then each pixel's
+    column is reduced."""
+    ng = starts.size - 1
+    ny, nx = block.shape[1], block.shape[2]
+    npx = ny * nx
+    width = 0
+    for g in range(ng):
+        width = max(width, starts[g + 1] - starts[g])
+    buf = np.empty((width, npx))
+    vals = np.empty(width)
+    for g in range(ng):
+        m = 0
+        for q in range(starts[g], starts[g + 1]):
+            f = members[q]
+            if not good[f]:
+                continue
+            for y in range(ny):
+                for x in range(nx):
+                    buf[m, y * nx + x] = block[f, y, x]
+            m += 1
+        for p in range(npx):
+            n = 0
+            total = 0.0
+            for k in range(m):
+                v = buf[k, p]
+                if v == v:
+                    vals[n] = v
+                    total += v
+                    n += 1
+            y, x = p // nx, p % nx
+            count[g, y, x] = n
+            if n == 0:
+                value[g, y, x] = np.nan
+                std[g, y, x] = np.nan
+                continue
+            mean = total / n
+            ss = 0.0
+            for k in range(n):
+                d = vals[k] - mean
+                ss += d * d
+            std[g, y, x] = math.sqrt(ss / (n - 1)) if n > 1 else np.nan
+            if use_median:
+                part = np.sort(vals[:n])
+                value[g, y, x] = part[n // 2] if n % 2 else 0.5 * (part[n // 2 - 1] + part[n // 2])
+            else:
+                value[g, y, x] = mean
