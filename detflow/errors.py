@@ -19,5 +19,9 @@ class DetflowInputError(ValueError):
         super().__init__(msg)
 
 
+class CorruptInputError(DetflowInputError):
+    """A damaged input file (unreadable, truncated): a poison input that a data set can go on without."""
+
+
 class OutputExistsError(DetflowInputError):
     """The output store already exists and overwrite was not asked for."""

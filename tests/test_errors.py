@@ -146,3 +146,30 @@ def test_inputs_never_modified(tiny_wfi):
     products["l2"].compute(scheduler="sync")
     after = {p: _sha(p) for p in before}
     assert before == after
+
+
+def test_damaged_exposure_is_left_out_and_listed_unless_all_or_nothing(tmp_path):
+    """A poison input in a multi-exposure WFI job: the job finishes without it and the store lists the
+    file; with all_or_nothing the job fails with that file's error and writes nothing."""
+    import detflow
+    from conftest import write_tiny_wfi
+
+    d = write_tiny_wfi(tmp_path / "three", nexp=3)
+    bad = d["files"][1]
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[: len(raw) // 2])
+    job = load_job(d["job_yaml"])
+    tree = detflow.run(job, progress=False)
+    l2 = tree["l2"]
+    assert l2.sizes["frame"] == 2
+    skipped = tree.attrs["skipped_inputs"]
+    assert [s["file"] for s in skipped] == [str(bad)] and skipped[0]["field"] == "roman.data"
+    assert [i["path"] for i in l2.attrs["inputs"]] == [str(d["files"][0]), str(d["files"][2])]
+    # the good exposures are calibrated as in a run without the damaged one
+    alone = detflow.run(job.model_copy(update={"input": [str(d["files"][0]), str(d["files"][2])],
+                                               "output": tmp_path / "alone.zarr"}), progress=False)  # fmt: skip
+    xr.testing.assert_equal(l2["data"], alone["l2"]["data"])
+    strict = job.model_copy(update={"all_or_nothing": True, "output": tmp_path / "strict.zarr"})
+    with pytest.raises(DetflowInputError, match="roman.data") as e:
+        detflow.run(strict, progress=False)
+    assert str(bad) in str(e.value) and not (tmp_path / "strict.zarr").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import xarray as xr
 
 from .. import schema
-from ..errors import DetflowInputError
+from ..errors import CorruptInputError, DetflowInputError
 
 SUFFIXES = {".asdf": "roman_asdf", ".fits": "fits_ramp", ".fit": "fits_ramp", ".fits.gz": "fits_ramp"}
 
@@ -44,23 +44,44 @@ def _kind(path: Path) -> str | None:
     return None
 
 
-def open_l1(inputs, chunks: dict | None = None) -> xr.Dataset:
-    """Open L1 exposures lazily: one dataset with dims (frame, read, y, x), frames in file order."""
+def skipped_record(exc: CorruptInputError) -> dict:
+    """How a left-out damaged file is listed (``skipped_inputs``): file, field, reason, frames."""
+    return {"file": exc.file, "field": exc.field, "reason": str(exc.got), "frames": 1}
+
+
+def open_l1(inputs, chunks: dict | None = None, skip_corrupt: bool = False) -> xr.Dataset:
+    """Open L1 exposures lazily: one dataset with dims (frame, read, y, x), frames in file order.
+
+    ``skip_corrupt``: damaged files (unreadable ASDF, a truncated data block) are left out and listed in
+    ``attrs["skipped_inputs"]`` instead of failing the set; files with wrong content are always errors."""
     from .fits_ramp import open_fits_ramp
     from .roman_l1 import open_roman_l1
 
-    paths = expand_inputs(inputs)
-    parts = []
-    for p in paths:
+    all_paths = expand_inputs(inputs)
+    parts, paths, skipped, first = [], [], [], None
+    for p in all_paths:
         kind = _kind(p)
-        if kind == "roman_asdf":
-            parts.append(open_roman_l1(p, chunks))
-        elif kind == "fits_ramp":
-            parts.append(open_fits_ramp(p, chunks))
-        else:
-            raise DetflowInputError(p, "file name", "an .asdf or .fits exposure", p.suffix or "no suffix")
+        try:
+            if kind == "roman_asdf":
+                parts.append(open_roman_l1(p, chunks))
+            elif kind == "fits_ramp":
+                parts.append(open_fits_ramp(p, chunks))
+            else:
+                raise DetflowInputError(p, "file name", "an .asdf or .fits exposure", p.suffix or "no suffix")
+        except CorruptInputError as exc:
+            if not skip_corrupt:
+                raise
+            skipped.append(skipped_record(exc))
+            first = first or exc
+            continue
+        paths.append(p)
+    if not parts:  # nothing to go on with: the first file's own error
+        raise first
     if len(parts) == 1:
-        return parts[0]
+        out = parts[0]
+        if skipped:
+            out.attrs["skipped_inputs"] = skipped
+        return out
     first = parts[0]
     for p, ds in zip(paths[1:], parts[1:]):
         for dim in (schema.READ, schema.Y, schema.X):
@@ -72,6 +93,8 @@ def open_l1(inputs, chunks: dict | None = None) -> xr.Dataset:
                     compat="equals", join="exact")  # fmt: skip
     out = out.assign_coords({schema.FRAME: range(out.sizes[schema.FRAME])})
     out.attrs["inputs"] = inputs_attr
+    if skipped:
+        out.attrs["skipped_inputs"] = skipped
     return out
 
 

@@ -15,7 +15,7 @@ import asdf
 import dask.array as da
 import numpy as np
 
-from ..errors import DetflowInputError
+from ..errors import CorruptInputError, DetflowInputError
 
 
 def open_asdf(path: str | Path, *, memmap: bool = True) -> asdf.AsdfFile:
@@ -28,7 +28,7 @@ def open_asdf(path: str | Path, *, memmap: bool = True) -> asdf.AsdfFile:
             warnings.simplefilter("ignore")  # unknown tags when roman_datamodels is not installed
             return asdf.open(path, mode="r", memmap=memmap, lazy_load=True)
     except Exception as exc:  # asdf raises many types for a damaged file
-        raise DetflowInputError(path, "file", "a readable ASDF file", f"{type(exc).__name__}: {exc}")
+        raise CorruptInputError(path, "file", "a readable ASDF file", f"{type(exc).__name__}: {exc}")
 
 
 def node_get(node: Any, key: str, default: Any = KeyError) -> Any:
@@ -108,7 +108,7 @@ def lazy_array(path, af: asdf.AsdfFile, keys: tuple[str, ...], chunks, *, name_h
     try:  # touch the last element: a truncated file fails here, not in the middle of a run
         _ = np.asarray(arr[(-1,) * len(shape)])
     except Exception as exc:
-        raise DetflowInputError(
+        raise CorruptInputError(
             path, ".".join(keys), f"a complete {shape} {dtype} data block", f"unreadable ({exc})"
         )
     proxy = AsdfArray(path, keys, shape, dtype)

@@ -25,7 +25,7 @@ import xarray as xr
 from astropy.io import fits
 
 from .. import schema
-from ..errors import DetflowInputError
+from ..errors import CorruptInputError, DetflowInputError  # noqa: F401 (CorruptInputError: re-exported)
 from ..instruments import roman_excam
 
 
@@ -110,10 +110,6 @@ def _dataset(metas: list[dict]) -> xr.Dataset:
     ds.attrs["inputs"] = [{"path": str(m["path"]), "fits_headers": m["headers"], "em_gain_keyword": m["em_gain_key"]}
                           for m in metas]  # fmt: skip
     return ds
-
-
-class CorruptInputError(DetflowInputError):
-    """A damaged input file (unreadable, truncated): a poison frame that a data set can go on without."""
 
 
 def open_excam_l1(paths, group: bool = False, skip_corrupt: bool = False

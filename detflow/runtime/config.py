@@ -80,6 +80,8 @@ class WFIJob(_Model):
     output: Path = Field(..., description="output zarr store (.zarr)")
     caldir: dict[str, Path] = Field(..., description="reference files: dark, gain, linearitylegendre, mask, read, saturation")
     overwrite: bool = False
+    all_or_nothing: bool = Field(False, description="a damaged L1 exposure (unreadable ASDF, truncated data) fails "
+                                 "the job; by default it is left out and listed in the store and the job record")  # fmt: skip
     exclude_first: bool = Field(True, description="leave the first resultant out (PIT EXCLUDE_FIRST)")
     recipe: list[str] | Literal["full"] | None = Field(
         None, description="step names in order; 'full': every gen_cal_image step the CALDIR allows (the default "

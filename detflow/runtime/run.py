@@ -17,9 +17,9 @@ import xarray as xr
 from distributed import Client
 
 from .. import __version__, schema
-from ..errors import DetflowInputError
+from ..errors import CorruptInputError, DetflowInputError
 from ..instruments import roman_wfi
-from ..io import detector_of, expand_inputs, open_l1
+from ..io import detector_of, expand_inputs, open_l1, skipped_record
 from ..io.caldir import check_caldir, open_wfi_references, sha256
 from ..io.chunking import pixel_tiles
 from ..io.store import StoreWriter, check_output, open_store
@@ -92,10 +92,30 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
         return validate_cmos(job)
     files = expand_inputs(job.input)
     by_det: dict[str, list[Path]] = {}
+    skipped: list[dict] = []  # damaged exposures left out (unless all_or_nothing), listed in the record
+    first = None
     for f in files:
-        by_det.setdefault(detector_of(f), []).append(f)
+        try:
+            det = detector_of(f)
+        except CorruptInputError as exc:
+            if job.all_or_nothing:
+                raise
+            skipped.append(skipped_record(exc))
+            first = first or exc
+            continue
+        by_det.setdefault(det, []).append(f)
+    if not by_det:  # nothing to go on with: the first file's own error
+        raise first
+    products = _build_detectors(job, by_det)
+    if skipped:
+        for ds in products.values():
+            ds.attrs["skipped_inputs"] = skipped + list(ds.attrs.get("skipped_inputs", []))
+    return products
+
+
+def _build_detectors(job: WFIJob, by_det: dict[str, list[Path]]) -> dict[str, xr.Dataset]:
     if len(by_det) == 1:
-        (det,) = by_det
+        ((det, files),) = by_det.items()
         return _build_one(job, files, det, "")
     if not any(DETECTOR_FIELD in str(v) for v in job.caldir.values()):
         raise DetflowInputError(job.source, "CALDIR", f"per-detector reference files ('{DETECTOR_FIELD}' in the "
@@ -113,7 +133,7 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
 
 def _build_one(job: WFIJob, files: list[Path], detector: str, suffix: str) -> dict[str, xr.Dataset]:
     """The groups of one detector: ``l2<suffix>`` and, with a noise block, ``noise<suffix>``."""
-    l1 = open_l1(files, job.chunks)
+    l1 = open_l1(files, job.chunks, skip_corrupt=not job.all_or_nothing)
     ny, nx = l1.sizes[schema.Y], l1.sizes[schema.X]
     if ny != nx or ny % roman_wfi.NCHANNEL:
         raise DetflowInputError(files[0], "data", f"square WFI frames, a multiple of {roman_wfi.NCHANNEL} wide",
@@ -140,6 +160,8 @@ def _build_one(job: WFIJob, files: list[Path], detector: str, suffix: str) -> di
         {"name": k, "path": str(v), "used": False} for k, v in caldir.items() if k not in wfi_refs
     ]  # fmt: skip
     l2.attrs["inputs"] = list(l1.attrs.get("inputs", []))
+    if l1.attrs.get("skipped_inputs"):
+        l2.attrs["skipped_inputs"] = list(l1.attrs["skipped_inputs"])
     if "wcs_header" in refs.attrs:
         l2.attrs["fits_wcs"] = refs.attrs["wcs_header"]
     l2.attrs["job"] = job.model_dump(mode="json")
