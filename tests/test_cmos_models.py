@@ -542,3 +542,15 @@ def test_grouped_combine_numba_path_equals_the_numpy_path():
                 for k, ref in (("value", v), ("err", e), ("nused", n)):
                     np.testing.assert_allclose(lazy[k].values[gi], ref, rtol=1e-12, equal_nan=True)
                     np.testing.assert_allclose(eager[k].values[gi], ref, rtol=1e-12, equal_nan=True)
+
+
+def test_independent_copy_shares_no_task_and_gives_the_same_values():
+    """The twin a whole-frame statistic is taken from: same values, no key in common with the original
+    (so the per-pixel chain does not wait on shared reads)."""
+    arr = xr.DataArray(da.random.default_rng(0).random((6, 8, 8), chunks=(6, 4, 4)), dims=("frame", "y", "x"))
+    chain = arr.isel(frame=slice(None)) * 2 + 1
+    twin = cmos._independent(chain)
+    assert not set(dict(twin.data.__dask_graph__())) & set(dict(chain.data.__dask_graph__()))
+    np.testing.assert_array_equal(twin.values, chain.values)
+    both = (chain.sum("frame") + twin.mean(("y", "x")).sum()).compute()  # fuses and computes together
+    assert np.isfinite(both.values).all()

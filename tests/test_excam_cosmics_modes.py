@@ -96,10 +96,29 @@ def test_iwa_is_left_out_of_the_search_as_corgidrp_does(corgi, tmp_path_factory)
     theirs = _theirs(corgi, files)
     ours, _ = _ours(files)
     np.testing.assert_array_equal(ours, theirs.astype(np.uint8))
-    assert not ours[0, cy, cx - 2 : cx + 2].any() & 128  # inside the IWA: not a cosmic ray
+    assert not (ours[0, cy, cx - 2 : cx + 2] & 128).any()  # inside the IWA: not a cosmic ray
     assert (ours[0, 600, 800:804] & 128).all()
     off, _ = _ours(files, skip_coronagraph_iwa=False)
     assert (off[0, cy, cx - 2 : cx + 2] & 128).all()
+
+
+def test_iwa_follows_each_frames_headers_across_blocks(corgi, tmp_path_factory):
+    """Three frames, one per dask block, only the middle one behind a Lyot stop: the IWA is left out of
+    that frame's search alone (each block must know which frames of the data set it holds)."""
+    tmp = tmp_path_factory.mktemp("cr_iwa_frames")
+    files = _frames(tmp, corgi["mocks"], n=3, seed=15)
+    cy, cx = 300, 400
+    r0, c0 = GEOM.image.row0, GEOM.image.col0
+    for k, f in enumerate(files):
+        with fits.open(f, mode="update") as hdul:
+            if k == 1:
+                hdul[1].header.update(LSAMNAME="NFOV", CFAMNAME="1F", DPAMNAME="IMAGING", EACQ_ROW=cy, EACQ_COL=cx)
+            hdul[1].data[r0 + cy, c0 + cx - 2 : c0 + cx + 2] = 13000
+    theirs = _theirs(corgi, files)
+    ours, _ = _ours(files)
+    np.testing.assert_array_equal(ours, theirs.astype(np.uint8))
+    hit = [(ours[k, cy, cx - 2 : cx + 2] & 128).all() for k in range(3)]
+    assert hit == [True, False, True]
 
 
 def test_polarimetry_gives_two_iwa_beams(corgi, tmp_path_factory):

@@ -148,7 +148,7 @@ def _whole(arr: xr.DataArray, dim: str) -> xr.DataArray:
 
 
 def _independent(arr: xr.DataArray) -> xr.DataArray:
-    """``arr`` computed by its own copy of the graph (new keys, :func:`dask.graph_manipulation.clone`).
+    """``arr`` computed by its own copy of the graph: the same tasks under new keys.
 
     A whole-frame statistic (a frame's share of zero pixels, its normalisation) that a per-pixel step then
     needs is taken from this copy. The frames are read twice, but the per-pixel chain stays one fused task
@@ -156,10 +156,17 @@ def _independent(arr: xr.DataArray) -> xr.DataArray:
     every tile of the stack in memory until the statistic is known (16 GiB for 1000 2048x2048 darks)."""
     if arr.chunks is None:
         return arr
-    # dask.graph_manipulation.clone keeps some of xarray's indexing keys shared (dask 2026.x fails to fuse
-    # the result: "Cannot fuse tasks with multiple outputs"), so every key is renamed here
-    from dask._task_spec import convert_legacy_graph
+    # dask.graph_manipulation.clone would be the public way, but it keeps some of xarray's indexing keys
+    # shared and dask 2026.x then fails to fuse the result ("Cannot fuse tasks with multiple outputs"), so
+    # every key is renamed here. dask._task_spec is private: without it, fall back to clone
     from dask.base import tokenize
+
+    try:
+        from dask._task_spec import convert_legacy_graph
+    except ImportError:  # pragma: no cover - other dask versions
+        from dask.graph_manipulation import clone
+
+        return arr.copy(data=clone(arr.data, assume_layers=False))
 
     x = arr.data
     tag = "-twin-" + tokenize(x.name, "twin")[:10]

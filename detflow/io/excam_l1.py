@@ -119,7 +119,7 @@ def open_excam_l1(paths, group: bool = False, skip_corrupt: bool = False
     ``skip_corrupt``: damaged files (unreadable FITS, truncated data) are left out and listed in the
     ``skipped_inputs`` attribute (file, field, reason) instead of failing the data set; valid files
     with wrong content (DATA_LEVEL, geometry, mixed gains) are always errors."""
-    from . import expand_inputs
+    from . import expand_inputs, skipped_record
 
     files = expand_inputs(paths)
     metas, skipped = [], []
@@ -129,7 +129,7 @@ def open_excam_l1(paths, group: bool = False, skip_corrupt: bool = False
         except CorruptInputError as exc:
             if not skip_corrupt:
                 raise
-            skipped.append({"file": exc.file, "field": exc.field, "reason": str(exc.got), "frames": 1})
+            skipped.append(skipped_record(exc))
     if not metas:
         raise DetflowInputError(files[0].parent, "files", "at least one readable EXCAM L1 file",
                                 f"{len(skipped)} damaged files")  # fmt: skip

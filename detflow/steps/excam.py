@@ -21,6 +21,7 @@ import xarray as xr
 from astropy.io import fits
 from pydantic import Field
 
+from ..errors import DetflowInputError
 from ..instruments import roman_excam
 from ..kernels import emccd
 from ..schema import DQ, FRAME, X, Y, dq_attrs
@@ -236,8 +237,6 @@ def iwa_circles(ds: xr.Dataset, p: CosmicsParams) -> list[tuple[tuple[float, flo
         try:
             rpix = roman_excam.iwa_radius_pix(cfam, radius, p.platescale)
         except KeyError:
-            from ..errors import DetflowInputError
-
             path = inputs[i].get("path") if i < len(inputs) else None
             raise DetflowInputError(path, "CFAMNAME", "a CFAM filter name (" + ", ".join(roman_excam.CFAM_CENTER_NM)
                                     + ") to size the coronagraph IWA, or skip_coronagraph_iwa: false", cfam) from None  # fmt: skip
@@ -271,7 +270,7 @@ def _cosmics_block(block: xr.Dataset, p: CosmicsParams, geom, full: bool, bias_o
     out = block.copy(deep=True)
     data, dq = out["data"].values, out["dq"].values
     rejected = out["rejected"].values
-    frames = block[FRAME].values
+    frames = block["_frame_pos"].values  # positions in the whole data set (the keys of ``iwa``)
     area = geom.image.slices if full else (slice(None), slice(None))
     origin = (geom.image.row0, geom.image.col0) if full else (0, 0)
     for i, g in enumerate(np.asarray(block["em_gain"].values, dtype=np.float64)):
@@ -319,11 +318,12 @@ def _cosmics_block(block: xr.Dataset, p: CosmicsParams, geom, full: bool, bias_o
 @register("excam_cosmics", CosmicsParams, FAMILY)
 def excam_cosmics(ds: xr.Dataset, refs: xr.Dataset | None, p: CosmicsParams) -> xr.Dataset:
     """Saturation and cosmic-ray plateaus with their serial tails; oversaturated frames marked rejected."""
-    circles = iwa_circles(ds, p)
-    iwa = {int(f): c for f, c in zip(ds[FRAME].values, circles) if c}
-    out = _map_frames(ds, _cosmics_block, ds, p=p, geom=_geom(ds), full=ds.attrs.get("region") == "full",
+    iwa = {i: c for i, c in enumerate(iwa_circles(ds, p)) if c}
+    # each block learns which frames it holds from this coordinate (the data set has no frame index)
+    pos = ds.assign_coords(_frame_pos=(FRAME, np.arange(ds.sizes[FRAME])))
+    out = _map_frames(pos, _cosmics_block, pos, p=p, geom=_geom(ds), full=ds.attrs.get("region") == "full",
                       bias_offset=ds.attrs.get("bias_offset", 0.0), iwa=iwa)  # fmt: skip
-    return record(out, "excam_cosmics", "COMPLETE", p)
+    return record(out.drop_vars("_frame_pos"), "excam_cosmics", "COMPLETE", p)
 
 
 class NonlinParams(StepParams):
