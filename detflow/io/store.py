@@ -24,6 +24,7 @@ from xarray.backends.zarr import encode_zarr_variable
 
 from ..errors import OutputExistsError
 from ..schema import sanitize_attrs
+from .shards import write_region
 
 
 def _is_regular(chunks: tuple[int, ...]) -> bool:
@@ -70,8 +71,7 @@ def _write_block(block, root: str, path: str, done_dir: str, block_info=None) ->
     """Write one dask block into its region of a zarr array, then mark the region done."""
     info = block_info[0]
     region = tuple(slice(lo, hi) for lo, hi in info["array-location"])
-    arr = zarr.open_array(root, path=path, mode="r+", zarr_format=3)
-    arr[region] = np.asarray(block)
+    write_region(root, path, region, np.asarray(block))
     marker = Path(done_dir) / (".".join(map(str, info["chunk-location"])) or "0")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()

@@ -82,7 +82,7 @@ def saturation_dn(em_gain: float, fwc_em_e: float, fwc_pp_e: float, eperdn: floa
 
 
 # ---- cosmic-ray plateaus ------------------------------------------------------------------------------
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _row_median_filter(row, size, out):
     """Running median of ``size`` samples (window ``[i - size//2, i + (size-1)//2]``, edges repeated,
     the element of rank ``size//2``: scipy.ndimage.median_filter's choice for even sizes)."""
@@ -118,7 +118,7 @@ def _row_nanmedian_filter(row, size, out):
         out[i] = part[m // 2] if m % 2 else 0.5 * (part[m // 2 - 1] + part[m // 2])
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def flag_cosmics_frame(img, fwc, sat_thresh, plat_thresh, cosm_filter, cosm_box, cosm_tail, full_frame, mask):
     """Mask saturated cosmic-ray plateaus, their tails and a box around their heads in one frame.
 
@@ -239,7 +239,7 @@ def combine_stack(data, err, dq, bad_bits, mean, median, err_mean, err_median, n
 
 
 # ---- L2a -> L2b ------------------------------------------------------------------------------------------
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def fill_nearest(img):
     """Replace every NaN of ``img`` (in place) by the value of a near finite pixel, searching squares of
     growing half-width s = 1, 2, ...: row offsets in the order 0, 1, ..., s, -s, ..., -1, column offsets
@@ -285,7 +285,7 @@ def fill_nearest(img):
         shift += 1
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def desmear(img, row_time, exptime, out):
     """Remove the smear of a shutterless readout: ``out = img - smear`` with
     ``smear[r] = sum_{s <= r} a (1 + a)^(s - r - 1) img[s]``, ``a = row_time / exptime`` (rows in readout

@@ -73,7 +73,7 @@ def correlated_frame(keys: dict[str, int], channel_keys: list[int], nside: int, 
     return out
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _frame_owner(first, nfr, nframes_total):
     owner = np.full(nframes_total, -1, dtype=np.int64)
     for j in range(first.size):
@@ -82,7 +82,7 @@ def _frame_owner(first, nfr, nframes_total):
     return owner
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def poisson_resampled_slopes(sky, gain, frame_time, first, nfr, weights, ntrunc, key, y0, x0, stride, out):
     """Slope noise of resampled Poisson counts (DN/s), one pixel at a time.
 
@@ -127,7 +127,7 @@ def poisson_resampled_slopes(sky, gain, frame_time, first, nfr, weights, ntrunc,
             out[i, j] = s
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def poisson_gaussian_slopes(sky, gain, coef_poisson, ntrunc, key, y0, x0, stride, out):
     """Gaussian slope noise with the Poisson variance ``coef_poisson[L] * max(sky, 0) / gain`` (DN/s)."""
     ny, nx = sky.shape

@@ -150,7 +150,7 @@ def target_moments(t21: float, t31: float, t41: float, intensity) -> tuple[np.nd
 # ---------------------------------------------------------------------------------------------
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _gamma_ge1(key, idx, k, a):
     """Marsaglia-Tsang gamma variate of shape ``a >= 1``: returns ``(d, v, k)`` with ``G = d * v``."""
     d = a - 1.0 / 3.0
@@ -171,7 +171,7 @@ def _gamma_ge1(key, idx, k, a):
             return d, v, k
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _gamma(key, idx, k, a):
     """Gamma variate of shape ``a > 0`` (unit scale)."""
     if a >= 1.0:
@@ -182,7 +182,7 @@ def _gamma(key, idx, k, a):
     return math.exp(math.log(d * v) + math.log(u) / a), k + 1
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _log_gamma(key, idx, k, a):
     """Logarithm of a gamma variate of shape ``a > 0`` (no underflow for tiny shapes)."""
     d, v, k = _gamma_ge1(key, idx, k, a if a >= 1.0 else a + 1.0)
@@ -193,7 +193,7 @@ def _log_gamma(key, idx, k, a):
     return lg + math.log(u) / a, k + 1
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _beta(key, idx, k, a, b):
     """Beta(a, b) variate as ``G_a / (G_a + G_b)``."""
     if a >= 1.0 and b >= 1.0:
@@ -208,7 +208,7 @@ def _beta(key, idx, k, a, b):
     return e / (1.0 + e), k
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _beta_prime(key, idx, k, a, b):
     """Beta-prime(a, b) variate as ``G_a / G_b``."""
     if a >= 1.0 and b >= 1.0:
@@ -220,7 +220,7 @@ def _beta_prime(key, idx, k, a, b):
     return math.exp(la - lb), k
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _lgamma_re_excess(m, y):
     """``Re log Gamma(m + i y) - log Gamma(m)`` for ``m > 0``, accurate for any size of ``m`` and ``y``."""
     acc = 0.0
@@ -242,7 +242,7 @@ def _lgamma_re_excess(m, y):
     return acc + res
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _lgamma_half_excess(m):
     """``log Gamma(m + 1/2) - log Gamma(m)`` for ``m > 0``."""
     acc = 0.0
@@ -261,7 +261,7 @@ def _lgamma_half_excess(m):
     return acc + res
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _log_norm_theta(m, nu):
     """Log of the normalisation of ``cos(theta)^(2m-2) exp(-nu theta)`` on ``(-pi/2, pi/2)``:
     ``2^(2m-2) |Gamma(m + i nu/2)|^2 / (pi Gamma(2m-1))``, rewritten with the duplication formula
@@ -275,7 +275,7 @@ def _log_norm_theta(m, nu):
     )
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _pearson4(key, idx, k, a, r, nu):
     """Zero-mean Pearson IV variate with density ``prop. to (1 + xi^2)^-m exp(-nu atan xi)``,
     ``xi = (x - lambda) / a``, ``m = r/2 + 1``, ``lambda = a nu / r`` (which makes the mean zero).
@@ -314,7 +314,7 @@ def _pearson4(key, idx, k, a, r, nu):
         return a * sd * sec2 / (1.0 + q), k
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _type5(key, idx, k, mu2, b1, sgn):
     """Shifted inverse gamma with variance ``mu2`` and skewness ``sgn * sqrt(b1)``."""
     if b1 <= 0.0:
@@ -325,7 +325,7 @@ def _type5(key, idx, k, mu2, b1, sgn):
     return sgn * math.sqrt(mu2 * (p - 3.0)) * ((p - 2.0) / g - 1.0), k
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _type3(key, idx, k, mu2, mu3):
     """Shifted gamma with variance ``mu2`` and third moment ``mu3``."""
     if mu3 == 0.0:
@@ -337,7 +337,7 @@ def _type3(key, idx, k, mu2, mu3):
     return (x if mu3 > 0.0 else -x), k
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _draw_one(key, idx, code, mu2, mu3, b1, b2, sgn):
     k = 0
     if code == 1:
@@ -382,7 +382,7 @@ def _draw_one(key, idx, code, mu2, mu3, b1, b2, sgn):
     return 0.0
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def _draw_kernel(t21, t31, inten, b1, b2, code, key, index, out):
     sgn = 1.0 if t31 >= 0.0 else -1.0
     for e in range(inten.size):

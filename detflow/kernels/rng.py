@@ -40,14 +40,14 @@ def stream_key(seed: int | tuple[int, ...], *path: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0])
 
 
-@numba.njit(cache=CACHE, inline="always")
+@numba.njit(nogil=True, cache=CACHE, inline="always")
 def _mix(z):
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(cache=CACHE, inline="always")
+@numba.njit(nogil=True, cache=CACHE, inline="always")
 def uniform(key, index, k):
     """The ``k``-th uniform deviate in (0, 1] of element ``index`` of stream ``key``."""
     c = (np.uint64(index) << np.uint64(_SUB)) + np.uint64(k) + np.uint64(1)
@@ -55,7 +55,7 @@ def uniform(key, index, k):
     return (np.float64(bits) + 1.0) * _INV53
 
 
-@numba.njit(cache=CACHE, inline="always")
+@numba.njit(nogil=True, cache=CACHE, inline="always")
 def normal(key, index, k):
     """A standard normal deviate from uniforms ``k`` and ``k + 1`` of element ``index`` (Box-Muller)."""
     u1 = uniform(key, index, k)
@@ -63,7 +63,7 @@ def normal(key, index, k):
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
 
 
-@numba.njit(cache=CACHE, inline="always")
+@numba.njit(nogil=True, cache=CACHE, inline="always")
 def gauss(key, index):
     """The standard normal deviate of element ``index`` of a Gaussian field: elements ``2m`` and
     ``2m + 1`` are the cosine and sine halves of one Box-Muller pair (uniforms of element ``m``)."""
@@ -73,7 +73,7 @@ def gauss(key, index):
     return r * math.cos(phi) if index & 1 == 0 else r * math.sin(phi)
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def gauss_run(key, start, n, out):
     """``out[i] = gauss(key, start + i)``, both halves of a pair from one evaluation."""
     i = 0
@@ -92,7 +92,7 @@ def gauss_run(key, start, n, out):
             i += 1
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(nogil=True, cache=CACHE)
 def gauss_tile(key, y0, x0, ny, nx, stride, out):
     """``out[i, j]`` = ``gauss(key, (y0 + i) * stride + x0 + j)``: a tile of a full-frame Gaussian field."""
     for i in range(ny):
@@ -113,7 +113,7 @@ def normal_vector(key: int, n: int, start: int = 0) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=CACHE, inline="always")
+@numba.njit(nogil=True, cache=CACHE, inline="always")
 def poisson_consts(lam):
     """What a Poisson draw of mean ``lam`` needs that depends on ``lam`` only (computed once per pixel
     when a pixel draws many deviates of one mean)."""
@@ -127,7 +127,7 @@ def poisson_consts(lam):
     return 0.0, math.log(lam), b, a, math.log(1.1239 + 1.1328 / (b - 3.4)), 0.9277 - 3.6224 / (b - 2.0), 0.0
 
 
-@numba.njit(cache=CACHE, inline="always")
+@numba.njit(nogil=True, cache=CACHE, inline="always")
 def poisson_with(key, index, k0, lam, c):
     """:func:`poisson` with the constants ``c = poisson_consts(lam)`` given."""
     if not lam > 0.0:  # also NaN: the caller screens non-finite means
@@ -159,7 +159,7 @@ def poisson_with(key, index, k0, lam, c):
             return int(n), k
 
 
-@numba.njit(cache=CACHE, inline="always")
+@numba.njit(nogil=True, cache=CACHE, inline="always")
 def poisson(key, index, k0, lam):
     """A Poisson deviate of mean ``lam`` from the uniforms of element ``index`` starting at ``k0``.
 

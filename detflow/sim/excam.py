@@ -369,7 +369,7 @@ def em_gain_register(n: np.ndarray, em_gain: float, rng: np.random.Generator) ->
     return out
 
 
-@njit(cache=CACHE)
+@njit(nogil=True, cache=CACHE)
 def _serial_overflow(q, fwc, efold, trapped, is_cr, thresh):
     """Gain-register saturation in serial readout order (``q`` flat, electrons, modified in place):
     charge above ``fwc`` moves on to the next pixel (the plateau); after each saturated run a trap
