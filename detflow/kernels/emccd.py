@@ -332,3 +332,93 @@ def to_electrons(dn, err_dn, eperdn: float, em_gain: float, shot_noise: bool = F
     if shot_noise:
         err = np.sqrt(err**2 + enf(em_gain, n_stages) ** 2 * np.maximum(e, 0))
     return e, err
+
+
+# ---- the L2b steps, one pass each over a chunk of frames ---------------------------------------------------
+# (frame, y, x) arrays, per-frame values (frame,), calibration maps (y, x). The arithmetic is that of the
+# NumPy expressions in each docstring, operation for operation, so the results are the same to the bit
+# (no fastmath: no contraction into fused multiply-adds); tests/test_excam_kernels.py checks them.
+@numba.njit(nogil=True, cache=CACHE)
+def electrons_frames(data, err, scale, rn2, f2, shot, out_data, out_err):
+    """``d = data * scale``, ``e = err * scale``; with ``shot``: ``e = sqrt(e**2 + rn2 + f2 * clip(d, 0))``
+    (NaN stays NaN)."""
+    nf, ny, nx = data.shape
+    for f in range(nf):
+        s = scale[f]
+        for i in range(ny):
+            for j in range(nx):
+                d = data[f, i, j] * s
+                e = err[f, i, j] * s
+                if shot:
+                    c = 0.0 if d < 0.0 else d
+                    e = np.sqrt(e * e + rn2[f] + f2[f] * c)
+                out_data[f, i, j] = d
+                out_err[f, i, j] = e
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def subtract_synthesized_dark(data, fpn, dark_current, cic, gain, exptime, out):
+    """``data - (fpn / gain + exptime * dark_current + cic)``, gain and exptime per frame."""
+    nf, ny, nx = data.shape
+    for f in range(nf):
+        g = gain[f]
+        t = exptime[f]
+        for i in range(ny):
+            for j in range(nx):
+                out[f, i, j] = data[f, i, j] - (fpn[i, j] / g + t * dark_current[i, j] + cic[i, j])
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def subtract_master_dark(data, err, dark, dark_err, with_err, out_data, out_err):
+    """``data - dark``; with ``with_err``: ``err = sqrt(err**2 + dark_err**2)``, else err unchanged."""
+    nf, ny, nx = data.shape
+    for f in range(nf):
+        for i in range(ny):
+            for j in range(nx):
+                out_data[f, i, j] = data[f, i, j] - dark[i, j]
+                e = err[f, i, j]
+                if with_err:
+                    de = dark_err[i, j]
+                    e = np.sqrt(e * e + de * de)
+                out_err[f, i, j] = e
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def divide_flat(data, err, dq, flat, flat_err, with_err, no_flat_bit, out_data, out_err, out_dq):
+    """Where ``flat == 0``: NaN data and err, ``dq | no_flat_bit``. Elsewhere ``data / flat``,
+    ``err / |flat|``; with ``with_err``: ``err = sqrt(err**2 + (data * flat_err / flat**2)**2)`` (``data``
+    before the division)."""
+    nf, ny, nx = data.shape
+    for f in range(nf):
+        for i in range(ny):
+            for j in range(nx):
+                fl = flat[i, j]
+                q = dq[f, i, j]
+                if fl == 0:
+                    out_data[f, i, j] = np.nan
+                    out_err[f, i, j] = np.nan
+                    out_dq[f, i, j] = q | no_flat_bit
+                    continue
+                d = data[f, i, j]
+                e = err[f, i, j] / abs(fl)
+                if with_err:
+                    r = d * flat_err[i, j] / (fl * fl)
+                    e = np.sqrt(e * e + r * r)
+                out_data[f, i, j] = d / fl
+                out_err[f, i, j] = e
+                out_dq[f, i, j] = q
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def flag_bad_pixels(data, dq, badpix, with_map, bad_bit, nan_flagged, out_data, out_dq):
+    """``dq | bad_bit`` where ``badpix != 0`` (with ``with_map``); with ``nan_flagged`` data NaN wherever the
+    resulting dq is not 0."""
+    nf, ny, nx = data.shape
+    for f in range(nf):
+        for i in range(ny):
+            for j in range(nx):
+                q = dq[f, i, j]
+                if with_map and badpix[i, j] != 0:
+                    q = q | bad_bit
+                out_dq[f, i, j] = q
+                out_data[f, i, j] = np.nan if nan_flagged and q != 0 else data[f, i, j]

@@ -429,17 +429,41 @@ class ElectronsParams(StepParams):
     n_stages: int = Field(roman_excam.N_EM_STAGES, ge=1, description="gain-register cells (excess-noise factor)")
 
 
+def _per_frame(a, nf: int) -> np.ndarray:
+    """A per-frame value as apply_ufunc hands it over ((f,), (f, 1, 1) or a scalar) as (nf,) float64."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    return np.broadcast_to(a, (nf,)) if a.size == 1 else a
+
+
+def _image(a) -> np.ndarray:
+    """A (y, x) map as apply_ufunc hands it over (with leading axes of length 1 or none)."""
+    a = np.asarray(a)
+    return a.reshape(a.shape[-2:])
+
+
+def _pixelwise(func, *args, nout: int, dtypes, **kwargs):
+    """``func`` on (frame, y, x) DataArrays, per-frame DataArrays and (y, x) maps, lazily or in memory."""
+    return xr.apply_ufunc(func, *args, kwargs=kwargs, dask="parallelized", output_dtypes=list(dtypes),
+                          output_core_dims=[()] * nout)  # fmt: skip
+
+
+def _electrons_np(data, err, scale, rn2, f2, shot):
+    nf = data.shape[0]
+    out_d, out_e = np.empty(data.shape), np.empty(data.shape)
+    emccd.electrons_frames(data, err, _per_frame(scale, nf), _per_frame(rn2, nf), _per_frame(f2, nf), shot, out_d, out_e)
+    return out_d, out_e
+
+
 @register("excam_electrons", ElectronsParams, FAMILY)
 def excam_electrons(ds: xr.Dataset, refs: xr.Dataset | None, p: ElectronsParams) -> xr.Dataset:
     """DN to detected electrons: times the k gain, over the EM gain; error with the excess-noise factor."""
     g = ds["em_gain"].astype(np.float64)
     scale = p.eperdn / g
-    data = ds["data"] * scale
-    err = ds["err"] * scale
-    if p.shot_noise:
-        f2 = xr.DataArray(emccd.enf(g.values, p.n_stages) ** 2, dims=FRAME)
-        err = np.sqrt(err**2 + (ds["read_noise"] * scale) ** 2 + f2 * data.clip(min=0))
-    out = ds.assign(data=data, err=err)
+    rn2 = (ds["read_noise"] * scale) ** 2 if p.shot_noise else xr.zeros_like(scale)
+    f2 = xr.DataArray(emccd.enf(g.values, p.n_stages) ** 2, dims=FRAME)
+    data, err = _pixelwise(_electrons_np, ds["data"].astype(np.float64, copy=False), ds["err"].astype(np.float64, copy=False), scale, rn2,
+                           f2, nout=2, dtypes=(np.float64, np.float64), shot=p.shot_noise)  # fmt: skip
+    out = ds.assign(data=data.transpose(*ds["data"].dims), err=err.transpose(*ds["err"].dims))
     out["data"].attrs["units"] = out["err"].attrs["units"] = "electron"
     out.attrs["eperdn"] = p.eperdn
     return record(out, "excam_electrons", "COMPLETE", p)
@@ -448,6 +472,21 @@ def excam_electrons(ds: xr.Dataset, refs: xr.Dataset | None, p: ElectronsParams)
 class DarkParams(StepParams):
     source: Literal["auto", "master", "synthesized"] = Field("auto", description="master dark file, or F/g + t D + C "
                                                              "from the noise maps; auto: the master dark if given")  # fmt: skip
+
+
+def _synth_dark_np(data, fpn, dc, cic, g, t):
+    out = np.empty(data.shape)
+    nf = data.shape[0]
+    emccd.subtract_synthesized_dark(data, _image(fpn), _image(dc), _image(cic), _per_frame(g, nf), _per_frame(t, nf),
+                                    out)  # fmt: skip
+    return out
+
+
+def _master_dark_np(data, err, dark, dark_err, with_err):
+    out_d, out_e = np.empty(data.shape), np.empty(data.shape)
+    emccd.subtract_master_dark(data, np.broadcast_to(err, data.shape), _image(dark), _image(dark_err), with_err,
+                               out_d, out_e)  # fmt: skip
+    return out_d, out_e
 
 
 @register("excam_dark", DarkParams, FAMILY)
@@ -460,16 +499,18 @@ def excam_dark(ds: xr.Dataset, refs: xr.Dataset | None, p: DarkParams) -> xr.Dat
         use = "master" if "master_dark" in refs else "synthesized" if have_maps else None
     if use is None or (use == "master" and "master_dark" not in refs) or (use == "synthesized" and not have_maps):
         return record(ds, "excam_dark", "SKIPPED", p, "no master dark and no complete set of noise maps")
+    data, err = ds["data"].astype(np.float64, copy=False), ds["err"].astype(np.float64, copy=False)
     if use == "master":
-        dark = refs["master_dark"]
         dark_err = refs.get("master_dark_err")
+        with_err = dark_err is not None
+        new_data, new_err = _pixelwise(_master_dark_np, data, err, refs["master_dark"],
+                                       dark_err if with_err else xr.zeros_like(refs["master_dark"]), nout=2,
+                                       dtypes=(np.float64, np.float64), with_err=with_err)  # fmt: skip
+        out = ds.assign(data=new_data, err=new_err) if with_err else ds.assign(data=new_data)
     else:
         g, t = ds["em_gain"].astype(np.float64), ds["exptime"].astype(np.float64)
-        dark = refs["fpn"] / g + t * refs["dark_current"] + refs["cic"]
-        dark_err = None
-    out = ds.assign(data=ds["data"] - dark)
-    if dark_err is not None:
-        out["err"] = np.sqrt(ds["err"] ** 2 + dark_err**2)
+        out = ds.assign(data=_pixelwise(_synth_dark_np, data, refs["fpn"], refs["dark_current"], refs["cic"], g, t,
+                                        nout=1, dtypes=(np.float64,)))  # fmt: skip
     out = out.transpose(FRAME, Y, X, ...)
     out["data"].attrs["units"] = out["err"].attrs["units"] = "electron"
     return record(out, "excam_dark", "COMPLETE", p, f"{use} dark")
@@ -481,10 +522,12 @@ class DesmearParams(StepParams):
 
 
 def _desmear_block(block: xr.Dataset, row_time: float) -> xr.Dataset:
-    out = block.copy(deep=True)
-    data, dq = out["data"].values, out["dq"].values
+    dq = block["dq"].values
+    data = np.empty(block["data"].shape)
     for i, t in enumerate(np.asarray(block["exptime"].values, dtype=np.float64)):
-        data[i] = emccd.desmear_masked(data[i], (dq[i] & np.uint32(DQ.JUMP_DET)) != 0, row_time, t)
+        data[i] = emccd.desmear_masked(block["data"].values[i], (dq[i] & np.uint32(DQ.JUMP_DET)) != 0, row_time, t)
+    out = block.copy()  # the other variables are not changed: not copied
+    out["data"] = block["data"].copy(data=data)
     return out
 
 
@@ -503,20 +546,25 @@ class FlatParams(StepParams):
     pass
 
 
+def _flat_np(data, err, dq, flat, flat_err, with_err):
+    out = np.empty(data.shape), np.empty(data.shape), np.empty(data.shape, dtype=np.uint32)
+    emccd.divide_flat(data, np.broadcast_to(err, data.shape), np.broadcast_to(dq, data.shape), _image(flat),
+                      _image(flat_err), with_err, np.uint32(DQ.NO_FLAT_FIELD), *out)  # fmt: skip
+    return out
+
+
 @register("excam_flat", FlatParams, FAMILY)
 def excam_flat(ds: xr.Dataset, refs: xr.Dataset | None, p: FlatParams) -> xr.Dataset:
     """Flat division; NaN and NO_FLAT_FIELD where the flat is 0."""
     if refs is None or "flat" not in refs:
         return record(ds, "excam_flat", "SKIPPED", p, "no flatfield_filepath")
-    flat = refs["flat"]
-    zero = flat == 0
-    safe = xr.where(zero, np.nan, flat)
-    data = ds["data"] / safe
-    err = ds["err"] / np.abs(safe)
-    if "flat_err" in refs:
-        err = np.sqrt(err**2 + (ds["data"] * refs["flat_err"] / safe**2) ** 2)
-    dq = ds["dq"] | xr.where(zero, np.uint32(DQ.NO_FLAT_FIELD), np.uint32(0))
-    out = ds.assign(data=data, err=err, dq=dq.astype(np.uint32)).transpose(FRAME, Y, X, ...)
+    with_err = "flat_err" in refs
+    data, err, dq = _pixelwise(_flat_np, ds["data"].astype(np.float64, copy=False),
+                               ds["err"].astype(np.float64, copy=False), ds["dq"].astype(np.uint32, copy=False),
+                               refs["flat"],
+                               refs["flat_err"] if with_err else xr.zeros_like(refs["flat"]), nout=3,
+                               dtypes=(np.float64, np.float64, np.uint32), with_err=with_err)  # fmt: skip
+    out = ds.assign(data=data, err=err, dq=dq).transpose(FRAME, Y, X, ...)
     out["data"].attrs["units"] = out["err"].attrs["units"] = "electron"
     return record(out, "excam_flat", "COMPLETE", p)
 
@@ -525,15 +573,24 @@ class BadpixParams(StepParams):
     nan_flagged: bool = Field(True, description="set every flagged pixel to NaN (corgidrp correct_bad_pixels)")
 
 
+def _badpix_np(data, dq, badpix, with_map, nan_flagged):
+    out = np.empty(data.shape), np.empty(data.shape, dtype=np.uint32)
+    emccd.flag_bad_pixels(data, np.broadcast_to(dq, data.shape), _image(badpix), with_map, np.uint32(DQ.DO_NOT_USE),
+                          nan_flagged, *out)  # fmt: skip
+    return out
+
+
 @register("excam_badpix", BadpixParams, FAMILY)
 def excam_badpix(ds: xr.Dataset, refs: xr.Dataset | None, p: BadpixParams) -> xr.Dataset:
     """Bad-pixel map OR'ed into DQ (DO_NOT_USE); flagged pixels set to NaN."""
-    dq = ds["dq"]
-    if refs is not None and "badpix" in refs:
-        dq = (dq | xr.where(refs["badpix"] != 0, np.uint32(DQ.DO_NOT_USE), np.uint32(0))).astype(np.uint32)
+    with_map = refs is not None and "badpix" in refs
+    badpix = refs["badpix"] if with_map else xr.zeros_like(ds["dq"].isel({FRAME: 0}, drop=True), dtype=np.uint8)
+    data, dq = _pixelwise(_badpix_np, ds["data"].astype(np.float64, copy=False), ds["dq"].astype(np.uint32, copy=False),
+                          badpix, nout=2,
+                          dtypes=(np.float64, np.uint32), with_map=with_map, nan_flagged=p.nan_flagged)  # fmt: skip
     out = ds.assign(dq=dq.transpose(FRAME, Y, X))
     if p.nan_flagged:
-        out["data"] = xr.where(out["dq"] != 0, np.nan, ds["data"]).transpose(FRAME, Y, X)
+        out["data"] = data.transpose(FRAME, Y, X)
         out["data"].attrs = ds["data"].attrs
     note = "" if refs is not None and "badpix" in refs else "no badpix_filepath: flagged pixels only"
     return record(out, "excam_badpix", "COMPLETE", p, note)

@@ -1,0 +1,78 @@
+"""The EXCAM chain fused into one task per chunk of frames (detflow.runtime.excam.fuse_chain) equals the
+step-by-step graph bit for bit, with frame-dependent headers (IWA, frame selection) in uneven chunks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from detflow.instruments import roman_excam
+from detflow.runtime.config import ExcamJob
+from detflow.runtime.excam import build_excam
+from detflow.steps import excam as sx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_excam_run import _job, write_frames  # noqa: E402
+
+GEOM = roman_excam.GEOMETRIES["SCI"]
+CY, CX = 300, 400  # a plateau here in every frame; the frames behind a Lyot stop centre their IWA on it
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> list[Path]:
+    files = write_frames(tmp_path_factory.mktemp("fused"), n=7, seed=21)
+    r0, c0 = GEOM.image.row0, GEOM.image.col0
+    for k, f in enumerate(files):
+        with fits.open(f, mode="update") as hdul:
+            h = hdul[1].header
+            hdul[1].data[r0 + CY, c0 + CX - 2 : c0 + CX + 2] = 14000
+            if k in (2, 5):  # behind the Lyot stop: the IWA is left out of these frames' search only
+                h.update(LSAMNAME="NFOV", CFAMNAME="1F", DPAMNAME="IMAGING", EACQ_ROW=CY, EACQ_COL=CX)
+            h["Z2VAR"] = 5.0 if k in (1, 4) else 0.1  # tip-tilt rms: frames 1 and 4 rejected
+            h["OVEREXP"] = k == 6
+    return files
+
+
+def _computed(job: ExcamJob, fused: bool) -> dict:
+    products, _ = build_excam(job, fused=fused)
+    names = [(g, v) for g, ds in products.items() for v in ds.data_vars]
+    values = dask.compute(*[products[g][v].data for g, v in names], scheduler="sync")
+    return dict(zip(names, values)), products
+
+
+@pytest.mark.parametrize("per_task", [3, 7])
+def test_fused_chain_equals_the_step_graph(frames, tmp_path, per_task):
+    job = ExcamJob(**_job(tmp_path, frames[0].parent, frames_per_task=per_task,
+                          steps={"excam_frame_select": {"tt_rms_thres": 1.0, "overexp": True}}))  # fmt: skip
+    fused, fprod = _computed(job, True)
+    steps, sprod = _computed(job, False)
+    assert fused.keys() == steps.keys()
+    for key in steps:
+        assert fused[key].dtype == steps[key].dtype, key
+        np.testing.assert_array_equal(fused[key], steps[key], err_msg=str(key))
+    # the records, coordinates and chunks are the step graph's
+    for name in sprod:
+        assert fprod[name].attrs["steps"] == sprod[name].attrs["steps"]
+        assert fprod[name]["data"].chunks == sprod[name]["data"].chunks
+        np.testing.assert_array_equal(fprod[name]["source_file"].values, sprod[name]["source_file"].values)
+    # the frame-dependent headers took effect in the right frames
+    rejected = fused[("l2b", "rejected")]
+    assert [k for k in range(7) if rejected[k] & sx.REJECT["tip_tilt_rms"]] == [1, 4]
+    assert [k for k in range(7) if rejected[k] & sx.REJECT["OVEREXP"]] == [6]
+    dq = fused[("l2a", "dq")]
+    hit = [bool((dq[k, CY, CX - 2 : CX + 2] & int(sx.CORGI_TO_DQ[128])).all()) for k in range(7)]
+    assert hit == [True, True, False, True, True, False, True]
+
+
+def test_fused_graph_has_one_chain_task_per_chunk(frames, tmp_path):
+    job = ExcamJob(**_job(tmp_path, frames[0].parent, frames_per_task=3))
+    products, _ = build_excam(job, fused=True)
+    graph = dict(products["l2b"]["data"].data.__dask_graph__())
+    names = [k[0] if isinstance(k, tuple) else k for k in graph]
+    assert sum("chain_block" in n for n in names) == 3  # 7 frames in 3 + 3 + 1
+    assert not any("_bias_block" in n or "_desmear_block" in n for n in names)  # no step-by-step task left
