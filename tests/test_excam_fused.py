@@ -35,6 +35,7 @@ def frames(tmp_path_factory) -> list[Path]:
                 h.update(LSAMNAME="NFOV", CFAMNAME="1F", DPAMNAME="IMAGING", EACQ_ROW=CY, EACQ_COL=CX)
             h["Z2VAR"] = 5.0 if k in (1, 4) else 0.1  # tip-tilt rms: frames 1 and 4 rejected
             h["OVEREXP"] = k == 6
+            h["HIERARCH DET_TEMP_C"] = -90.0 if k != 3 else -70.0  # outside header_range: frame 3 rejected
     return files
 
 
@@ -48,7 +49,8 @@ def _computed(job: ExcamJob, fused: bool) -> dict:
 @pytest.mark.parametrize("per_task", [3, 7])
 def test_fused_chain_equals_the_step_graph(frames, tmp_path, per_task):
     job = ExcamJob(**_job(tmp_path, frames[0].parent, frames_per_task=per_task,
-                          steps={"excam_frame_select": {"tt_rms_thres": 1.0, "overexp": True}}))  # fmt: skip
+                          steps={"excam_frame_select": {"tt_rms_thres": 1.0, "overexp": True,
+                                                        "header_range": {"DET_TEMP_C": [None, -80.0]}}}))  # fmt: skip
     fused, fprod = _computed(job, True)
     steps, sprod = _computed(job, False)
     assert fused.keys() == steps.keys()
@@ -64,9 +66,23 @@ def test_fused_chain_equals_the_step_graph(frames, tmp_path, per_task):
     rejected = fused[("l2b", "rejected")]
     assert [k for k in range(7) if rejected[k] & sx.REJECT["tip_tilt_rms"]] == [1, 4]
     assert [k for k in range(7) if rejected[k] & sx.REJECT["OVEREXP"]] == [6]
+    assert [k for k in range(7) if rejected[k] & sx.REJECT["header_range"]] == [3]
     dq = fused[("l2a", "dq")]
     hit = [bool((dq[k, CY, CX - 2 : CX + 2] & int(sx.CORGI_TO_DQ[128])).all()) for k in range(7)]
     assert hit == [True, True, False, True, True, False, True]
+
+
+def test_header_cards_keep_what_the_steps_read(frames):
+    from detflow.io.excam_l1 import open_excam_l1
+
+    ds = open_excam_l1(frames)
+    keys = sx.header_keys({"excam_frame_select": {"header_range": {"DET_TEMP_C": [None, 0]}}})
+    small = ds.copy()
+    small.attrs = dict(ds.attrs, inputs=sx.header_cards(ds.attrs["inputs"], keys))
+    for key in sorted(keys):
+        assert sx.header_values(small, key) == sx.header_values(ds, key), key
+    full = sum(len(t) for i in ds.attrs["inputs"] for t in i["fits_headers"])
+    assert sum(len(t) for i in small.attrs["inputs"] for t in i["fits_headers"]) < full / 5
 
 
 def test_fused_graph_has_one_chain_task_per_chunk(frames, tmp_path):

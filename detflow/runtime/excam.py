@@ -106,11 +106,12 @@ def fuse_chain(l1: xr.Dataset, refs: xr.Dataset, params: dict, l2a: xr.Dataset, 
     ~1 s plus one small task per output variable. The numerics are the same functions on the same
     frames (``tests/test_excam_fused.py``)."""
     raw = l1["data"].data
+    attrs = dict(l1.attrs, inputs=sx.header_cards(l1.attrs.get("inputs", []), sx.header_keys(params)))
     ctx = dask.delayed({
         "dims": l1["data"].dims,
         "coords": {k: (v.dims, np.asarray(v.values)) for k, v in l1.coords.items()},
-        "attrs": dict(l1.attrs), "refs": refs.load(), "params": params,
-    }, pure=True)  # fmt: skip  (once in the graph: the headers of every frame and the calibration maps)
+        "attrs": attrs, "refs": refs.load(), "params": params,
+    }, pure=True)  # fmt: skip  (once in the graph: the cards the steps read and the calibration maps)
     letters = "".join(chr(ord("a") + i) for i in range(raw.ndim))
     pos = da.arange(raw.shape[0], chunks=(raw.chunks[0],))
     blocks = da.blockwise(_chain_block, "a", raw, letters, pos, "a", ctx, None, dtype=object, concatenate=True,

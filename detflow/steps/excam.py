@@ -377,6 +377,30 @@ class FrameSelectParams(StepParams):
         default_factory=dict, description="keyword: [min, max]; frames outside (or without it) are rejected")
 
 
+# the FITS keywords the steps read from each frame's headers (iwa_circles, excam_frame_select; plus the
+# keys of its header_range): the fused chain hands its tasks these cards only (header_cards)
+HEADER_KEYS = ("LSAMNAME", "CFAMNAME", "DPAMNAME", "EACQ_ROW", "EACQ_COL", "OVEREXP", "Z2VAR", "Z3VAR", "Z2RES", "Z3RES")
+
+
+def header_keys(params: dict) -> set[str]:
+    """:data:`HEADER_KEYS` and the keywords of the job's ``excam_frame_select.header_range``."""
+    return set(HEADER_KEYS) | set(params.get("excam_frame_select", {}).get("header_range", {}))
+
+
+def header_cards(inputs: list[dict], keys: set[str]) -> list[dict]:
+    """``inputs`` (the L1 reader's records) with each header reduced to the cards of ``keys`` (and any
+    HIERARCH card): what the steps read, at a few hundred bytes per frame instead of ~17 kB."""
+    keep = {k.upper() for k in keys}
+    out = []
+    for item in inputs:
+        texts = []
+        for text in item.get("fits_headers", []):
+            cards = [text[i : i + 80] for i in range(0, len(text), 80)]
+            texts.append("".join(c for c in cards if c[:8].rstrip() in keep or c.startswith("HIERARCH")))
+        out.append(dict(item, fits_headers=texts))
+    return out
+
+
 def header_values(ds: xr.Dataset, key: str) -> list:
     """The value of FITS keyword ``key`` in each frame's headers (extension first), None if absent."""
     values = []
