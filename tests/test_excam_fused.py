@@ -39,6 +39,28 @@ def frames(tmp_path_factory) -> list[Path]:
     return files
 
 
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory) -> dict[str, str]:
+    """Calibration maps on the image area: noise maps, a master dark and a flat with ERR extensions
+    (the flat 0 on a few pixels), a bad-pixel map."""
+    root = tmp_path_factory.mktemp("fused_maps")
+    rng = np.random.default_rng(5)
+    shape = (GEOM.image.rows, GEOM.image.cols)
+    flat = rng.normal(1.0, 0.05, shape)
+    flat[100, 200:210] = 0
+    images = {"fixed_pattern_noise": (rng.normal(0, 20, shape), None), "dark_current_map": (rng.random(shape) * 0.01, None),
+              "EXCAM_clock_induced_charge": (rng.random(shape) * 0.02, None),
+              "master_dark_filepath": (rng.normal(3, 1, shape), rng.random(shape) * 0.1),
+              "flatfield_filepath": (flat, rng.random(shape) * 0.01),
+              "badpix_filepath": ((rng.random(shape) < 0.001).astype(np.float64), None)}  # fmt: skip
+    out = {}
+    for key, (data, err) in images.items():
+        hdus = [fits.PrimaryHDU(), fits.ImageHDU(data, name="SCI")] + ([fits.ImageHDU(err, name="ERR")] if err is not None else [])
+        fits.HDUList(hdus).writeto(root / f"{key}.fits")
+        out[key] = str(root / f"{key}.fits")
+    return out
+
+
 def _computed(job: ExcamJob, fused: bool) -> dict:
     products, _ = build_excam(job, fused=fused)
     names = [(g, v) for g, ds in products.items() for v in ds.data_vars]
@@ -46,9 +68,12 @@ def _computed(job: ExcamJob, fused: bool) -> dict:
     return dict(zip(names, values)), products
 
 
-@pytest.mark.parametrize("per_task", [3, 7])
-def test_fused_chain_equals_the_step_graph(frames, tmp_path, per_task):
-    job = ExcamJob(**_job(tmp_path, frames[0].parent, frames_per_task=per_task,
+@pytest.mark.parametrize("per_task,cal", [(3, "none"), (7, "none"), (3, "noise_maps"), (4, "master")])
+def test_fused_chain_equals_the_step_graph(frames, maps, tmp_path, per_task, cal):
+    keys = {"none": [], "noise_maps": ["fixed_pattern_noise", "dark_current_map", "EXCAM_clock_induced_charge",
+                                       "flatfield_filepath", "badpix_filepath"],
+            "master": ["master_dark_filepath", "flatfield_filepath", "badpix_filepath"]}[cal]  # fmt: skip
+    job = ExcamJob(**_job(tmp_path, frames[0].parent, frames_per_task=per_task, **{k: maps[k] for k in keys},
                           steps={"excam_frame_select": {"tt_rms_thres": 1.0, "overexp": True,
                                                         "header_range": {"DET_TEMP_C": [None, -80.0]}}}))  # fmt: skip
     fused, fprod = _computed(job, True)
@@ -58,6 +83,9 @@ def test_fused_chain_equals_the_step_graph(frames, tmp_path, per_task):
         assert fused[key].dtype == steps[key].dtype, key
         np.testing.assert_array_equal(fused[key], steps[key], err_msg=str(key))
     # the records, coordinates and chunks are the step graph's
+    statuses = {s["name"]: s["status"] for s in sprod["l2b"].attrs["steps"]}
+    for step in ("excam_dark", "excam_flat"):
+        assert statuses[step] == ("SKIPPED" if cal == "none" else "COMPLETE"), step
     for name in sprod:
         assert fprod[name].attrs["steps"] == sprod[name].attrs["steps"]
         assert fprod[name]["data"].chunks == sprod[name]["data"].chunks

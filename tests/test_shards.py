@@ -128,3 +128,22 @@ def test_array_metadata_is_left_alone(tmp_path):
     write_region(root, "", (slice(0, 4), slice(0, 8)), np.arange(32, dtype=np.uint16).reshape(4, 8))
     assert (root / "zarr.json").read_text() == before
     assert json.loads(before)["attributes"] == {"units": "DN"}
+
+
+def test_commit_leaves_no_half_written_shard_file(tmp_path):
+    """A worker killed between writing a shard's temporary file and renaming it leaves the file behind; the
+    committed store does not carry it."""
+    import xarray as xr
+
+    from detflow.io.store import StoreWriter
+
+    out = tmp_path / "out.zarr"
+    ds = xr.Dataset({"data": (("frame", "y"), np.arange(8.0).reshape(2, 4))}).chunk({"frame": 1})
+    with StoreWriter(out) as writer:
+        writer.add_all({"g": ds}).compute(scheduler="sync")
+        stray = writer.tmp / "g" / "data" / "c" / ".0.deadbeef.partial"
+        stray.parent.mkdir(parents=True, exist_ok=True)
+        stray.write_bytes(b"half")
+        writer.commit()
+    assert not list(out.rglob("*.partial"))
+    np.testing.assert_array_equal(xr.open_zarr(out, group="g")["data"].values, ds["data"].values)

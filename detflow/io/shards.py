@@ -21,6 +21,7 @@ are not whole shards.
 
 from __future__ import annotations
 
+import inspect
 import os
 import uuid
 from pathlib import Path
@@ -37,6 +38,7 @@ except ImportError:  # pragma: no cover - a zarr without it
     _chunk_order = np.ndindex
 
 MISSING = np.uint64(2**64 - 1)  # the index entry of a chunk not stored
+_BLOSC_TYPESIZE = "typesize" in inspect.signature(numcodecs.Blosc.__init__).parameters
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
 
@@ -72,6 +74,8 @@ class ShardEncoder:
             return None
         compressors = []
         for c in codecs[1:]:
+            if isinstance(c, BloscCodec) and not _BLOSC_TYPESIZE:
+                return None  # numcodecs < 0.16 cannot be told zarr's typesize: its bytes would differ
             if isinstance(c, BloscCodec):
                 compressors.append(numcodecs.Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=_SHUFFLE[c.shuffle.value],
                                                    blocksize=c.blocksize, typesize=c.typesize))  # fmt: skip

@@ -189,6 +189,8 @@ class StoreWriter:
 
     def commit(self) -> Path:
         shutil.rmtree(self._meta, ignore_errors=True)  # every region is done: the markers have served
+        for stray in self.tmp.rglob(".*.partial"):  # a shard file a killed worker left half written
+            stray.unlink(missing_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # consolidated metadata is a zarr-python convention in v3
             zarr.consolidate_metadata(str(self.tmp))

@@ -337,7 +337,7 @@ def to_electrons(dn, err_dn, eperdn: float, em_gain: float, shot_noise: bool = F
 # ---- the L2b steps, one pass each over a chunk of frames ---------------------------------------------------
 # (frame, y, x) arrays, per-frame values (frame,), calibration maps (y, x). The arithmetic is that of the
 # NumPy expressions in each docstring, operation for operation, so the results are the same to the bit
-# (no fastmath: no contraction into fused multiply-adds); tests/test_excam_kernels.py checks them.
+# (no fastmath: no contraction into fused multiply-adds); tests/test_excam_l2b_kernels.py checks them.
 @numba.njit(nogil=True, cache=CACHE)
 def electrons_frames(data, err, scale, rn2, f2, shot, out_data, out_err):
     """``d = data * scale``, ``e = err * scale``; with ``shot``: ``e = sqrt(e**2 + rn2 + f2 * clip(d, 0))``

@@ -395,8 +395,13 @@ def header_cards(inputs: list[dict], keys: set[str]) -> list[dict]:
     for item in inputs:
         texts = []
         for text in item.get("fits_headers", []):
-            cards = [text[i : i + 80] for i in range(0, len(text), 80)]
-            texts.append("".join(c for c in cards if c[:8].rstrip() in keep or c.startswith("HIERARCH")))
+            kept, last = [], False
+            for c in (text[i : i + 80] for i in range(0, len(text), 80)):
+                # a long string value goes on in CONTINUE cards: keep those of a kept card
+                last = (last and c.startswith("CONTINUE")) or c[:8].rstrip() in keep or c.startswith("HIERARCH")
+                if last:
+                    kept.append(c)
+            texts.append("".join(kept))
         out.append(dict(item, fits_headers=texts))
     return out
 
@@ -523,11 +528,12 @@ def excam_dark(ds: xr.Dataset, refs: xr.Dataset | None, p: DarkParams) -> xr.Dat
         use = "master" if "master_dark" in refs else "synthesized" if have_maps else None
     if use is None or (use == "master" and "master_dark" not in refs) or (use == "synthesized" and not have_maps):
         return record(ds, "excam_dark", "SKIPPED", p, "no master dark and no complete set of noise maps")
-    data, err = ds["data"].astype(np.float64, copy=False), ds["err"].astype(np.float64, copy=False)
+    data = ds["data"].astype(np.float64, copy=False)
     if use == "master":
         dark_err = refs.get("master_dark_err")
         with_err = dark_err is not None
-        new_data, new_err = _pixelwise(_master_dark_np, data, err, refs["master_dark"],
+        # err as it is: a float32 err is squared in float32, as the NumPy expression err**2 + dark_err**2 was
+        new_data, new_err = _pixelwise(_master_dark_np, data, ds["err"], refs["master_dark"],
                                        dark_err if with_err else xr.zeros_like(refs["master_dark"]), nout=2,
                                        dtypes=(np.float64, np.float64), with_err=with_err)  # fmt: skip
         out = ds.assign(data=new_data, err=new_err) if with_err else ds.assign(data=new_data)
@@ -547,7 +553,7 @@ class DesmearParams(StepParams):
 
 def _desmear_block(block: xr.Dataset, row_time: float) -> xr.Dataset:
     dq = block["dq"].values
-    data = np.empty(block["data"].shape)
+    data = np.empty(block["data"].shape, dtype=block["data"].dtype)
     for i, t in enumerate(np.asarray(block["exptime"].values, dtype=np.float64)):
         data[i] = emccd.desmear_masked(block["data"].values[i], (dq[i] & np.uint32(DQ.JUMP_DET)) != 0, row_time, t)
     out = block.copy()  # the other variables are not changed: not copied
