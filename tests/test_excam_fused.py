@@ -62,7 +62,7 @@ def maps(tmp_path_factory) -> dict[str, str]:
 
 
 def _computed(job: ExcamJob, fused: bool) -> dict:
-    products, _ = build_excam(job, fused=fused)
+    products = build_excam(job, fused=fused)[0]
     names = [(g, v) for g, ds in products.items() for v in ds.data_vars]
     values = dask.compute(*[products[g][v].data for g, v in names], scheduler="sync")
     return dict(zip(names, values)), products
@@ -115,7 +115,7 @@ def test_header_cards_keep_what_the_steps_read(frames):
 
 def test_fused_graph_has_one_chain_task_per_chunk(frames, tmp_path):
     job = ExcamJob(**_job(tmp_path, frames[0].parent, frames_per_task=3))
-    products, _ = build_excam(job, fused=True)
+    products = build_excam(job, fused=True)[0]
     graph = dict(products["l2b"]["data"].data.__dask_graph__())
     names = [k[0] if isinstance(k, tuple) else k for k in graph]
     assert sum("chain_block" in n for n in names) == 3  # 7 frames in 3 + 3 + 1

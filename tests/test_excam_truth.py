@@ -94,6 +94,40 @@ def test_noise_maps_recover_fpn_cic_and_dark_current(darks):
     # per pixel the fixed pattern is resolved: correlation with the truth map
     assert np.corrcoef(maps["fpn"].values.ravel(), truth["fpn"].ravel())[0, 1] > 0.5
     assert tree["noise_maps"].attrs["em_gains"] == [10.0, 10.0, 200.0, 200.0]
+    # the bias offset, from the prescan: the same as the steps applied one by one in memory to each
+    # sub-stack's full frames (bias region full), their masked mean, the per-pixel fit and corgidrp's median
+    from detflow.calib import emccd_noise_maps as nm
+    from detflow.io.excam_cal import open_excam_references
+    from detflow.io.excam_l1 import open_excam_l1
+    from detflow.instruments import roman_excam
+    from detflow.runtime.config import ExcamJob
+    from detflow.steps import excam as sx
+    from detflow.steps.registry import apply_recipe
+
+    cfg = ExcamJob(**job)
+    params = cfg.step_params()
+    params["excam_bias"] = dict(params.get("excam_bias", {}), region="full")
+    geom = roman_excam.GEOMETRIES["SCI"]
+    refs = open_excam_references(cfg.calibration_paths(), geom)
+    rows, cols = geom.prescan.slices
+    means, counts, gains, times = [], [], [], []
+    for i in range(4):
+        l1 = open_excam_l1(sorted((tmp / f"d{i}" / "l1").glob("*.fits"))).load()
+        work = apply_recipe(l1, refs, sx.L2A_RECIPE, params).compute()
+        data, dq = work["data"].values[:, rows, cols], work["dq"].values[:, rows, cols]
+        good = (dq == 0) & (work["rejected"].values[:, None, None] == 0)
+        n = good.sum(axis=0)
+        means.append(np.where(n > 0, np.where(good, data, 0).sum(axis=0) / np.maximum(n, 1), 0) * cfg.eperdn)
+        counts.append(n)
+        gains.append(float(l1["em_gain"].values[0]))
+        times.append(float(l1["exptime"].values[0]))
+    fit = nm.fit_noise_maps(np.stack(means), gains, times, weights=nm.lsq_weights(np.stack(counts), 16),
+                            unfittable=nm.unfittable_pixels(np.stack(counts)))  # fmt: skip
+    want, want_err = nm.bias_offset(np.stack(means), fit, gains, times, cfg.eperdn, np.ones(means[0].shape, bool))
+    attrs = tree["noise_maps"].attrs
+    assert attrs["bias_offset"] == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert attrs["bias_offset_err"] == pytest.approx(want_err, rel=1e-9)
+    assert abs(attrs["bias_offset"]) < 0.5 and attrs["bias_offset_err"] > 0  # DN: the prescan holds bias only
 
 
 def test_noise_maps_need_four_groups(darks):

@@ -74,10 +74,19 @@ def _datasets(job: ExcamJob) -> dict[str, xr.Dataset]:
     return {"": open_excam_l1(job.input, skip_corrupt=skip)}
 
 
-def _chain(l1: xr.Dataset, refs: xr.Dataset, params: dict) -> tuple[xr.Dataset, xr.Dataset]:
-    """L1 -> L2a -> L2b with the step functions: lazy on a lazy ``l1``, eager on an in-memory one."""
-    ds = sx.to_image_area(apply_recipe(l1, refs, sx.L2A_RECIPE, params))
-    return sx.l2a_product(ds), sx.l2b_product(apply_recipe(ds, refs, sx.L2B_RECIPE, params))
+def _chain(l1: xr.Dataset, refs: xr.Dataset, params: dict, prescan: bool = False) -> dict[str, xr.Dataset]:
+    """L1 -> L2a -> L2b with the step functions: lazy on a lazy ``l1``, eager on an in-memory one.
+    ``{"l2a", "l2b"}``, and with ``prescan`` the L2a prescan region ``"pre"`` (a second full-frame L2a
+    pass when the job's bias region is the image area)."""
+    work = apply_recipe(l1, refs, sx.L2A_RECIPE, params)
+    ds = sx.to_image_area(work)
+    out = {"l2a": sx.l2a_product(ds), "l2b": sx.l2b_product(apply_recipe(ds, refs, sx.L2B_RECIPE, params))}
+    if prescan:
+        if work.attrs.get("region") != "full":
+            full = dict(params, excam_bias=dict(params.get("excam_bias", {}), region="full"))
+            work = apply_recipe(l1, refs, sx.L2A_RECIPE, full)
+        out["pre"] = sx.prescan_product(work)
+    return out
 
 
 def _chain_block(raw: np.ndarray, pos: np.ndarray, ctx: dict) -> dict:
@@ -87,18 +96,18 @@ def _chain_block(raw: np.ndarray, pos: np.ndarray, ctx: dict) -> dict:
     coords = {k: (dims, v[frame] if dims[:1] == (schema.FRAME,) else v) for k, (dims, v) in ctx["coords"].items()}
     attrs = dict(ctx["attrs"], inputs=ctx["attrs"].get("inputs", [])[frame])
     l1 = xr.Dataset({"data": (ctx["dims"], raw)}, coords=coords, attrs=attrs)
-    l2a, l2b = _chain(l1, ctx["refs"], ctx["params"])  # numpy throughout: nothing here is lazy
-    return {(level, v): np.asarray(prod[v].values) for level, prod in (("l2a", l2a), ("l2b", l2b))
-            for v in prod.data_vars}  # fmt: skip
+    prods = _chain(l1, ctx["refs"], ctx["params"], ctx["prescan"])  # numpy throughout: nothing here is lazy
+    return {(level, v): np.asarray(prod[v].values) for level, prod in prods.items() for v in prod.data_vars}
 
 
 def _pick(block: dict, key: tuple[str, str]) -> np.ndarray:
     return block[key]
 
 
-def fuse_chain(l1: xr.Dataset, refs: xr.Dataset, params: dict, l2a: xr.Dataset, l2b: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
-    """``l2a`` and ``l2b`` (the lazy chain, whose structure and records they keep) with their data computed
-    by one task per chunk of frames that runs every step in memory (:func:`_chain_block`).
+def fuse_chain(l1: xr.Dataset, refs: xr.Dataset, params: dict, lazy: dict[str, xr.Dataset]) -> dict[str, xr.Dataset]:
+    """The products of :func:`_chain` (``lazy``: the step graph's, whose structure and records they keep)
+    with their data computed by one task per chunk of frames that runs every step in memory
+    (:func:`_chain_block`).
 
     Why: step by step, each ``xr.map_blocks`` step and each coordinate it carries is a task per chunk
     (97 per chunk of 4 frames), most of them a few microseconds, and the scheduler's few milliseconds
@@ -110,14 +119,14 @@ def fuse_chain(l1: xr.Dataset, refs: xr.Dataset, params: dict, l2a: xr.Dataset, 
     ctx = dask.delayed({
         "dims": l1["data"].dims,
         "coords": {k: (v.dims, np.asarray(v.values)) for k, v in l1.coords.items()},
-        "attrs": attrs, "refs": refs.load(), "params": params,
+        "attrs": attrs, "refs": refs.load(), "params": params, "prescan": "pre" in lazy,
     }, pure=True)  # fmt: skip  (once in the graph: the cards the steps read and the calibration maps)
     letters = "".join(chr(ord("a") + i) for i in range(raw.ndim))
     pos = da.arange(raw.shape[0], chunks=(raw.chunks[0],))
     blocks = da.blockwise(_chain_block, "a", raw, letters, pos, "a", ctx, None, dtype=object, concatenate=True,
                           meta=np.empty((0,), dtype=object))  # fmt: skip
-    out = []
-    for level, tmpl in (("l2a", l2a), ("l2b", l2b)):
+    out = {}
+    for level, tmpl in lazy.items():
         prod = tmpl.copy()
         for name, var in tmpl.data_vars.items():
             if var.dims[:1] != (schema.FRAME,) or not isinstance(var.data, da.Array):
@@ -127,18 +136,43 @@ def fuse_chain(l1: xr.Dataset, refs: xr.Dataset, params: dict, l2a: xr.Dataset, 
             arr = da.blockwise(_pick, idx, blocks, "a", new_axes=new_axes, key=(level, name), dtype=var.dtype,
                                meta=np.empty((0,) * var.ndim, dtype=var.dtype))  # fmt: skip
             prod[name] = var.copy(data=arr)
-        out.append(prod)
-    return out[0], out[1]
+        out[level] = prod
+    return out
 
 
-def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset], dict[str, int]]:
-    """The lazy ``l2a``/``l2b`` groups of a job (per EXPTIME/gain group with ``group``) and the combine
-    tile of each suffix. No computation. ``fused``: one task per chunk of frames for the whole chain
+def prescan_sums(pre: xr.Dataset) -> xr.Dataset:
+    """Per prescan pixel, the sum of ``data`` over the good frames (dq 0, not rejected) and their count:
+    a sub-stack's masked mean frame there, as corgidrp's ``mean_combine`` makes it (lazy)."""
+    good = (pre["dq"] == 0) & (pre["rejected"] == 0)
+    return xr.Dataset({"sum": pre["data"].astype(np.float64).where(good, 0.0).sum(schema.FRAME),
+                       "n": good.sum(schema.FRAME)})  # fmt: skip
+
+
+def bias_offset(sums: list[xr.Dataset], gains, times, eperdn: float) -> tuple[float, float]:
+    """The noise maps' bias offset (DN) and its error from each sub-stack's prescan sums: the dark model
+    fitted per prescan pixel to the mean frames (e-, weighted by good frames), then
+    :func:`detflow.calib.emccd_noise_maps.bias_offset` (corgidrp ``calibrate_darks_lsq``)."""
+    from ..calib import emccd_noise_maps as nm
+
+    n = np.stack([np.asarray(s["n"].values, np.float64) for s in sums])
+    total = np.stack([np.asarray(s["sum"].values, np.float64) for s in sums])
+    mean = np.divide(total, n, out=np.zeros_like(total), where=n > 0) * eperdn  # 0 where none is good (corgidrp)
+    bad = nm.unfittable_pixels(n)
+    n_total = int(sum(float(s.attrs.get("frames", 0)) for s in sums)) or 1
+    fit = nm.fit_noise_maps(mean, gains, times, weights=nm.lsq_weights(n, n_total), unfittable=bad)
+    return nm.bias_offset(mean, fit, gains, times, eperdn, np.ones(mean.shape[1:], dtype=bool))
+
+
+def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset], dict[str, int], dict[str, xr.Dataset]]:
+    """The lazy ``l2a``/``l2b`` groups of a job (per EXPTIME/gain group with ``group``), the combine
+    tile of each suffix and, for ``noise_maps``, each suffix's prescan sums (:func:`prescan_sums`). No
+    computation. ``fused``: one task per chunk of frames for the whole chain
     (:func:`fuse_chain`), else one per step."""
     from .run import versions
 
     params = job.step_params()
     products: dict[str, xr.Dataset] = {}
+    prescans: dict[str, xr.Dataset] = {}
     tiles: dict[str, int] = {}
     datasets = _datasets(job)
     if job.noise_maps:  # checked before any work: at least 4 (gain, time) groups, 2 gains, 2 times
@@ -155,9 +189,15 @@ def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset
         refs = open_excam_references(job.calibration_paths(), geom)
         l1 = l1.chunk({schema.FRAME: job.frames_per_task})
         # one lazy chunk per map: broadcasting against frames stays lazy
-        l2a, l2b = _chain(l1, refs.chunk(), params)
+        prods = _chain(l1, refs.chunk(), params, prescan=job.noise_maps)
         if fused:
-            l2a, l2b = fuse_chain(l1, refs, params, l2a, l2b)
+            prods = fuse_chain(l1, refs, params, prods)
+        l2a, l2b = prods["l2a"], prods["l2b"]
+        if job.noise_maps:  # the sub-stack's prescan sums, computed with the l2a/l2b writes
+            pre = prescan_sums(prods["pre"])
+            pre.attrs = {"em_gain": float(l1["em_gain"].values[0]), "exptime": float(l1["exptime"].values[0]),
+                         "frames": int(l1.sizes[schema.FRAME])}  # fmt: skip
+            prescans[suffix] = pre
         for prod in (l2a, l2b):
             prod.attrs.update({
                 "reference_files": refs.attrs["reference_files"],
@@ -173,7 +213,7 @@ def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset
         products[f"l2a{suffix}"] = l2a
         products[f"l2b{suffix}"] = l2b
         tiles[suffix] = combine_tile(l1.sizes[schema.FRAME], geom.image.rows, geom.image.cols, job.combine_task_mb)
-    return products, tiles
+    return products, tiles, prescans
 
 
 def shard_frames(job: ExcamJob) -> int:
@@ -217,15 +257,16 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
         from ..io.exporters import check_excam_exports
 
         check_excam_exports(job)
-    products, tiles = build_excam(job)
+    products, tiles, prescans = build_excam(job)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
         with StoreWriter(job.store, overwrite=job.overwrite, resume_key=resume_key(job)) as writer:
             sums = checksum_futures(c, products)
-            compute(c, writer.add_all(*_sharded(products, tiles, shard_frames(job))), progress, console,
-                     "detflow roman_excam: L1 -> L2a -> L2b")  # fmt: skip
+            done = compute(c, [writer.add_all(*_sharded(products, tiles, shard_frames(job))), *prescans.values()],
+                           progress, console, "detflow roman_excam: L1 -> L2a -> L2b")  # fmt: skip
+            prescans = dict(zip(prescans, done[1:]))
             combined = {}
             for suffix, t in tiles.items():
                 levels = list(dict.fromkeys(job.combine + (["l2a"] if job.noise_maps else [])))
@@ -255,6 +296,9 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
                                      chunks={schema.Y: 256, schema.X: 256})  # fmt: skip
                     means.append(m)
                 maps = sx.noise_maps(means, job.eperdn)
+                offset, offset_err = bias_offset(list(prescans.values()), maps.attrs["em_gains"], maps.attrs["exptimes"],
+                                                 job.eperdn)  # fmt: skip
+                maps.attrs.update(bias_offset=offset, bias_offset_err=offset_err, bias_offset_units="DN")
                 combined["noise_maps"] = maps
                 compute(c, writer.add_all({"noise_maps": maps}), progress, console, "detflow roman_excam: noise maps")
             last = next(p for n, p in products.items() if n.startswith("l2b"))  # its steps: L2a's and L2b's

@@ -186,11 +186,12 @@ def checksum_futures(c: Client, products: dict[str, xr.Dataset]) -> dict:
     return dict(zip(files, c.map(sha256, files, pure=False)))
 
 
-def compute(c: Client, delayed, progress: bool, console, description: str) -> None:
-    """Compute one store write on the cluster, with a progress bar (a submitted job: its record's phase
-    and cancel flag instead); re-raises the first task error (the partial store is kept with the regions
-    done, for a re-run to resume, or removed when the writer has no resume key)."""
-    futures = c.compute([delayed])
+def compute(c: Client, delayed, progress: bool, console, description: str) -> list:
+    """Compute one store write (or a list of collections computed together) on the cluster, with a
+    progress bar (a submitted job: its record's phase and cancel flag instead), and return the results;
+    re-raises the first task error (the partial store is kept with the regions done, for a re-run to
+    resume, or removed when the writer has no resume key)."""
+    futures = c.compute(delayed if isinstance(delayed, list) else [delayed])
     from .submit import JobCancelled, current_job
 
     job = current_job()
@@ -206,14 +207,13 @@ def compute(c: Client, delayed, progress: bool, console, description: str) -> No
                 if job.cancel_requested():
                     c.cancel(futures, force=True)
                     raise JobCancelled(f"job {job.job_id} cancelled during {description}") from None
-        c.gather(futures)
-        return
+        return c.gather(futures)
     if progress:
         from .progress import RichProgressBar
 
         RichProgressBar([f.key for f in futures], scheduler=c.scheduler.address, console=console,
                         description=description)  # fmt: skip
-    c.gather(futures)
+    return c.gather(futures)
 
 
 def resume_key(job) -> str:

@@ -648,6 +648,18 @@ def _product(ds: xr.Dataset, level: str, with_bias: bool) -> xr.Dataset:
     return out
 
 
+def prescan_product(ds: xr.Dataset) -> xr.Dataset:
+    """The prescan region of a full-frame L2a working dataset (``region: full``: bias subtracted, cosmic
+    rays flagged, nonlinearity corrected; DN): ``data``, ``dq``, ``rejected``, for the noise maps' bias
+    offset (corgidrp fits its dark model over the full frame and reads the offset in the prescan)."""
+    if ds.attrs.get("region") != "full":
+        raise ValueError("the prescan needs the full-frame working dataset (excam_bias region: full)")
+    rows, cols = _geom(ds).prescan.slices
+    out = ds[["data", "dq", "rejected"]].isel({Y: rows, X: cols})
+    out.attrs = {"geometry": ds.attrs["geometry"], "data_level": "L2a prescan"}
+    return out
+
+
 def l2a_product(ds: xr.Dataset) -> xr.Dataset:
     """The L2a group: data, err (DN), dq, per-row bias, rejected; float32 on the image area."""
     return _product(ds, "L2a", True)
