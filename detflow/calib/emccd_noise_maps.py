@@ -26,8 +26,10 @@ for every pixel.
   outside the imaging area; F kept signed. Errors are the square roots of the fit variances.
 * :func:`noise_map_dq`, :func:`unfittable_pixels`: pixels with no good frame in ``M - 3`` or more
   sub-stacks cannot be fit: their maps are 0 and their DQ is the OR of their sub-stacks' DQ.
+* :func:`fit_substacks`: the fit weighted and masked as corgidrp runs it (the pipeline's entry).
 * :func:`bias_offset`: the median over the prescan of what the model leaves in each sub-stack, in DN,
-  averaged over sub-stacks, with corgidrp's error (the offsets of the maps moved by one sigma).
+  averaged over sub-stacks, with corgidrp's error (the offsets of the maps moved by one sigma);
+  :func:`prescan_bias_offset` from the prescan's sums over good frames, as the pipeline has them.
 * :func:`check_substacks`, :func:`cr_threshold_ok`: corgidrp's checks on the sub-stack set, and its test
   for a cosmic-ray threshold too low for a sub-stack's dark distribution.
 
@@ -184,6 +186,23 @@ def noise_maps(fit: NoiseFit, imaging_area) -> tuple[np.ndarray, np.ndarray]:
     dc = np.where(img, np.where(fit.dc < 0, 0.0, fit.dc), 0.0)
     errs = np.stack([np.sqrt(fit.fpn_var), np.sqrt(fit.cic_var), np.where(img, np.sqrt(fit.dc_var), 0.0)])
     return np.stack([np.asarray(fit.fpn, np.float64), cic, dc]), errs
+
+
+def fit_substacks(mean_stack, ngood, em_gain, exptime, n_frames_total: int, variance: str = "corgidrp") -> NoiseFit:
+    """:func:`fit_noise_maps` as corgidrp runs it: weighted by each sub-stack's good frames
+    (:func:`lsq_weights`), the pixels with too few good sub-stacks (:func:`unfittable_pixels`) set to 0."""
+    return fit_noise_maps(mean_stack, em_gain, exptime, weights=lsq_weights(ngood, n_frames_total),
+                          unfittable=unfittable_pixels(ngood), variance=variance)  # fmt: skip
+
+
+def prescan_bias_offset(sums, ngood, em_gain, exptime, kgain: float, n_frames_total: int) -> tuple[float, float]:
+    """:func:`bias_offset` from each sub-stack's prescan sums over its good frames and their counts
+    (``(M, y, x)``, DN): the masked mean frames (0 where no frame is good, as corgidrp's mean combine
+    leaves them) times the k gain, the model fitted there (:func:`fit_substacks`), every pixel counted."""
+    sums, ngood = np.asarray(sums, np.float64), np.asarray(ngood)
+    mean = np.divide(sums, ngood, out=np.zeros_like(sums), where=ngood > 0) * kgain
+    fit = fit_substacks(mean, ngood, em_gain, exptime, n_frames_total)
+    return bias_offset(mean, fit, em_gain, exptime, kgain, np.ones(mean.shape[1:], dtype=bool))
 
 
 def bias_offset(mean_stack, fit: NoiseFit, em_gain, exptime, kgain, prescan) -> tuple[float, float]:

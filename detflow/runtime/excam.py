@@ -140,32 +140,9 @@ def fuse_chain(l1: xr.Dataset, refs: xr.Dataset, params: dict, lazy: dict[str, x
     return out
 
 
-def prescan_sums(pre: xr.Dataset) -> xr.Dataset:
-    """Per prescan pixel, the sum of ``data`` over the good frames (dq 0, not rejected) and their count:
-    a sub-stack's masked mean frame there, as corgidrp's ``mean_combine`` makes it (lazy)."""
-    good = (pre["dq"] == 0) & (pre["rejected"] == 0)
-    return xr.Dataset({"sum": pre["data"].astype(np.float64).where(good, 0.0).sum(schema.FRAME),
-                       "n": good.sum(schema.FRAME)})  # fmt: skip
-
-
-def bias_offset(sums: list[xr.Dataset], gains, times, eperdn: float) -> tuple[float, float]:
-    """The noise maps' bias offset (DN) and its error from each sub-stack's prescan sums: the dark model
-    fitted per prescan pixel to the mean frames (e-, weighted by good frames), then
-    :func:`detflow.calib.emccd_noise_maps.bias_offset` (corgidrp ``calibrate_darks_lsq``)."""
-    from ..calib import emccd_noise_maps as nm
-
-    n = np.stack([np.asarray(s["n"].values, np.float64) for s in sums])
-    total = np.stack([np.asarray(s["sum"].values, np.float64) for s in sums])
-    mean = np.divide(total, n, out=np.zeros_like(total), where=n > 0) * eperdn  # 0 where none is good (corgidrp)
-    bad = nm.unfittable_pixels(n)
-    n_total = int(sum(float(s.attrs.get("frames", 0)) for s in sums)) or 1
-    fit = nm.fit_noise_maps(mean, gains, times, weights=nm.lsq_weights(n, n_total), unfittable=bad)
-    return nm.bias_offset(mean, fit, gains, times, eperdn, np.ones(mean.shape[1:], dtype=bool))
-
-
 def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset], dict[str, int], dict[str, xr.Dataset]]:
     """The lazy ``l2a``/``l2b`` groups of a job (per EXPTIME/gain group with ``group``), the combine
-    tile of each suffix and, for ``noise_maps``, each suffix's prescan sums (:func:`prescan_sums`). No
+    tile of each suffix and, for ``noise_maps``, each suffix's prescan sums (:func:`steps.excam.prescan_sums`). No
     computation. ``fused``: one task per chunk of frames for the whole chain
     (:func:`fuse_chain`), else one per step."""
     from .run import versions
@@ -194,10 +171,7 @@ def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset
             prods = fuse_chain(l1, refs, params, prods)
         l2a, l2b = prods["l2a"], prods["l2b"]
         if job.noise_maps:  # the sub-stack's prescan sums, computed with the l2a/l2b writes
-            pre = prescan_sums(prods["pre"])
-            pre.attrs = {"em_gain": float(l1["em_gain"].values[0]), "exptime": float(l1["exptime"].values[0]),
-                         "frames": int(l1.sizes[schema.FRAME])}  # fmt: skip
-            prescans[suffix] = pre
+            prescans[suffix] = sx.prescan_sums(prods["pre"])
         for prod in (l2a, l2b):
             prod.attrs.update({
                 "reference_files": refs.attrs["reference_files"],
@@ -296,8 +270,11 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
                                      chunks={schema.Y: 256, schema.X: 256})  # fmt: skip
                     means.append(m)
                 maps = sx.noise_maps(means, job.eperdn)
-                offset, offset_err = bias_offset(list(prescans.values()), maps.attrs["em_gains"], maps.attrs["exptimes"],
-                                                 job.eperdn)  # fmt: skip
+                from ..calib.emccd_noise_maps import prescan_bias_offset
+
+                offset, offset_err = prescan_bias_offset(
+                    [p["sum"].values for p in prescans.values()], [p["n"].values for p in prescans.values()],
+                    maps.attrs["em_gains"], maps.attrs["exptimes"], job.eperdn, maps.attrs["frames"])  # fmt: skip
                 maps.attrs.update(bias_offset=offset, bias_offset_err=offset_err, bias_offset_units="DN")
                 combined["noise_maps"] = maps
                 compute(c, writer.add_all({"noise_maps": maps}), progress, console, "detflow roman_excam: noise maps")

@@ -660,6 +660,13 @@ def prescan_product(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def prescan_sums(pre: xr.Dataset) -> xr.Dataset:
+    """Per prescan pixel of :func:`prescan_product`, the sum of ``data`` over the good frames (dq 0, not
+    rejected) and their count ``n``: a sub-stack's masked mean frame there (lazy)."""
+    good = (pre["dq"] == 0) & (pre["rejected"] == 0)
+    return xr.Dataset({"sum": pre["data"].astype(np.float64).where(good, 0.0).sum(FRAME), "n": good.sum(FRAME)})
+
+
 def l2a_product(ds: xr.Dataset) -> xr.Dataset:
     """The L2a group: data, err (DN), dq, per-row bias, rejected; float32 on the image area."""
     return _product(ds, "L2a", True)
@@ -780,10 +787,8 @@ def _nm_tile(means, ngood, dq, gains, times, n_total, variance):
     from ..calib import emccd_noise_maps as nm
 
     means, ngood, dq = (np.ascontiguousarray(np.moveaxis(a, -1, 0)) for a in (means, ngood, dq))
-    bad = nm.unfittable_pixels(ngood)
-    fit = nm.fit_noise_maps(means, gains, times, weights=nm.lsq_weights(ngood, n_total), unfittable=bad,
-                            variance=variance)  # fmt: skip
-    q = nm.noise_map_dq(dq, bad)
+    fit = nm.fit_substacks(means, ngood, gains, times, n_total, variance)
+    q = nm.noise_map_dq(dq, nm.unfittable_pixels(ngood))
     return np.stack([fit.fpn, fit.cic, fit.dc, fit.fpn_var, fit.cic_var, fit.dc_var, q.astype(np.float64)], axis=-1)
 
 
