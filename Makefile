@@ -1,28 +1,40 @@
 # Every target works on a fresh machine with only Python 3.11 and pip: it creates .venv first.
+# `make demo` installs detflow and its run-time dependencies only; `make test` adds the test extras
+# (reference libraries: stcal, corgidrp, ccdproc, ...) and `make bench` the benchmark extras.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+BASE   := $(VENV)/.installed-base
+TEST   := $(VENV)/.installed-test
+BENCH  := $(VENV)/.installed-bench
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(BASE): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(BASE)
+
+$(TEST): $(BASE)
 	$(PY) -m pip install --quiet -e ".[test]"
 	# the PIT gen_cal_image reference; its ramp-fit and linearity modules need none of its heavy deps
 	$(PY) -m pip install --quiet --no-deps romanimpreprocess==1.0.0
-	touch $(STAMP)
+	touch $(TEST)
 
-install: $(STAMP)
+$(BENCH): $(TEST)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	touch $(BENCH)
 
-demo: $(STAMP)
+install: $(BASE)
+
+demo: $(BASE)
 	$(VENV)/bin/detflow demo
 
-test: $(STAMP)
+test: $(TEST)
 	$(PY) -m pytest -n 2 --nbmake -m "not slurm" tests notebooks
 
-bench: $(STAMP)
+bench: $(BENCH)
 	$(PY) bench/run_all.py
 
 clean:
