@@ -45,6 +45,8 @@ def reference_fit(R, gdq, pdq, gain, rn, rp, ft, u, start, sa=5.5, sb=4.5, ia=1.
         flags = np.bitwise_or.reduce(g[:last]) if last else np.uint32(0)
         flags = (int(flags) & ~int(DQ.DO_NOT_USE)) | int(np.bitwise_or.reduce(g) & DQ.SATURATED)
         if last - start < 2:
+            if last < n:  # the flags of the resultant that ended the ramp
+                flags |= int(g[last]) & ~int(DQ.DO_NOT_USE)
             dqo[p] = 0 if pdq[p] & DQ.REFERENCE_PIXEL else flags | DQ.DO_NOT_USE
             continue
         K = np.zeros(n)
@@ -120,6 +122,7 @@ def test_kernel_matches_numpy_reference(start):
         gdq[0] &= ~np.uint32(DQ.DO_NOT_USE)
     gdq[3, 7] |= np.uint32(DQ.DO_NOT_USE)  # a do-not-use resultant ends the usable ramp
     gdq[2, 8] |= np.uint32(DQ.AD_FLOOR)  # other group flags propagate to the pixel
+    gdq[start + 1, 9] |= np.uint32(DQ.AD_FLOOR | DQ.DO_NOT_USE)  # no slope: the pixel says why
     u = 0.4 / 1.8 / 6.5**2
     ref, ref_dq = reference_fit(R.astype(np.float32).astype(float), gdq, pdq, gain, rn, RP, FT, u, start)
     got, got_dq = run_kernel(R, gdq, pdq, gain, rn, RP, FT, u, start)
@@ -129,6 +132,7 @@ def test_kernel_matches_numpy_reference(start):
     np.testing.assert_array_equal(got_dq, ref_dq)
     assert np.count_nonzero(got_dq & DQ.JUMP_DET) > 10  # the test exercises jump flags
     assert got_dq[8] & DQ.AD_FLOOR
+    assert got_dq[9] & DQ.AD_FLOOR and got_dq[9] & DQ.DO_NOT_USE and np.isnan(got[0, 9])
 
 
 def test_optimal_weights_properties():

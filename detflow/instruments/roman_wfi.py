@@ -2,7 +2,8 @@
 
 Geometry is data: the full frame is ``nside x nside`` (4096 in flight, smaller in tests), a border of
 ``NBORDER`` reference pixels on every side, ``NCHANNEL`` output channels of ``nside // NCHANNEL``
-columns, and the amp33 reference output with one channel's width.
+columns, and the amp33 reference output with one channel's width. Other HxRG ramps (a generic FITS
+cube, a subarray) run through the same steps with their own border: :func:`border_of` an L1 dataset.
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ class Geometry:
         return slice(nb, self.nside - nb), slice(nb, self.nside - nb)
 
     @classmethod
-    def for_shape(cls, ny: int, nx: int) -> "Geometry":
+    def for_shape(cls, ny: int, nx: int, nborder: int = NBORDER) -> "Geometry":
         if ny != nx:
             raise ValueError(f"WFI frames are square, got {ny}x{nx}")
-        return cls(nside=ny)
+        return cls(nside=ny, nborder=nborder)
+
+
+def border_of(attrs: dict) -> int:
+    """The reference-pixel border of an L1 dataset (its ``nborder`` attribute; Roman's 4 without one)."""
+    return int(attrs.get("nborder", NBORDER))

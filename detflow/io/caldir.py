@@ -15,6 +15,14 @@ read         ``data`` single-read noise in DN, optional ``resetnoise``; optional
 
 The variables of the returned dataset are named ``<entry>_<field>`` (``saturation_data``...) and
 chunked like the science tiles, so steps combine them with the data without rechunking.
+
+Values a step cannot use are flagged per pixel, lazily, in ``reference_dq`` (which ``dq_init`` ORs into
+the pixel DQ; the rules are listed in ``attrs["reference_checks"]`` and in its record), following
+stcal/romancal: a gain that is not finite and > 0 gets NO_GAIN_VALUE | DO_NOT_USE; a read noise that
+is not finite and >= 0 gets UNRELIABLE_ERROR | DO_NOT_USE; a non-finite dark (slope, or any resultant
+of the cube) gets UNRELIABLE_DARK | DO_NOT_USE and is replaced by 0 (stcal's dark step does the same).
+NaN saturation thresholds, linearity models and flats are handled by their steps (NO_SAT_CHECK,
+NO_LIN_CORR, NO_FLAT_FIELD).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import xarray as xr
 
 from .. import schema
 from ..errors import DetflowInputError
+from ..schema import DQ
 from .asdf_lazy import lazy_array, node_get, open_asdf
 from .chunking import trim_chunks
 
@@ -147,12 +156,73 @@ def check_caldir(caldir: dict, required, source: str | Path | None = None) -> di
     return out
 
 
-def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple) -> xr.Dataset:
-    """Open the WFI references of ``caldir`` lazily, validated against an ``nside`` detector.
+# reference variable -> (what makes a value unusable, flags, value used instead or None, rule for the record)
+_CHECKS = {
+    "gain_data": (lambda a: ~(np.isfinite(a) & (a > 0)), DQ.NO_GAIN_VALUE | DQ.DO_NOT_USE, None,
+                  "gain not finite and > 0: NO_GAIN_VALUE | DO_NOT_USE"),
+    "read_data": (lambda a: ~(np.isfinite(a) & (a >= 0)), DQ.UNRELIABLE_ERROR | DQ.DO_NOT_USE, None,
+                  "read noise not finite and >= 0: UNRELIABLE_ERROR | DO_NOT_USE"),
+    "dark_dark_slope": (lambda a: ~np.isfinite(a), DQ.UNRELIABLE_DARK | DQ.DO_NOT_USE, 0.0,
+                        "dark slope not finite: UNRELIABLE_DARK | DO_NOT_USE, taken as 0"),
+    "dark_data": (lambda a: ~np.isfinite(a), DQ.UNRELIABLE_DARK | DQ.DO_NOT_USE, 0.0,
+                  "dark cube not finite: UNRELIABLE_DARK | DO_NOT_USE, taken as 0"),
+}  # fmt: skip
 
-    ``tile`` is the (y, x) chunking of the science data: sizes, or explicit chunk tuples."""
+
+def check_values(refs: xr.Dataset) -> xr.Dataset:
+    """``refs`` with ``reference_dq`` (y, x): the flags of the unusable reference values (:data:`_CHECKS`),
+    those values replaced where a replacement is defined; lazy, tiled like the references."""
+    flags, rules = None, []
+    out = refs.copy()
+    for name, (is_bad, bits, fill, rule) in _CHECKS.items():
+        if name not in refs:
+            continue
+        bad = is_bad(refs[name])
+        if fill is not None:
+            out[name] = refs[name].where(~bad, refs[name].dtype.type(fill)).assign_attrs(refs[name].attrs)
+        extra = [d for d in bad.dims if d not in (schema.Y, schema.X)]
+        if extra:  # a cube: any bad resultant flags the pixel
+            bad = bad.any(extra)
+        f = schema.flag_where(bad, bits)
+        flags = f if flags is None else flags | f
+        rules.append(rule)
+    if flags is not None:
+        out["reference_dq"] = flags.astype(np.uint32).transpose(schema.Y, schema.X).assign_attrs(schema.dq_attrs())
+    out.attrs["reference_checks"] = rules
+    return out
+
+
+def _frame_shapes(caldir: dict[str, Path]) -> dict[str, tuple[int, int]]:
+    """The full-frame (y, x) shape each reference implies (from its fields that are full frame only)."""
+    out = {}
+    for name, fields in WFI_FIELDS.items():
+        if name not in caldir:
+            continue
+        with open_asdf(caldir[name]) as af:
+            roman = node_get(af.tree, "roman", None)
+            for field, _, kind in fields:
+                arr = node_get(roman, field, None) if roman is not None else None
+                if arr is not None and kind in ("2d", "cube") and np.ndim(arr) >= 2:
+                    out.setdefault(name, tuple(int(v) for v in np.shape(arr)[-2:]))
+    return out
+
+
+def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple, nborder: int = 4,
+                        source: str | Path | None = None) -> xr.Dataset:  # fmt: skip
+    """Open the WFI references of ``caldir`` lazily, validated against an ``nside`` detector with a
+    reference border of ``nborder`` pixels, and checked (:func:`check_values`).
+
+    ``tile`` is the (y, x) chunking of the science data: sizes, or explicit chunk tuples. ``source``:
+    the L1 file; when every reference agrees on a frame size other than ``nside``, the error names it."""
     ty, tx = tile
-    nb = 4
+    nb = nborder
+    shapes = _frame_shapes(caldir)
+    if source is not None and shapes and len(set(shapes.values())) == 1:
+        (shape,) = set(shapes.values())
+        if shape != (nside, nside):
+            raise DetflowInputError(source, "data", f"frames of {shape[0]}x{shape[1]} pixels, the shape of its "
+                                    f"reference files ({', '.join(f'CALDIR.{k}' for k in shapes)})",
+                                    f"{nside}x{nside}")  # fmt: skip
     variables = {}
     for name, fields in WFI_FIELDS.items():
         if name not in caldir:
@@ -179,11 +249,12 @@ def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple) -> xr.
                     "cube_active": len(shape) == 3 and shape[1:] == (nside - 2 * nb, nside - 2 * nb),
                 }[kind]
                 if not ok:
+                    na = nside - 2 * nb
                     want = {"2d": f"({nside}, {nside})", "cube": f"(k, {nside}, {nside})",
-                            "2d_or_active": f"({nside}, {nside}) or ({nside - 8}, {nside - 8})",
-                            "ipc": f"(3, 3, {nside - 8}, {nside - 8})",
-                            "cube_active": f"(k, {nside - 8}, {nside - 8})"}[kind]  # fmt: skip
-                    raise DetflowInputError(path, f"roman.{field}", f"shape {want}", f"shape {shape}")
+                            "2d_or_active": f"({nside}, {nside}) or ({na}, {na})", "ipc": f"(3, 3, {na}, {na})",
+                            "cube_active": f"(k, {na}, {na})"}[kind]  # fmt: skip
+                    raise DetflowInputError(path, f"roman.{field}", f"shape {want} (the L1 frames' shape)",
+                                            f"shape {shape}")  # fmt: skip
                 if kind == "ipc":  # active region only, chunked like the active part of the tiles
                     ychunks = trim_chunks(_axis_chunks(ty, nside), nb)
                     xchunks = trim_chunks(_axis_chunks(tx, nside), nb)
@@ -208,4 +279,4 @@ def open_wfi_references(caldir: dict[str, Path], nside: int, tile: tuple) -> xr.
         variables.update(_read_pink_model(caldir["read"], nside, ty))
     refs = xr.Dataset(variables, coords={schema.Y: np.arange(nside), schema.X: np.arange(nside)})
     refs.attrs["reference_files"] = [{"name": k, "path": str(v)} for k, v in sorted(caldir.items())]
-    return refs
+    return check_values(refs)

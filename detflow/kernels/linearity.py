@@ -4,11 +4,15 @@ The linearised signal is ``phi(S) = sum_l c_l P_l(z)`` with ``z = -1 + 2 (S - Sm
 Outside ``|z| <= 1`` each Legendre polynomial is continued linearly from its end point
 (``P_l(+-1) = (+-1)^l``, ``P_l'(+-1) = (+-1)^(l+1) l (l+1) / 2``) and the pixel is flagged NO_LIN_CORR,
 except on resultants that are already saturated. Pixels whose model is flagged (NO_LIN_CORR) and
-reference pixels get ``S - Sref``. The first resultant can be exempted (clipped to the model range and
-never flagged) when it is the reset read.
+reference pixels get ``S - Sref``. A model that cannot be evaluated (a non-finite coefficient, ``Smin``
+or ``Smax``, or ``Smax <= Smin``) is treated as flagged and gets NO_LIN_CORR, as stcal does with NaN
+coefficients; a non-finite ``Sref`` is taken as 0 (it only offsets the ramp) with NO_LIN_CORR. The
+first resultant can be exempted (clipped to the model range and never flagged) when it is the reset read.
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
@@ -79,11 +83,21 @@ def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit
     for y in range(ny):
         for x in range(nx):
             flags = lin_dq[y, x]
-            direct = (flags & (_NOLIN | _REF)) != 0
             lo = float(smin[y, x])
-            scale = 2.0 / (float(smax[y, x]) - lo)
+            hi = float(smax[y, x])
             ref = float(sref[y, x])
             c = coefs[y, x]
+            usable = hi > lo and math.isfinite(lo) and math.isfinite(hi)
+            for k in range(nc):
+                usable = usable and math.isfinite(c[k])
+            if not math.isfinite(ref):
+                ref = 0.0
+                flags |= _NOLIN
+            if not usable:
+                flags |= _NOLIN
+                lo, hi = 0.0, 1.0  # a harmless model range: the pixel gets S - Sref below
+            direct = (flags & (_NOLIN | _REF)) != 0
+            scale = 2.0 / (hi - lo)
             c0 = float(c[0])
             for g in range(n):
                 zg = -1.0 + (float(raw[y, x, g]) - lo) * scale

@@ -7,8 +7,12 @@ Roman PIT ``gen_cal_image`` with its later upstream fixes:
   ``tbar_i = (t0_i + (N_i - 1)/2) dt`` and ``tau_i = (t0_i + (N_i - 1)(2 N_i - 1)/(6 N_i)) dt``.
 * The full ramp is fit with fixed optimal weights ``K`` (sum zero, ``sum K tbar = 1``) computed for one
   signal-to-read-noise ratio ``u = slope / gain / sigma_read**2``; the first resultant may be excluded.
-* A ramp cut short by saturation (or by a do-not-use resultant) is fit with the two-point slope between
-  its first used and last good resultant.
+* A ramp cut short by saturation (or by a do-not-use or non-finite resultant: a NaN resultant is a
+  missing one) is fit with the two-point slope between its first used and last good resultant; two
+  usable resultants give the CDS slope.
+* A pixel whose gain is not a finite positive number gets ``var_poisson`` NaN and NO_GAIN_VALUE |
+  DO_NOT_USE; a read noise that is not finite and >= 0 gives ``var_rnoise`` NaN and UNRELIABLE_ERROR |
+  DO_NOT_USE; neither gets jump detection (no noise model). Every NaN output carries DO_NOT_USE.
 * Variances: ``var_poisson = cP * max(slope / gain, 0)`` with ``cP = sum K_i^2 tau_i + 2 sum_{j<i} K_i
   K_j tbar_j`` and ``var_rnoise = sigma_read^2 * sum K_i^2 / N_i`` (weights and ``tau`` aligned index
   by index).
@@ -39,6 +43,8 @@ _SAT = np.uint32(DQ.SATURATED)
 _DNU = np.uint32(DQ.DO_NOT_USE)
 _JUMP = np.uint32(DQ.JUMP_DET)
 _REF = np.uint32(DQ.REFERENCE_PIXEL)
+_NGV = np.uint32(DQ.NO_GAIN_VALUE)
+_UERR = np.uint32(DQ.UNRELIABLE_ERROR)
 
 # index of each parameter in the ``params`` vector handed to the kernel
 P_START, P_STHRESH_A, P_STHRESH_B, P_ITHRESH_A, P_ITHRESH_B, P_DETECT = range(6)
@@ -173,7 +179,8 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson,
     Outputs (ny, nx), filled in place: slope (DN/s), var_rnoise, var_poisson (DN^2/s^2), and the flags
     to OR into the pixel DQ: the OR of the used resultants' flags (without DO_NOT_USE), SATURATED if any
     resultant saturated, JUMP_DET if a jump was found, DO_NOT_USE if fewer than two usable resultants
-    remain. Reference pixels get a slope and no flags.
+    remain (a non-finite resultant is unusable; then also the flags of the resultant that ended the
+    ramp) or the gain or read noise is unusable (see the module notes). Reference pixels get a slope and no flags.
     """
     ny, nx, n = resultants.shape
     start = int(params[P_START])
@@ -186,21 +193,31 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson,
     t2_min = min(sa, sb) ** 2  # no difference below the lowest threshold: no log needed
     for y in range(ny):
         for x in range(nx):
-            # the usable ramp: from ``start`` up to the first saturated or do-not-use resultant
+            # the usable ramp: from ``start`` up to the first saturated, do-not-use or non-finite resultant
             last = n
             anysat = np.uint32(0)
             for g in range(n):
                 anysat |= gdq[y, x, g] & _SAT
             for g in range(start, n):
-                if gdq[y, x, g] & (_SAT | _DNU):
+                if gdq[y, x, g] & (_SAT | _DNU) or not math.isfinite(resultants[y, x, g]):
                     last = g
                     break
             flags = np.uint32(0)
             for g in range(last):
                 flags |= gdq[y, x, g]
             flags = (flags & ~_DNU) | anysat
+            g_raw = float(gain[y, x])
+            rn_raw = float(read_noise[y, x])
+            good_gain = g_raw > 0.0 and g_raw < math.inf  # False for NaN
+            good_rn = rn_raw >= 0.0 and rn_raw < math.inf
+            if not good_gain:
+                flags |= _NGV | _DNU
+            if not good_rn:
+                flags |= _UERR | _DNU
             is_ref = (pixeldq[y, x] & _REF) != 0
             if last - start < 2:
+                if last < n:  # why the ramp ended (AD_FLOOR, ...)
+                    flags |= gdq[y, x, last] & ~_DNU
                 slope[y, x] = np.nan
                 var_rnoise[y, x] = np.nan
                 var_poisson[y, x] = np.nan
@@ -209,16 +226,16 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson,
             s = 0.0
             for g in range(start, last):
                 s += weights[last, g] * resultants[y, x, g]
-            g_eff = min(max(float(gain[y, x]), 1e-4), 1e4)
+            g_eff = min(max(g_raw, 1e-4), 1e4)
             rate = max(s / g_eff, 0.0)
-            rn2 = float(read_noise[y, x]) * float(read_noise[y, x])
+            rn2 = rn_raw * rn_raw
             slope[y, x] = s
-            var_poisson[y, x] = coef_poisson[last] * rate
-            var_rnoise[y, x] = coef_read[last] * rn2
+            var_poisson[y, x] = coef_poisson[last] * rate if good_gain else np.nan
+            var_rnoise[y, x] = coef_read[last] * rn2 if good_rn else np.nan
             if is_ref:
                 dq_out[y, x] = np.uint32(0)
                 continue
-            if detect:
+            if detect and good_gain and good_rn:
                 # the largest (excess / sigma)^2 over the differences, branch-free (positive excess only)
                 best = 0.0
                 for k in range(pair_start[last], pair_start[last + 1]):

@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field
 
 from ..errors import DetflowInputError
+from ..io.chunking import chunks_problem
 
 
 class _Model(pydantic.BaseModel):
@@ -101,6 +102,14 @@ class WFIJob(_Model):
     def _output_suffix(cls, v: Path) -> Path:
         if v.suffix not in (".zarr", ".asdf"):
             raise ValueError(f"a .zarr store (or an .asdf L2 file, written beside its .zarr store), got {v.name!r}")
+        return v
+
+    @pydantic.field_validator("chunks", mode="before")
+    @classmethod
+    def _chunks(cls, v):
+        problem = chunks_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     def resolved_recipe(self) -> list[str]:

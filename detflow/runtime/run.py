@@ -135,16 +135,17 @@ def _build_one(job: WFIJob, files: list[Path], detector: str, suffix: str) -> di
     """The groups of one detector: ``l2<suffix>`` and, with a noise block, ``noise<suffix>``."""
     l1 = open_l1(files, job.chunks, skip_corrupt=not job.all_or_nothing)
     ny, nx = l1.sizes[schema.Y], l1.sizes[schema.X]
-    if ny != nx or ny % roman_wfi.NCHANNEL:
-        raise DetflowInputError(files[0], "data", f"square WFI frames, a multiple of {roman_wfi.NCHANNEL} wide",
-                                f"{ny}x{nx}")  # fmt: skip
+    nb, l1_file = roman_wfi.border_of(l1.attrs), l1.attrs["inputs"][0]["path"]
+    if ny != nx or (ny % roman_wfi.NCHANNEL and (nb or job.noise)):  # channels: reference pixels, noise
+        raise DetflowInputError(l1_file, "data", "square frames" + (f", a multiple of {roman_wfi.NCHANNEL} wide "
+                                "(reference-pixel channels)" if nb or job.noise else ""), f"{ny}x{nx}")  # fmt: skip
     named = {k: str(v).replace(DETECTOR_FIELD, detector) for k, v in job.caldir.items()}
     caldir = check_caldir(named, roman_wfi.CALDIR_REQUIRED, job.source)
-    tile = pixel_tiles(l1.sizes[schema.READ], ny, nx, job.chunks, border=roman_wfi.NBORDER)
+    tile = pixel_tiles(l1.sizes[schema.READ], ny, nx, job.chunks, border=nb)
     recipe = job.resolved_recipe()
     opened = set(roman_wfi.CALDIR_REQUIRED) | {k for k, step in roman_wfi.CALDIR_STEP.items() if step in recipe}
     wfi_refs = {k: v for k, v in caldir.items() if k in opened}
-    refs = open_wfi_references(wfi_refs, ny, tile)
+    refs = open_wfi_references(wfi_refs, ny, tile, nborder=nb, source=l1_file)
     if job.wcs is not None:
         refs.attrs["wcs_header"] = read_wcs_header(str(job.wcs).replace(DETECTOR_FIELD, detector))
     params = {name: step_params(job, name) for name in recipe}

@@ -8,6 +8,7 @@ and the resultant times ``tbar``/``tau`` as (frame, read) coordinates. ``refs`` 
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import dask.array as da
@@ -16,7 +17,8 @@ import xarray as xr
 from pydantic import Field
 
 from .. import schema
-from ..instruments.roman_wfi import OMEGA_IDEAL, Geometry
+from ..errors import DetflowInputError
+from ..instruments.roman_wfi import OMEGA_IDEAL, Geometry, border_of
 from ..kernels import ipc as kipc
 from ..kernels import linearity as klin
 from ..kernels import mask as kmask
@@ -28,6 +30,7 @@ from ..schema import DQ, FRAME, READ, X, Y
 from .registry import StepParams, record, register, register_fusion
 
 FAMILY = "roman_wfi"
+log = logging.getLogger("detflow")
 
 
 def _pixel_index(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
@@ -39,6 +42,11 @@ def _pixel_index(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
     return xr.DataArray(y, dims=Y), xr.DataArray(x, dims=X)
 
 
+def _geom(ds: xr.Dataset) -> Geometry:
+    """The detector geometry of a dataset: its frame size and its reference border (``nborder``)."""
+    return Geometry.for_shape(ds.sizes[Y], ds.sizes[X], border_of(ds.attrs))
+
+
 def _active_mask(ds: xr.Dataset, geom: Geometry) -> xr.DataArray:
     """True on the active pixels, False on the reference border."""
     y, x = _pixel_index(ds)
@@ -47,6 +55,10 @@ def _active_mask(ds: xr.Dataset, geom: Geometry) -> xr.DataArray:
 
 
 def _read_patterns(ds: xr.Dataset) -> list[list[list[int]]]:
+    if ds.sizes[READ] < 2:
+        src = ds["source_file"].values[0] if "source_file" in ds.coords else None
+        raise DetflowInputError(src, "read_pattern", "at least 2 resultants (a slope needs two reads)",
+                                f"{ds.sizes[READ]} resultant")  # fmt: skip
     first = ds["read_first"].values
     count = ds["read_nframes"].values
     return [[list(range(int(f), int(f) + int(c))) for f, c in zip(fr, cr)] for fr, cr in zip(first, count)]
@@ -62,7 +74,7 @@ class DQInitParams(StepParams):
 def dq_init(ds: xr.Dataset, refs: xr.Dataset | None, p: DQInitParams) -> xr.Dataset:
     """Initialise DQ: mask reference OR'ed into every pixel, guide window, reference border; times."""
     ny, nx = ds.sizes[Y], ds.sizes[X]
-    geom = Geometry.for_shape(ny, nx)
+    geom = _geom(ds)
     data = ds["data"].astype(np.float32)
     if "reference_read" in ds:
         data = data + ds["reference_read"].astype(np.float32)
@@ -83,6 +95,8 @@ def dq_init(ds: xr.Dataset, refs: xr.Dataset | None, p: DQInitParams) -> xr.Data
     pixeldq = (gw.astype(np.uint32) | border).transpose(FRAME, Y, X)
     if refs is not None and "mask_dq" in refs:
         pixeldq = pixeldq | refs["mask_dq"].astype(np.uint32)
+    if refs is not None and "reference_dq" in refs:  # unusable reference values (io.caldir)
+        pixeldq = pixeldq | refs["reference_dq"].astype(np.uint32)
     chunks = data.chunks
     pixeldq = _rechunk(pixeldq, {FRAME: 1, Y: chunks[2], X: chunks[3]}) if chunks else pixeldq
 
@@ -90,6 +104,8 @@ def dq_init(ds: xr.Dataset, refs: xr.Dataset | None, p: DQInitParams) -> xr.Data
     if p.exclude_first:
         first = xr.DataArray(np.arange(ds.sizes[READ]) == 0, dims=READ)
         groupdq = groupdq | schema.flag_where(first, DQ.DO_NOT_USE)
+    if ds["data"].dtype.kind == "f":  # a float ramp: a NaN or infinite resultant is a missing one
+        groupdq = groupdq | schema.flag_where(~np.isfinite(data), DQ.DO_NOT_USE)
     groupdq = groupdq.astype(np.uint32).transpose(*data.dims)
 
     rps = _read_patterns(ds)
@@ -107,6 +123,8 @@ def dq_init(ds: xr.Dataset, refs: xr.Dataset | None, p: DQInitParams) -> xr.Data
     out.attrs["exclude_first"] = p.exclude_first
     status = "COMPLETE" if refs is not None and "mask_dq" in refs else "SKIPPED"
     note = "" if status == "COMPLETE" else "no mask reference: border and guide window only"
+    checks = list(refs.attrs.get("reference_checks", [])) if refs is not None else []
+    note = "; ".join([note] * bool(note) + checks + [f"reference border {geom.nborder} pixels"])
     return record(out, "dq_init", status, p, note)
 
 
@@ -174,9 +192,9 @@ def saturation(ds: xr.Dataset, refs: xr.Dataset, p: SaturationParams) -> xr.Data
     thresh = refs["saturation_data"].astype(np.float32)
     sat_dq = refs["saturation_dq"].astype(np.uint32) if "saturation_dq" in refs else xr.zeros_like(
         thresh, dtype=np.uint32)  # fmt: skip
-    nsc = thresh.isnull() | ((sat_dq & np.uint32(DQ.NO_SAT_CHECK)) != 0)
+    nsc = ~np.isfinite(thresh) | ((sat_dq & np.uint32(DQ.NO_SAT_CHECK)) != 0)
     thresh_eff = xr.where(nsc, np.float32(p.atod_limit + 1), thresh).astype(np.float32)
-    sat_dq = sat_dq | schema.flag_where(thresh.isnull(), DQ.NO_SAT_CHECK)
+    sat_dq = sat_dq | schema.flag_where(~np.isfinite(thresh), DQ.NO_SAT_CHECK)
 
     data = ds["data"].transpose(FRAME, READ, Y, X)
     gdq = ds["groupdq"].transpose(FRAME, READ, Y, X)
@@ -250,9 +268,11 @@ def _median(a: xr.DataArray, dims: list[str]) -> xr.DataArray:
 def refpix(ds: xr.Dataset, refs: xr.Dataset, p: RefPixParams) -> xr.Dataset:
     """Reference-pixel correction per resultant on the dark-subtracted cube: row step, channel step."""
     n = ds.sizes[X]
-    geom = Geometry.for_shape(ds.sizes[Y], n)
+    geom = _geom(ds)
     nb, cw = geom.nborder, geom.channel_width
     nread = ds.sizes[READ]
+    if nb == 0:
+        return record(ds, "refpix", "SKIPPED", p, "no reference pixels (reference border 0)")
     if "dark_data" not in refs or refs.sizes["dark_k"] < nread:
         return record(ds, "refpix", "SKIPPED", p, "the dark reference has no roman.data cube for every resultant")
     dark = refs["dark_data"].isel(dark_k=slice(0, nread)).rename(dark_k=READ).astype(np.float32, copy=False)
@@ -405,6 +425,14 @@ def _ipc_block(data, kernel, gain, *, order):
     return out
 
 
+def ipc_gain(refs: xr.Dataset) -> xr.DataArray:
+    """The gain (e/DN) the IPC deconvolution converts with: where it is not finite and > 0 (those pixels
+    are flagged NO_GAIN_VALUE), the mean of the usable gains, so that no NaN spreads to the neighbours."""
+    g = refs["gain_data"].astype(np.float32)
+    ok = np.isfinite(g) & (g > 0)
+    return xr.where(ok, g, g.where(ok).mean()).astype(np.float32)
+
+
 def ipc_deconvolve(arr: da.Array, kernel: da.Array, gain: da.Array, nb: int, order: int) -> da.Array:
     """IPC-deconvolve the active region of every (frame, read) plane of ``arr`` (DN, in electrons via
     ``gain``); the reference border is passed through. Tiles exchange halos of ``order`` pixels."""
@@ -427,10 +455,10 @@ def ipc(ds: xr.Dataset, refs: xr.Dataset, p: IPCParams) -> xr.Dataset:
     """IPC deconvolution of each linearised resultant with the per-pixel ``ipc4d`` kernel, in electrons."""
     if "ipc4d_data" not in refs:
         return record(ds, "ipc", "SKIPPED", p, "no ipc4d reference")
-    geom = Geometry.for_shape(ds.sizes[Y], ds.sizes[X])
+    geom = _geom(ds)
     data = ds["data"].transpose(FRAME, READ, Y, X)
     darr = da.asarray(data.data).rechunk({0: 1, 1: -1})
-    out_arr = ipc_deconvolve(darr, refs["ipc4d_data"].data, refs["gain_data"].data, geom.nborder, p.order)
+    out_arr = ipc_deconvolve(darr, refs["ipc4d_data"].data, ipc_gain(refs).data, geom.nborder, p.order)
     out = ds.copy()
     out["data"] = data.copy(data=out_arr).transpose(*ds["data"].dims)
     out.attrs["ipc_order"] = p.order  # dark_current deconvolves the dark slope the same way
@@ -445,10 +473,10 @@ class DarkParams(StepParams):
 def _dark_map(ds: xr.Dataset, refs: xr.Dataset) -> xr.DataArray:
     """The dark slope on the active pixels, 0 on the reference border (float32); IPC-deconvolved like
     the data when the ipc step ran (the dark reference is measured through IPC)."""
-    geom = Geometry.for_shape(ds.sizes[Y], ds.sizes[X])
+    geom = _geom(ds)
     dark = refs["dark_dark_slope"].astype(np.float32)
     if ds.attrs.get("ipc_order"):
-        arr = ipc_deconvolve(dark.data[None, None], refs["ipc4d_data"].data, refs["gain_data"].data,
+        arr = ipc_deconvolve(dark.data[None, None], refs["ipc4d_data"].data, ipc_gain(refs).data,
                              geom.nborder, int(ds.attrs["ipc_order"]))[0, 0]  # fmt: skip
         dark = dark.copy(data=arr)
     return dark * _active_mask(ds, geom).astype(np.float32)
@@ -483,8 +511,13 @@ def ramp_tables_for(ds: xr.Dataset, p: RampFitParams) -> dict[str, xr.DataArray]
     tabs = [kramp.ramp_tables(rp, float(ft), u, start)
             for rp, ft in zip(_read_patterns(ds), ds["frame_time"].values)]  # fmt: skip
 
+    npair = max(1, max(len(t.pair_i) for t in tabs))  # no pairs (two usable resultants): one unused entry
+
     def stack(field, dims):
-        return xr.DataArray(np.stack([getattr(t, field) for t in tabs]), dims=(FRAME, *dims))
+        arrays = [getattr(t, field) for t in tabs]
+        if dims == ("pair",):  # entries past a frame's pair_start are never read
+            arrays = [np.pad(a, (0, npair - len(a))) for a in arrays]
+        return xr.DataArray(np.stack(arrays), dims=(FRAME, *dims))
 
     return {
         "weights": stack("weights", ("trunc", READ)),
@@ -515,6 +548,17 @@ def _ramp_block(data, gdq, pdq, gain, rn, *tables):
 
 _TABLE_CORE_DIMS = [["trunc", READ], ["trunc"], ["trunc"], ["trunc1"], ["pair"], ["pair"], ["pair"], ["pair"],
                     ["pair"]]  # fmt: skip
+
+
+def ramp_note(ds: xr.Dataset, p: RampFitParams) -> str:
+    """What the ramp fit can do with these resultants, for its record (and a warning when it is nothing)."""
+    usable = ds.sizes[READ] - (1 if p.exclude_first else 0)
+    if usable >= 2:
+        return "CDS (two-point) slopes: two usable resultants" if usable == 2 else ""
+    msg = (f"no slope can be formed: {ds.sizes[READ]} resultants with exclude_first leave {usable} usable; every "
+           "pixel is DO_NOT_USE with NaN slope (exclude_first: false gives the CDS slope)")  # fmt: skip
+    log.warning("ramp_fit: %s", msg)
+    return msg
 
 
 def _ramp_param_array(p: RampFitParams) -> xr.DataArray:
@@ -557,7 +601,7 @@ def ramp_fit(ds: xr.Dataset, refs: xr.Dataset, p: RampFitParams) -> xr.Dataset:
         dask="parallelized", output_dtypes=[np.float32, np.float32, np.float32, np.uint32],
     )  # fmt: skip
     out = _l2_dataset(ds, t, slope, vr, vp, ds["pixeldq"] | dq)
-    return record(out, "ramp_fit", "COMPLETE", p)
+    return record(out, "ramp_fit", "COMPLETE", p, ramp_note(ds, p))
 
 
 # ---- flat field -----------------------------------------------------------------------------------
@@ -570,18 +614,18 @@ class FlatParams(StepParams):
 def flat_map(ds: xr.Dataset, refs: xr.Dataset, p: FlatParams) -> tuple[xr.DataArray, xr.DataArray]:
     """The flat to divide by (full frame, 1 on the reference border, clipped, IPC-deconvolved in
     electrons when the ipc step ran) and the flags it brings (NO_FLAT_FIELD, NO_GAIN_VALUE)."""
-    geom = Geometry.for_shape(ds.sizes[Y], ds.sizes[X])
+    geom = _geom(ds)
     active = _active_mask(ds, geom)
     flat = xr.where(active, refs["flat_data"].astype(np.float32), np.float32(1.0))
     bad = (flat < p.min_flat) | (flat > p.max_flat) | flat.isnull()
     gain = refs["gain_data"].astype(np.float32)
-    flags = schema.flag_where(bad, DQ.NO_FLAT_FIELD) | schema.flag_where(active & (gain <= p.min_gain),
+    flags = schema.flag_where(bad, DQ.NO_FLAT_FIELD) | schema.flag_where(active & ~(gain > p.min_gain),
                                                                         DQ.NO_GAIN_VALUE)  # fmt: skip
     flat = flat.fillna(1.0).clip(p.min_flat, p.max_flat)
     if "wcs_header" in refs.attrs:  # the flat holds pixel area x QE: keep the QE (as the PIT does)
         flat = flat / _area_factor(flat, refs.attrs["wcs_header"])
     if ds.attrs.get("ipc_order") and "ipc4d_data" in refs:
-        g = gain.clip(p.min_gain, None)
+        g = ipc_gain(refs).clip(p.min_gain, None)
         arr = ipc_deconvolve(da.asarray(flat.transpose(Y, X).data)[None, None], refs["ipc4d_data"].data,
                              da.asarray(g.transpose(Y, X).data), geom.nborder, int(ds.attrs["ipc_order"]))[0, 0]  # fmt: skip
         flat = flat.transpose(Y, X).copy(data=arr)
@@ -669,7 +713,7 @@ class SkyParams(StepParams):
 def sky(ds: xr.Dataset, refs: xr.Dataset, p: SkyParams) -> xr.Dataset:
     """Histogram-mode sky of the 4x4-binned masked slopes (always); with ``order`` a 2-D Legendre sky
     fitted to the medians of an 8x8 grid of blocks is subtracted (``data_withsky`` keeps the slope)."""
-    geom = Geometry.for_shape(ds.sizes[Y], ds.sizes[X])
+    geom = _geom(ds)
     nb, n = geom.nborder, geom.nside
     act = {Y: slice(nb, n - nb), X: slice(nb, n - nb)}
     masked = grown_mask(ds["dq"]).isel(act)
@@ -743,29 +787,26 @@ def linearity_dark_ramp(ds: xr.Dataset, refs: xr.Dataset, lin: LinearityParams, 
     out = _l2_dataset(ds, t, slope, vr, vp, ds["pixeldq"] | dq)
     out = record(out, "linearity", "COMPLETE", lin)
     out = record(out, "dark_current", "COMPLETE", dark)
-    return record(out, "ramp_fit", "COMPLETE", ramp)
+    return record(out, "ramp_fit", "COMPLETE", ramp, ramp_note(ds, ramp))
 
 
 # ---- the L2 product -------------------------------------------------------------------------------
 def l2_product(l1: xr.Dataset, fitted: xr.Dataset) -> xr.Dataset:
-    """The WFI L2 group: slope products on the active region, border reference pixels alongside."""
-    geom = Geometry.for_shape(l1.sizes[Y], l1.sizes[X])
+    """The WFI L2 group: slope products on the active region, border reference pixels alongside (none
+    for a detector without a reference border)."""
+    geom = _geom(l1)
     nb, n = geom.nborder, geom.nside
     act = fitted.isel({Y: slice(nb, n - nb), X: slice(nb, n - nb)})
-    raw = l1["data"]
-    border = {
-        "border_ref_pix_left": raw.isel({X: slice(0, nb)}).rename({Y: "y_full", X: "x_left"}),
-        "border_ref_pix_right": raw.isel({X: slice(n - nb, n)}).rename({Y: "y_full", X: "x_right"}),
-        "border_ref_pix_bottom": raw.isel({Y: slice(0, nb)}).rename({Y: "y_bottom", X: "x_full"}),
-        "border_ref_pix_top": raw.isel({Y: slice(n - nb, n)}).rename({Y: "y_top", X: "x_full"}),
-    }
-    dq = fitted["dq"]
-    border.update({
-        "dq_border_ref_pix_left": dq.isel({X: slice(0, nb)}).rename({Y: "y_full", X: "x_left"}),
-        "dq_border_ref_pix_right": dq.isel({X: slice(n - nb, n)}).rename({Y: "y_full", X: "x_right"}),
-        "dq_border_ref_pix_bottom": dq.isel({Y: slice(0, nb)}).rename({Y: "y_bottom", X: "x_full"}),
-        "dq_border_ref_pix_top": dq.isel({Y: slice(n - nb, n)}).rename({Y: "y_top", X: "x_full"}),
-    })  # fmt: skip
+    border = {}
+    for name, arr in (("border_ref_pix", l1["data"]), ("dq_border_ref_pix", fitted["dq"])):
+        if nb == 0:  # no reference pixels: nothing to keep
+            break
+        border.update({
+            f"{name}_left": arr.isel({X: slice(0, nb)}).rename({Y: "y_full", X: "x_left"}),
+            f"{name}_right": arr.isel({X: slice(n - nb, n)}).rename({Y: "y_full", X: "x_right"}),
+            f"{name}_bottom": arr.isel({Y: slice(0, nb)}).rename({Y: "y_bottom", X: "x_full"}),
+            f"{name}_top": arr.isel({Y: slice(n - nb, n)}).rename({Y: "y_top", X: "x_full"}),
+        })  # fmt: skip
     out = act.assign({k: v.drop_vars([c for c in v.coords if c not in v.dims and c != "source_file"])
                       for k, v in border.items()})  # fmt: skip
     if "amp33" in l1:
