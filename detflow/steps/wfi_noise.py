@@ -45,7 +45,7 @@ import xarray as xr
 
 from .. import schema
 from ..errors import DetflowInputError
-from ..instruments.roman_wfi import Geometry
+from ..instruments.roman_wfi import Geometry, border_of
 from ..kernels import noise as knoise
 from ..kernels import rng as krng
 from ..kernels import sky as ksky
@@ -201,7 +201,7 @@ def noisy_l1(l1: xr.Dataset, refs: xr.Dataset, seed: int, layer: int, add: bool,
     ``"replace"``: the PIT's construction, border = dark + noise and amp33 = median + noise, which leaves
     the base exposure's own correlated noise uncorrected in the noisy run (it leaks into the layer).
     """
-    geom = Geometry.for_shape(l1.sizes[Y], l1.sizes[X])
+    geom = Geometry.for_shape(l1.sizes[Y], l1.sizes[X], border_of(l1.attrs))
     nread, nframe = l1.sizes[READ], l1.sizes[FRAME]
     data = l1["data"]
     chunks = data.data.chunks
@@ -348,7 +348,7 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
     detector's number joins the seed, so the SCAs of one exposure get independent realizations.
     """
     user_seed, seed = seed, (int(seed), detector_number(detector))
-    geom = Geometry.for_shape(l1.sizes[Y], l1.sizes[X])
+    geom = Geometry.for_shape(l1.sizes[Y], l1.sizes[X], border_of(l1.attrs))
     nb, n = geom.nborder, geom.nside
     act = {Y: slice(nb, n - nb), X: slice(nb, n - nb)}
 
