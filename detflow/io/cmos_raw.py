@@ -7,7 +7,8 @@ A test campaign writes bias, dark and flat frames under three section roots
         configFile.txt          HEIGHT, WIDTH, BIT_DEPTH (FILTER); ``key=value`` or ``key: value``, ``#`` comments
         temperatureLog.csv      one row per frame keyed by FrameNum (dialect sniffed: comma, semicolon, tab, ...)
         frames/frame0.raw       headerless little-endian uint16 (uint8 if BIT_DEPTH <= 8), shape (HEIGHT, WIDTH)
-        frames/f1_exp0.5s_T-10.0.raw  ...
+        frames/f1_exp0.5s_T-10.0.raw  ...  or the camera's DarkT-10_exp0.5sAt0f1.raw (detflow.io.cmos_names):
+                                           frame number, and set point, exposure, attempt where named
 
 :func:`discover` finds attempts; :func:`read_config` and :func:`read_temperature_log` parse their
 files; :func:`ingest_section` validates every frame (size, name, log row) before any data are written
@@ -63,6 +64,7 @@ from .. import schema
 from ..errors import DetflowInputError, OutputExistsError
 from ..instruments import cmos
 from ..schema import sanitize_attrs
+from . import cmos_names
 
 if TYPE_CHECKING:
     from astropy.io import fits
@@ -76,12 +78,9 @@ INDEX_NAME = "fits_index.csv"
 ON_ERROR = ("raise", "skip")
 
 _T_DIR = re.compile(r"^T_?([-+]?\d+(?:\.\d+)?)(?:C|degC)?$")
-_T_NAME = re.compile(r"(?:^|_)T_?([-+]?\d+(?:\.\d+)?)(?:C|degC)?(?=_|$)")
 _ATTEMPT = re.compile(r"^attempt_?(\d+)$", re.IGNORECASE)
-_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+_UNIT = cmos_names.UNITS
 _EXP_DIR = re.compile(r"^(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(s|ms|us)$", re.IGNORECASE)
-_EXP_NAME = re.compile(r"(?:^|_)exp_?(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(s|ms|us)(?=_|$)", re.IGNORECASE)
-_FRAME_NAME = re.compile(r"^(?:frame|f)_?(\d+)(?=_|$)", re.IGNORECASE)
 _MISSING = {"", "nan", "na", "n/a", "none", "null", "-"}
 _DELIMITERS = ",;\t|"
 
@@ -137,7 +136,7 @@ def _attempt(root: Path, d: Path, files: dict[str, str], dirs: dict[str, str]) -
     frames_dir = d / fdir if fdir else (d if any(n.endswith(cmos.RAW_SUFFIX) for n in files) else None)
     return CmosAttempt(path=d, relpath=rel.as_posix(), temperature=float(t.group(1)) if t else math.nan,
                        attempt=int(a.group(1)) if a else -1,
-                       exposure=float(e.group(1)) * _UNIT[e.group(2).lower()] if e else math.nan,
+                       exposure=float(e.group(1)) / _UNIT[e.group(2).lower()] if e else math.nan,
                        config=d / cfg if cfg else None, log=d / log if log else None, frames_dir=frames_dir)  # fmt: skip
 
 
@@ -331,24 +330,17 @@ def read_temperature_log(path: str | Path) -> TemperatureLog:
 
 
 # ---- one attempt -> frames ---------------------------------------------------------------------------------
-def frame_number(path: str | Path) -> int:
-    """Frame number from a raw file name (``frame<N>`` or ``f<N>``, then ``_...``)."""
-    m = _FRAME_NAME.match(Path(path).stem)
-    if not m:
-        raise DetflowInputError(path, "file name", "frame<N>.raw or f<N>[_...].raw", Path(path).name)
-    return int(m.group(1))
+frame_number = cmos_names.frame_number  # the f<N> / frame<N> of a raw file name (detflow.io.cmos_names)
 
 
 def name_exptime(path: str | Path) -> float:
-    """Exposure time (s) from ``exp<float>s`` (or ms, us) in a file name; NaN if none."""
-    m = _EXP_NAME.search(Path(path).stem)
-    return float(m.group(1)) * _UNIT[m.group(2).lower()] if m else math.nan
+    """Exposure time (s) from ``exp[_]<t>s`` (or ms, us) anywhere in a file name; NaN if none."""
+    return cmos_names.parse_name(path).exptime
 
 
 def name_temperature(path: str | Path) -> float:
-    """Temperature from ``T<float>`` in a file name; NaN if none."""
-    m = _T_NAME.search(Path(path).stem)
-    return float(m.group(1)) if m else math.nan
+    """Set point (deg C) from ``T<temp>`` anywhere in a file name; NaN if none."""
+    return cmos_names.parse_name(path).temperature
 
 
 def _raw_files(att: CmosAttempt) -> list[Path]:
@@ -377,16 +369,16 @@ class _Geometry:
         return (self.height, self.width, self.dtype) == (other.height, other.width, other.dtype)
 
 
-def _frame_meta(att: CmosAttempt, raw: Path, n: int, row: dict, caltype: str, filt: str) -> dict[str, Any]:
+def _frame_meta(att: CmosAttempt, raw: Path, name: cmos_names.NameFields, row: dict, caltype: str,
+                filt: str) -> dict[str, Any]:  # fmt: skip
     meta: dict[str, Any] = {kw.lower(): (row.get(kw, "") if kw in cmos.TEXT_KEYWORDS else row.get(kw, math.nan))
                             for kw in cmos.LOG_KEYWORDS}  # fmt: skip
-    meta["framenum"] = n
-    if not math.isfinite(meta["exptime"]):  # the log lacks it: the file name, then the <t>s folder
-        t = name_exptime(raw)
-        meta["exptime"] = t if math.isfinite(t) else att.exposure
-    t_name = name_temperature(raw)
-    meta["filetemp"] = t_name if math.isfinite(t_name) else att.temperature
-    meta.update(caltype=caltype, filter=filt, attempt=att.attempt, path=str(raw.absolute()))
+    meta["framenum"] = name.frame
+    if math.isnan(meta["exptime"]):  # the log lacks it: the file name, then the <t>s folder
+        meta["exptime"] = name.exptime if math.isfinite(name.exptime) else att.exposure
+    meta["filetemp"] = name.temperature if math.isfinite(name.temperature) else att.temperature
+    meta.update(caltype=caltype, filter=filt, attempt=name.attempt if name.attempt >= 0 else att.attempt,
+                path=str(raw.absolute()))  # fmt: skip
     return meta
 
 
@@ -437,6 +429,7 @@ def _plan_attempt(att: CmosAttempt, caltype: str, known: set[str], geom: _Geomet
     seen: dict[int, Path] = {}
     for raw in raws:
         try:
+            name = cmos_names.parse_name(raw)
             n = frame_number(raw)
             if n in seen:
                 raise DetflowInputError(raw, "file name", f"one file per frame number ({n} is also {seen[n].name})",
@@ -451,10 +444,11 @@ def _plan_attempt(att: CmosAttempt, caltype: str, known: set[str], geom: _Geomet
             if n not in log.rows:
                 raise DetflowInputError(log.path, f"{log.mapping['FRAMENUM']} {n}", f"a row for frame {n} ({raw})",
                                         "no such row")  # fmt: skip
+            meta = _frame_meta(att, raw, name, log.rows[n], caltype, filt)
         except DetflowInputError as err:
             errors(err, [raw])
             continue
-        frames.append(_frame_meta(att, raw, n, log.rows[n], caltype, filt))
+        frames.append(meta)
     frames.sort(key=lambda m: m["framenum"])
     record = {"path": str(att.path.absolute()), "relpath": att.relpath, "config_file": att.config.name, "config": cfg,
               "temperature_log": att.log.name, "log_delimiter": log.delimiter, "log_columns": log.columns,
