@@ -11,8 +11,9 @@ A test campaign writes bias, dark and flat frames under three section roots
                                            frame number, and set point, exposure, attempt where named
 
 :func:`discover` finds attempts; :func:`read_config` and :func:`read_temperature_log` parse their
-files; :func:`ingest_section` validates every frame (size, name, log row) before any data are written
-and writes ``l1/data`` (frame, read, y, x) in the native integer type with the metadata of
+files; :func:`ingest_section` validates every frame (size, name, log row, and its metadata: a finite
+detector temperature, an exposure time > 0, >= 0 for a bias, no infinite logged number) before any data
+are written and writes ``l1/data`` (frame, read, y, x) in the native integer type with the metadata of
 :data:`~detflow.instruments.cmos.KEYWORDS` as lower-case coordinates on ``frame`` (and ``path``).
 Bad input raises one :class:`DetflowInputError` naming the file, the field and what was expected;
 ``on_error="skip"`` skips the frame (or the attempt) and lists it in the report instead.
@@ -233,6 +234,8 @@ class TemperatureLog:
     mapping: dict[str, str]  # keyword -> log column
     rows: dict[int, dict[str, Any]]
     bad_rows: dict[int, DetflowInputError] = field(default_factory=dict)  # rows with a value that is no number
+    lines: dict[int, int] = field(default_factory=dict)  # frame number -> line number in the file
+    text: dict[int, dict[str, str]] = field(default_factory=dict)  # frame number -> {keyword: the value as written}
 
 
 def _number(text: str, delimiter: str) -> float:
@@ -292,6 +295,8 @@ def read_temperature_log(path: str | Path) -> TemperatureLog:
     factors = {kw: f for kw, f in cmos.LOG_COLUMNS.values()}  # divisors
     rows: dict[int, dict[str, Any]] = {}
     bad: dict[int, DetflowInputError] = {}
+    where: dict[int, int] = {}
+    texts: dict[int, dict[str, str]] = {}
     for lineno, line in lines[1:]:
         values = [v.strip() for v in next(csv.reader([line], delimiter=delimiter))]
         if len(values) != len(header):
@@ -310,6 +315,8 @@ def read_temperature_log(path: str | Path) -> TemperatureLog:
             raise DetflowInputError(path, f"{mapping['FRAMENUM']} (line {lineno})", "one row per frame number",
                                     f"frame {fn} again")  # fmt: skip
         row: dict[str, Any] = {"FRAMENUM": fn}
+        where[fn] = lineno
+        texts[fn] = {kw: values[j] for kw, j in index.items()}
         try:
             for kw, j in index.items():
                 if kw == "FRAMENUM":
@@ -326,7 +333,7 @@ def read_temperature_log(path: str | Path) -> TemperatureLog:
             bad[fn] = err
             continue
         rows[fn] = row
-    return TemperatureLog(path, delimiter, header, mapping, rows, bad)
+    return TemperatureLog(path, delimiter, header, mapping, rows, bad, where, texts)
 
 
 # ---- one attempt -> frames ---------------------------------------------------------------------------------
@@ -380,6 +387,38 @@ def _frame_meta(att: CmosAttempt, raw: Path, name: cmos_names.NameFields, row: d
     meta.update(caltype=caltype, filter=filt, attempt=name.attempt if name.attempt >= 0 else att.attempt,
                 path=str(raw.absolute()))  # fmt: skip
     return meta
+
+
+def _check_meta(meta: dict[str, Any], log: TemperatureLog, raw: Path, att: CmosAttempt) -> None:
+    """Refuse a frame whose metadata the models cannot use, naming the file and field where the value came from:
+    a detector temperature that is missing or not finite, an exposure time that is missing, not finite or not
+    > 0 (>= 0 for a bias frame), any logged number that is infinite."""
+    n = meta["framenum"]
+    where = f"line {log.lines.get(n, '?')}"
+    text = log.text.get(n, {})
+    for kw, col in log.mapping.items():
+        v = meta.get(kw.lower())
+        if isinstance(v, float) and math.isinf(v):
+            raise DetflowInputError(log.path, f"{col} ({where})", "a finite number (or empty)", repr(text.get(kw)))
+    if "TEMP" not in log.mapping:
+        raise DetflowInputError(log.path, "Temperature", "a detector-temperature column (Temperature, CCDTemp, "
+                                f"CCD_Temp, CCDTemperature or ChipTemp)", f"columns {log.columns}")  # fmt: skip
+    if not math.isfinite(meta["temp"]):
+        raise DetflowInputError(log.path, f"{log.mapping['TEMP']} ({where})", "a finite detector temperature "
+                                "(deg C)", repr(text.get("TEMP")))  # fmt: skip
+    t, bias = meta["exptime"], meta["caltype"] == "BIAS"
+    if math.isfinite(t) and (t >= 0 if bias else t > 0):
+        return
+    low = ">= 0" if bias else "> 0"
+    if "EXPTIME" in log.mapping and not math.isnan(log.rows[n].get("EXPTIME", math.nan)):
+        raise DetflowInputError(log.path, f"{log.mapping['EXPTIME']} ({where})", f"an exposure time {low} (us)",
+                                repr(text.get("EXPTIME")))  # fmt: skip
+    if math.isnan(t):
+        raise DetflowInputError(log.path, f"ExpTime ({where})", "an exposure time: in the log, as "
+                                f"exp<t>s in the file name ({raw.name}) or a <t>s folder", "none")  # fmt: skip
+    source = raw if math.isfinite(cmos_names.parse_name(raw).exptime) else att.path
+    raise DetflowInputError(source, "exposure time (exp<t>s)" if source == raw else "exposure folder (<t>s)",
+                            f"an exposure time {low} s", t)  # fmt: skip
 
 
 class _Collector:
@@ -445,6 +484,7 @@ def _plan_attempt(att: CmosAttempt, caltype: str, known: set[str], geom: _Geomet
                 raise DetflowInputError(log.path, f"{log.mapping['FRAMENUM']} {n}", f"a row for frame {n} ({raw})",
                                         "no such row")  # fmt: skip
             meta = _frame_meta(att, raw, name, log.rows[n], caltype, filt)
+            _check_meta(meta, log, raw, att)
         except DetflowInputError as err:
             errors(err, [raw])
             continue
