@@ -20,7 +20,8 @@ Bad input raises one :class:`DetflowInputError` naming the file, the field and w
 
 Store layout (``<out>/<caltype>.zarr``)::
 
-    l1/data       (frame, read, y, x) uint16|uint8, zarr chunks (frame_chunk, 1, tile_y, tile_x)
+    l1/data       (frame, read, y, x) uint16|uint8, zarr chunks (frame_chunk, 1, tile_y, tile_x); attrs
+                  units DN, scale_factor 1/data_scale (CF packing: xr.open_zarr gives DN; none if data_scale is 1)
     l1/frame      int64 index; l1/<keyword> coordinates on frame (chunks of COORD_CHUNK)
     l1 attrs      instrument, caltype, section_root, data_scale, height, width, bit_depth, frame_chunk,
                   tile, attempts (config of each attempt, losslessly), history
@@ -36,7 +37,7 @@ attempts by natural order of their path within one ingest, later ingests after e
 (``ds.sortby("path")`` gives an order independent of the ingest history).
 
 ``data_scale`` (16 for 12-bit values stored left-shifted in 16 bits) is recorded, never applied to
-the stored integers; :func:`open_cmos_section` divides by it.
+the stored integers; :func:`open_cmos_section` divides by it, CF readers multiply by ``scale_factor``.
 """
 
 from __future__ import annotations
@@ -634,9 +635,26 @@ def _dataset(frames: list[dict], geom: _Geometry, n0: int, fc: int, tile: tuple[
             strips.append([da.from_delayed(part, (b - a, 1, y1 - y0, w), dtype=native)])
         nested.append([strips])
     cube = da.block(nested)
-    data_attrs = {"units": "DN", "long_name": "raw counts as stored by the camera (divide by the data_scale "
-                  "attribute for ADC counts)"}  # fmt: skip
-    return xr.Dataset({"data": (schema.DIMS_L1, cube, data_attrs)}, coords=_coords(frames, n0))
+    return xr.Dataset({"data": (schema.DIMS_L1, cube)}, coords=_coords(frames, n0))
+
+
+def data_attrs(data_scale: float) -> dict[str, Any]:
+    """``l1/data``'s attributes: the stored integers are CF-packed ADC counts. ``scale_factor`` = 1 / data_scale
+    (absent when data_scale is 1) unpacks them, so CF readers (``xr.open_zarr``) give DN with ``units`` DN."""
+    attrs: dict[str, Any] = {"units": "DN", "long_name": "ADC counts",
+                             "comment": "stored as the camera wrote them: ADC counts x data_scale (the group "
+                                        "attribute); DN = stored x scale_factor"}  # fmt: skip
+    if float(data_scale) != 1:
+        attrs["scale_factor"] = 1 / float(data_scale)
+    return attrs
+
+
+def _set_data_attrs(store: Path, attrs: dict[str, Any] | None) -> None:
+    """Set the attributes of ``l1/data`` (xarray's ``coordinates`` kept) with the CF packing of ``attrs`` only
+    (None: none, so that an append writes the integers as they are: xarray re-packs by scale_factor)."""
+    arr = zarr.open_array(str(store), path=f"{GROUP}/data", mode="r+", zarr_format=3)
+    keep = {k: v for k, v in arr.attrs.items() if k not in ("scale_factor", "add_offset")}
+    arr.attrs.put(keep | (attrs or {}))
 
 
 # Raw counts: blosc lz4 over bit planes. On 12-bit darks stored in 16 bits it encodes ~2.4x faster than
@@ -703,6 +721,7 @@ def _write_plan(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: 
             fc, ty, tx = int(z["data"].chunks[0]), int(z["data"].chunks[2]), int(z["data"].chunks[3])
             tile = (ty, tx)
             _stage_copy(out, tmp, n0 // fc)
+            _set_data_attrs(tmp, None)
             ds = _dataset(plan.frames, geom, n0, fc, tile)
             ds.to_zarr(str(tmp), group=GROUP, mode="a", append_dim=schema.FRAME, zarr_format=3, consolidated=False,
                        compute=False).compute()  # fmt: skip
@@ -729,6 +748,7 @@ def _write_plan(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: 
                      f"{plan.root} (frames {n0}..{n0 + len(plan.frames) - 1})")]  # fmt: skip
         g = zarr.open_group(str(tmp), path=GROUP, mode="r+", zarr_format=3)
         g.attrs.update(sanitize_attrs(attrs))
+        _set_data_attrs(tmp, data_attrs(attrs["data_scale"]))
         root = zarr.open_group(str(tmp), mode="r+", zarr_format=3)
         root.attrs.update({"detflow_product": "cmos_l1", "group": GROUP, "caltype": plan.caltype})
         with warnings.catch_warnings():
@@ -916,7 +936,8 @@ def open_cmos_section(store: str | Path, *, scaled: bool = True, chunks: dict | 
         ty, tx = int(chunks.get("y", ty)), int(chunks.get("x", tx))
     else:
         ty, tx = _dask_tile(n, h, w, ty, tx, target_bytes)
-    ds = xr.open_zarr(str(store), group=GROUP, chunks={schema.FRAME: -1, schema.READ: -1, schema.Y: ty, schema.X: tx})
+    ds = xr.open_zarr(str(store), group=GROUP, chunks={schema.FRAME: -1, schema.READ: -1, schema.Y: ty, schema.X: tx},
+                      mask_and_scale=False)  # fmt: skip  (the stored integers; divided by data_scale below)
     ds = ds.assign_coords({c: _plain(ds[c].load()) for c in ds.coords})
     if not scaled:
         return ds
