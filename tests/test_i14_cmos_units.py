@@ -31,7 +31,7 @@ def _raw(path, dtype="<u2") -> np.ndarray:
 
 def _check_dn(store, scale: float) -> None:
     """Plain xarray gives the raw file / scale with units DN; undecoded, the raw integers."""
-    for opened in (xr.open_zarr(store, group="l1"), xr.open_dataset(store, group="l1", engine="zarr")):
+    for opened in (xr.open_zarr(store, group="l1"), xr.open_dataset(store, group="l1", engine="zarr", chunks={})):
         da = opened["data"]
         assert da.attrs["units"] == "DN" and {"temp", "exptime", "path"} <= set(opened.coords)
         values = da.values
@@ -64,6 +64,14 @@ def test_plain_xarray_reads_dn_also_after_an_append(tmp_path):
     assert ds["data"].attrs["units"] == "DN" and ds.attrs["data_scale"] == 16
     dn, scale = ca._dn(xr.open_zarr(store, group="l1"), "flat")  # a plain-xarray dataset: already DN
     np.testing.assert_array_equal(dn.values, ds["data"].values)
+    dn, scale = ca._dn(open_cmos_section(store, scaled=False), "flat")  # the integers, unpacked
+    np.testing.assert_array_equal(dn.values, ds["data"].values)
+    assert scale == 16 and "scale_factor" not in dn.attrs  # DN: no packing attribute left on it
+    # the coordinates decoded as before (no _FillValue left in their attributes: products built on them are
+    # written by StoreWriter, which would refuse it)
+    assert not [c for c in ds.variables if "_FillValue" in ds[c].attrs]
+    ds.to_zarr(tmp_path / "copy.zarr", zarr_format=3, consolidated=False)
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "copy.zarr", consolidated=False)["data"].values, ds["data"].values)
     # FITS export: the raw integers and DATASCL, as before
     files = export_fits(store, tmp_path / "fits")
     with fits.open(files[-1]) as hdul:

@@ -937,7 +937,7 @@ def open_cmos_section(store: str | Path, *, scaled: bool = True, chunks: dict | 
     else:
         ty, tx = _dask_tile(n, h, w, ty, tx, target_bytes)
     ds = xr.open_zarr(str(store), group=GROUP, chunks={schema.FRAME: -1, schema.READ: -1, schema.Y: ty, schema.X: tx},
-                      mask_and_scale=False)  # fmt: skip  (the stored integers; divided by data_scale below)
+                      mask_and_scale={"data": False})  # fmt: skip  (the stored integers: / data_scale below)
     ds = ds.assign_coords({c: _plain(ds[c].load()) for c in ds.coords})
     if not scaled:
         return ds
