@@ -28,11 +28,16 @@ Store layout (``<out>/<caltype>.zarr``)::
 
 Ingest tasks read whole-width row strips of ``frame_chunk`` raw files (contiguous reads) and write
 whole zarr chunks (a dask chunk is ``frame_chunk`` frames x a multiple of ``tile_y`` rows x the full
-width). A store is written under ``<out>.partial-<id>`` and renamed into place. Re-running on a tree
+width). A store is written under ``<out>.partial-<key>`` (:func:`ingest_key`, a hash of the store, the frames
+and the chunks) and renamed into place; a failed ingest removes it, and a re-run of an ingest that was
+killed finds its partial store by the key and removes it (logged and listed in the report; another
+ingest's partial store of the same output is named, never touched). Re-running on a tree
 with new attempts appends only the frames whose ``path`` is not in the store yet: the previous store
 is staged by hard links (zarr's local store replaces chunk files, it never writes into them; the
 partial last frame-chunk, which the append rewrites, and all metadata are copied), appended to and
-swapped in, so a failed ingest leaves the previous complete store. Frame order is the ingest order:
+swapped in (the previous store moved aside as ``<out>.old-<key>`` between two renames: an ingest that
+finds one restores it if ``<out>`` is missing, else removes it, :func:`recover_swap`), so a failed
+ingest leaves the previous complete store. Frame order is the ingest order:
 attempts by natural order of their path within one ingest, later ingests after earlier ones
 (``ds.sortby("path")`` gives an order independent of the ingest history).
 
@@ -47,6 +52,10 @@ import datetime as _dt
 import math
 import os
 import re
+import glob
+import hashlib
+import json
+import logging
 import shutil
 import uuid
 import warnings
@@ -70,6 +79,8 @@ from . import cmos_names
 
 if TYPE_CHECKING:
     from astropy.io import fits
+
+log = logging.getLogger(__name__)
 
 GROUP = "l1"
 FRAME_CHUNK = 128  # frames per zarr chunk (the per-pixel models read every frame of a tile)
@@ -704,22 +715,82 @@ def _version() -> str:
     return __version__
 
 
+def ingest_key(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: tuple[int, int],
+               append: bool) -> str:  # fmt: skip
+    """A hash of what an ingest writes: the store, the frames (paths, sizes, modification times), the
+    chunks, data_scale, and the store it appends to (frames, history). A re-run of the same ingest has the
+    same key, so it finds the partial store ``<out>.partial-<key>`` a killed run of it left."""
+    spec: dict[str, Any] = {"out": str(out.absolute()), "caltype": plan.caltype, "data_scale": float(data_scale),
+                            "frame_chunk": fc, "tile": list(tile), "append": append, "frames": []}  # fmt: skip
+    if append:
+        g = zarr.open_group(str(out), path=GROUP, mode="r")
+        spec["store"] = [list(g["data"].shape), list(g.attrs.get("history", []))]
+    for m in plan.frames:
+        st = os.stat(m["path"])
+        spec["frames"].append([m["path"], st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _partials(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f"{glob.escape(out.name)}.partial-*")) if out.parent.is_dir() else []
+
+
+def _leftovers(out: Path, tmp: Path | None) -> tuple[list[str], list[str]]:
+    """Partial stores of ``out`` left by killed ingests: this ingest's own (``tmp``, same key) is removed;
+    the others (another ingest's, killed or still running) are left and named. Both are logged."""
+    removed, others = [], []
+    for p in _partials(out):
+        if p == tmp:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(str(p))
+            log.warning("%s: removed the partial store an interrupted run of this ingest left; ingesting again", p)
+        else:
+            others.append(str(p))
+            log.warning("%s: the partial store of another ingest of %s (interrupted, or still running), left as it "
+                        "is; once no ingest is running, remove it (`detflow clean`)", p, out.name)  # fmt: skip
+    return removed, others
+
+
+def recover_swap(out: str | Path) -> list[str]:
+    """Finish a store swap a killed ingest left half done: ``<out>.old-*`` is the previous store, moved
+    aside before the new one was renamed into place. Restored when ``out`` is missing (the new store was
+    not in place yet), else removed. Returns what was done, also logged."""
+    out = Path(out)
+    done = []
+    olds = sorted(out.parent.glob(f"{glob.escape(out.name)}.old-*")) if out.parent.is_dir() else []
+    for old in olds:
+        if not out.exists() and (old / GROUP).is_dir():
+            old.rename(out)
+            done.append(f"{old}: restored to {out} (an ingest was interrupted while swapping the stores)")
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"{old}: removed (the store an interrupted ingest had replaced)")
+        log.warning("%s", done[-1])
+    return done
+
+
 def _write_plan(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: tuple[int, int],
-                overwrite: bool) -> Path | None:  # fmt: skip
-    """Write (or append) the plan's frames; the store at ``out`` is replaced only when complete."""
+                overwrite: bool) -> tuple[Path | None, dict[str, list[str]]]:  # fmt: skip
+    """Write (or append) the plan's frames; the store at ``out`` is replaced only when complete. The
+    partial store is ``<out>.partial-<key>`` (:func:`ingest_key`): removed when the ingest fails, and
+    removed when a re-run of the same ingest finds it after a kill. Returns the store and the leftovers
+    found: ``{"removed": [...], "others": [...]}``."""
     if not plan.frames:
-        return out if out.exists() else None
+        return (out if out.exists() else None), dict(zip(("removed", "others"), _leftovers(out, None)))
     geom = plan.geometry
     append = out.exists() and not overwrite
-    tmp = out.with_name(f"{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    if append:
+        z = zarr.open_group(str(out), path=GROUP, mode="r")
+        fc, tile = int(z["data"].chunks[0]), (int(z["data"].chunks[2]), int(z["data"].chunks[3]))
+    else:
+        tile = (min(tile[0], geom.height), min(tile[1], geom.width))
+    tmp = out.with_name(f"{out.name}.partial-{ingest_key(plan, out, data_scale, fc, tile, append)}")
+    found = dict(zip(("removed", "others"), _leftovers(out, tmp)))
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         if append:
-            z = zarr.open_group(str(out), path=GROUP, mode="r")
             attrs = dict(z.attrs)
             n0 = int(z["data"].shape[0])
-            fc, ty, tx = int(z["data"].chunks[0]), int(z["data"].chunks[2]), int(z["data"].chunks[3])
-            tile = (ty, tx)
             _stage_copy(out, tmp, n0 // fc)
             _set_data_attrs(tmp, None)
             ds = _dataset(plan.frames, geom, n0, fc, tile)
@@ -734,7 +805,6 @@ def _write_plan(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: 
             attrs["attempts"] = sorted(recorded.values(), key=lambda r: natural_key(r["relpath"]))
         else:
             n0 = 0
-            tile = (min(tile[0], geom.height), min(tile[1], geom.width))
             ds = _dataset(plan.frames, geom, 0, fc, tile)
             ds.to_zarr(str(tmp), group=GROUP, mode="w-", zarr_format=3, consolidated=False, compute=False,
                        encoding=_encoding(fc, tile)).compute()  # fmt: skip
@@ -755,16 +825,21 @@ def _write_plan(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: 
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(str(tmp))
         if out.exists():
-            old = out.with_name(f"{out.name}.old-{uuid.uuid4().hex[:8]}")
+            old = out.with_name(f"{out.name}.old-{tmp.name.rsplit('-', 1)[1]}")
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            note = (f"the partial store {tmp} could not be removed: a re-run of this ingest removes it, or remove "
+                    "it yourself (`detflow clean`)")  # fmt: skip
+            exc.add_note(note)
+            log.error("%s", note)
         raise
-    return out
+    return out, found
 
 
 @dataclass
@@ -778,11 +853,12 @@ class SectionReport:
     already: int  # frames that were in the store before
     skipped: list[dict]  # {"path", "caltype", "file", "field", "reason"}
     n_frames: int  # frames in the store after the ingest
+    leftovers: dict[str, list[str]] = field(default_factory=dict)  # partial stores found: removed / others (left)
 
     def to_dict(self) -> dict:
         return sanitize_attrs({"caltype": self.caltype, "root": self.root, "store": self.store,
                                "ingested": len(self.ingested), "already": self.already, "n_frames": self.n_frames,
-                               "skipped": self.skipped})  # fmt: skip
+                               "skipped": self.skipped, "leftovers": self.leftovers})  # fmt: skip
 
 
 @dataclass
@@ -844,10 +920,11 @@ def _check_chunks(frame_chunk: int, tile: tuple[int, int]) -> tuple[int, tuple[i
 
 
 def _finish(plan: SectionPlan, out: Path, data_scale: float | None, fc: int, tile: tuple[int, int],
-            overwrite: bool) -> SectionReport:  # fmt: skip
-    store = _write_plan(plan, out, data_scale, fc, tile, overwrite)
+            overwrite: bool, recovered: list[str]) -> SectionReport:  # fmt: skip
+    store, leftovers = _write_plan(plan, out, data_scale, fc, tile, overwrite)
     n = int(zarr.open_group(str(store), path=GROUP, mode="r")["data"].shape[0]) if store else 0
-    return SectionReport(plan.caltype, plan.root, store, [m["path"] for m in plan.frames], plan.known, plan.skipped, n)
+    return SectionReport(plan.caltype, plan.root, store, [m["path"] for m in plan.frames], plan.known, plan.skipped, n,
+                         {**leftovers, "swap": recovered})  # fmt: skip
 
 
 def ingest_section(section_root: str | Path, out_store: str | Path, *, caltype: str | None = None,
@@ -863,10 +940,11 @@ def ingest_section(section_root: str | Path, out_store: str | Path, *, caltype: 
     With ``index``, ``fits_index.csv`` next to the store is rewritten from every CMOS store there."""
     out = Path(out_store)
     frame_chunk, tile = _check_chunks(frame_chunk, tile)
+    recovered = recover_swap(out)
     scale = _check_scale(data_scale, out, overwrite)
     plan = plan_section(section_root, caltype=caltype, search_depth=search_depth, on_error=on_error,
                         store=None if overwrite else out)  # fmt: skip
-    report = _finish(plan, out, scale, frame_chunk, tile, overwrite)
+    report = _finish(plan, out, scale, frame_chunk, tile, overwrite, recovered)
     if index and report.store is not None:
         write_fits_index(out.parent)
     return report
@@ -887,16 +965,17 @@ def ingest_tree(bias_root: str | Path | None, dark_root: str | Path | None, flat
     if unknown:
         raise DetflowInputError(None, "skip", "section names among bias, dark, flat", sorted(unknown))
     roots = dict(zip(cmos.CALTYPES, (bias_root, dark_root, flat_root)))
-    plans: dict[str, tuple[SectionPlan, Path, float]] = {}
+    plans: dict[str, tuple[SectionPlan, Path, float, list[str]]] = {}
     for cal, root in roots.items():
         if root is None or cal in skip_set:
             continue
         out = out_dir / f"{cal.lower()}.zarr"
+        recovered = recover_swap(out)
         scale = _check_scale(data_scale, out, overwrite)
         plans[cal] = (plan_section(root, caltype=cal, search_depth=search_depth, on_error=on_error,
-                                   store=None if overwrite else out), out, scale)  # fmt: skip
-    sections = {cal: _finish(plan, out, scale, frame_chunk, tile, overwrite)
-                for cal, (plan, out, scale) in plans.items()}  # fmt: skip
+                                   store=None if overwrite else out), out, scale, recovered)  # fmt: skip
+    sections = {cal: _finish(plan, out, scale, frame_chunk, tile, overwrite, recovered)
+                for cal, (plan, out, scale, recovered) in plans.items()}  # fmt: skip
     idx = write_fits_index(out_dir) if any(s.store for s in sections.values()) else None
     return IngestReport(sections, idx)
 
