@@ -13,6 +13,7 @@ import dask
 import numpy as np
 import pytest
 import yaml
+import zarr
 from typer.testing import CliRunner
 
 from detflow.cli import app
@@ -163,3 +164,30 @@ def test_cli_run_refuses_nan_temperature_writes_nothing_and_runs_once_fixed(tree
     res = runner.invoke(app, ["run", str(path), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "stores" / "bias.zarr").exists() and (tmp_path / "bias.zarr").exists()
+
+
+def test_a_store_ingested_before_validation_is_named_and_reingested_with_overwrite(tree, tmp_path):
+    """A section store that holds a NaN temperature (written before the ingest validated): the fit names the
+    store and the remedy; ``ingest: {overwrite: true}`` ingests every frame again from the (fixed) logs."""
+    stores = tmp_path / "stores"
+    ingest_tree(tree.roots["BIAS"], None, None, stores, data_scale=16)
+    victim = tree.frames_of("BIAS")[2]
+    g = zarr.open_group(str(stores / "bias.zarr"), path="l1", mode="r+")
+    k = [str(p) for p in g["path"][:]].index(str(victim.path))
+    g["temp"][k] = np.nan  # what the old ingest stored from "Temperature = nan"
+    job = {"pipeline": "cmos", "stores": str(stores), "output": str(tmp_path / "bias.zarr"), "models": ["bias"],
+           "mode": "fit", "ingest": {"bias": str(tree.roots["BIAS"]), "data_scale": 16},
+           "cluster": {"n_workers": 1, "threads_per_worker": 2, "dashboard_address": "127.0.0.1:0"}}  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", str(path), "--no-progress"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"{victim.path}: temp as ingested into {stores / 'bias.zarr'}" in text, res.output
+    assert "ingest again with overwrite" in text and not (tmp_path / "bias.zarr").exists()
+    job["ingest"]["overwrite"] = True
+    path.write_text(yaml.safe_dump(job))
+    res = runner.invoke(app, ["run", str(path), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    temps = open_cmos_section(stores / "bias.zarr")["temp"].values
+    assert np.isfinite(temps).all() and len(temps) == len(tree.frames_of("BIAS"))

@@ -1018,6 +1018,7 @@ def open_cmos_section(store: str | Path, *, scaled: bool = True, chunks: dict | 
     ds = xr.open_zarr(str(store), group=GROUP, chunks={schema.FRAME: -1, schema.READ: -1, schema.Y: ty, schema.X: tx},
                       mask_and_scale={"data": False})  # fmt: skip  (the stored integers: / data_scale below)
     ds = ds.assign_coords({c: _plain(ds[c].load()) for c in ds.coords})
+    ds.encoding["source"] = str(store)
     if not scaled:
         return ds
     scale = float(ds.attrs.get("data_scale", 1))
