@@ -71,7 +71,8 @@ def test_plain_xarray_reads_dn_also_after_an_append(tmp_path):
     # written by StoreWriter, which would refuse it)
     assert not [c for c in ds.variables if "_FillValue" in ds[c].attrs]
     ds.to_zarr(tmp_path / "copy.zarr", zarr_format=3, consolidated=False)
-    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "copy.zarr", consolidated=False)["data"].values, ds["data"].values)
+    copy = xr.open_zarr(tmp_path / "copy.zarr", consolidated=False)
+    np.testing.assert_array_equal(copy["data"].values, ds["data"].values)
     # FITS export: the raw integers and DATASCL, as before
     files = export_fits(store, tmp_path / "fits")
     with fits.open(files[-1]) as hdul:

@@ -43,6 +43,9 @@ attempts by natural order of their path within one ingest, later ingests after e
 
 ``data_scale`` (16 for 12-bit values stored left-shifted in 16 bits) is recorded, never applied to
 the stored integers; :func:`open_cmos_section` divides by it, CF readers multiply by ``scale_factor``.
+
+(Over 500 lines: discovery, validation, the store writer and its readers share one on-disk format and its
+helpers; the file-name grammar is apart, in :mod:`detflow.io.cmos_names`.)
 """
 
 from __future__ import annotations
