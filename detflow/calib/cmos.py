@@ -105,7 +105,10 @@ def _frames(ds: xr.Dataset, caltype: str | None, need: Sequence[str] = ("temp",)
             v = np.asarray(ds[name].values, F8)
             bad = np.nonzero(~np.isfinite(v))[0]
             if bad.size:
-                raise DetflowInputError(_path(ds, bad[0]), name, "a finite value", v[bad[0]])
+                src = _source(ds)
+                field = f"{name} as ingested into {src}" if src else name  # the store keeps what the log said then
+                raise DetflowInputError(_path(ds, bad[0]), field, "a finite value (after fixing the log, ingest "
+                                        "again with overwrite)" if src else "a finite value", v[bad[0]])  # fmt: skip
     if ds["data"].chunks is not None and len(ds["data"].chunksizes[FRAME]) > 1:
         ds = _chunk(ds, {FRAME: -1})
     return ds

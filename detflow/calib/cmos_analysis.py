@@ -300,6 +300,7 @@ def _dn(ds: Any, name: str) -> tuple[xr.DataArray, float]:
         raise DetflowInputError(_src(ds), "data_scale", "a positive number", scale) from None
     if np.issubdtype(data.dtype, np.integer):
         data = data.astype(F4) / F4(scale)  # stored counts -> DN
+        data.attrs = {k: v for k, v in data.attrs.items() if k not in ("scale_factor", "add_offset")}  # unpacked
     elif data.dtype != F4:
         data = data.astype(F4)
     if data.chunks is not None and len(data.chunks[0]) > 1:

@@ -7,34 +7,45 @@ A test campaign writes bias, dark and flat frames under three section roots
         configFile.txt          HEIGHT, WIDTH, BIT_DEPTH (FILTER); ``key=value`` or ``key: value``, ``#`` comments
         temperatureLog.csv      one row per frame keyed by FrameNum (dialect sniffed: comma, semicolon, tab, ...)
         frames/frame0.raw       headerless little-endian uint16 (uint8 if BIT_DEPTH <= 8), shape (HEIGHT, WIDTH)
-        frames/f1_exp0.5s_T-10.0.raw  ...
+        frames/f1_exp0.5s_T-10.0.raw  ...  or the camera's DarkT-10_exp0.5sAt0f1.raw (detflow.io.cmos_names):
+                                           frame number, and set point, exposure, attempt where named
 
 :func:`discover` finds attempts; :func:`read_config` and :func:`read_temperature_log` parse their
-files; :func:`ingest_section` validates every frame (size, name, log row) before any data are written
-and writes ``l1/data`` (frame, read, y, x) in the native integer type with the metadata of
+files; :func:`ingest_section` validates every frame (size, name, log row, and its metadata: a finite
+detector temperature, an exposure time > 0, >= 0 for a bias, no infinite logged number) before any data
+are written and writes ``l1/data`` (frame, read, y, x) in the native integer type with the metadata of
 :data:`~detflow.instruments.cmos.KEYWORDS` as lower-case coordinates on ``frame`` (and ``path``).
 Bad input raises one :class:`DetflowInputError` naming the file, the field and what was expected;
 ``on_error="skip"`` skips the frame (or the attempt) and lists it in the report instead.
 
 Store layout (``<out>/<caltype>.zarr``)::
 
-    l1/data       (frame, read, y, x) uint16|uint8, zarr chunks (frame_chunk, 1, tile_y, tile_x)
+    l1/data       (frame, read, y, x) uint16|uint8, zarr chunks (frame_chunk, 1, tile_y, tile_x); attrs
+                  units DN, scale_factor 1/data_scale (CF packing: xr.open_zarr gives DN; none if data_scale is 1)
     l1/frame      int64 index; l1/<keyword> coordinates on frame (chunks of COORD_CHUNK)
     l1 attrs      instrument, caltype, section_root, data_scale, height, width, bit_depth, frame_chunk,
                   tile, attempts (config of each attempt, losslessly), history
 
 Ingest tasks read whole-width row strips of ``frame_chunk`` raw files (contiguous reads) and write
 whole zarr chunks (a dask chunk is ``frame_chunk`` frames x a multiple of ``tile_y`` rows x the full
-width). A store is written under ``<out>.partial-<id>`` and renamed into place. Re-running on a tree
+width). A store is written under ``<out>.partial-<key>`` (:func:`ingest_key`, a hash of the store, the frames
+and the chunks) and renamed into place; a failed ingest removes it, and a re-run of an ingest that was
+killed finds its partial store by the key and removes it (logged and listed in the report; another
+ingest's partial store of the same output is named, never touched). Re-running on a tree
 with new attempts appends only the frames whose ``path`` is not in the store yet: the previous store
 is staged by hard links (zarr's local store replaces chunk files, it never writes into them; the
 partial last frame-chunk, which the append rewrites, and all metadata are copied), appended to and
-swapped in, so a failed ingest leaves the previous complete store. Frame order is the ingest order:
+swapped in (the previous store moved aside as ``<out>.old-<key>`` between two renames: an ingest that
+finds one restores it if ``<out>`` is missing, else removes it, :func:`recover_swap`), so a failed
+ingest leaves the previous complete store. Frame order is the ingest order:
 attempts by natural order of their path within one ingest, later ingests after earlier ones
 (``ds.sortby("path")`` gives an order independent of the ingest history).
 
 ``data_scale`` (16 for 12-bit values stored left-shifted in 16 bits) is recorded, never applied to
-the stored integers; :func:`open_cmos_section` divides by it.
+the stored integers; :func:`open_cmos_section` divides by it, CF readers multiply by ``scale_factor``.
+
+(Over 500 lines: discovery, validation, the store writer and its readers share one on-disk format and its
+helpers; the file-name grammar is apart, in :mod:`detflow.io.cmos_names`.)
 """
 
 from __future__ import annotations
@@ -44,6 +55,10 @@ import datetime as _dt
 import math
 import os
 import re
+import glob
+import hashlib
+import json
+import logging
 import shutil
 import uuid
 import warnings
@@ -63,9 +78,12 @@ from .. import schema
 from ..errors import DetflowInputError, OutputExistsError
 from ..instruments import cmos
 from ..schema import sanitize_attrs
+from . import cmos_names
 
 if TYPE_CHECKING:
     from astropy.io import fits
+
+log = logging.getLogger(__name__)
 
 GROUP = "l1"
 FRAME_CHUNK = 128  # frames per zarr chunk (the per-pixel models read every frame of a tile)
@@ -76,12 +94,9 @@ INDEX_NAME = "fits_index.csv"
 ON_ERROR = ("raise", "skip")
 
 _T_DIR = re.compile(r"^T_?([-+]?\d+(?:\.\d+)?)(?:C|degC)?$")
-_T_NAME = re.compile(r"(?:^|_)T_?([-+]?\d+(?:\.\d+)?)(?:C|degC)?(?=_|$)")
 _ATTEMPT = re.compile(r"^attempt_?(\d+)$", re.IGNORECASE)
-_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+_UNIT = cmos_names.UNITS
 _EXP_DIR = re.compile(r"^(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(s|ms|us)$", re.IGNORECASE)
-_EXP_NAME = re.compile(r"(?:^|_)exp_?(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(s|ms|us)(?=_|$)", re.IGNORECASE)
-_FRAME_NAME = re.compile(r"^(?:frame|f)_?(\d+)(?=_|$)", re.IGNORECASE)
 _MISSING = {"", "nan", "na", "n/a", "none", "null", "-"}
 _DELIMITERS = ",;\t|"
 
@@ -137,7 +152,7 @@ def _attempt(root: Path, d: Path, files: dict[str, str], dirs: dict[str, str]) -
     frames_dir = d / fdir if fdir else (d if any(n.endswith(cmos.RAW_SUFFIX) for n in files) else None)
     return CmosAttempt(path=d, relpath=rel.as_posix(), temperature=float(t.group(1)) if t else math.nan,
                        attempt=int(a.group(1)) if a else -1,
-                       exposure=float(e.group(1)) * _UNIT[e.group(2).lower()] if e else math.nan,
+                       exposure=float(e.group(1)) / _UNIT[e.group(2).lower()] if e else math.nan,
                        config=d / cfg if cfg else None, log=d / log if log else None, frames_dir=frames_dir)  # fmt: skip
 
 
@@ -234,6 +249,8 @@ class TemperatureLog:
     mapping: dict[str, str]  # keyword -> log column
     rows: dict[int, dict[str, Any]]
     bad_rows: dict[int, DetflowInputError] = field(default_factory=dict)  # rows with a value that is no number
+    lines: dict[int, int] = field(default_factory=dict)  # frame number -> line number in the file
+    text: dict[int, dict[str, str]] = field(default_factory=dict)  # frame number -> {keyword: the value as written}
 
 
 def _number(text: str, delimiter: str) -> float:
@@ -293,6 +310,8 @@ def read_temperature_log(path: str | Path) -> TemperatureLog:
     factors = {kw: f for kw, f in cmos.LOG_COLUMNS.values()}  # divisors
     rows: dict[int, dict[str, Any]] = {}
     bad: dict[int, DetflowInputError] = {}
+    where: dict[int, int] = {}
+    texts: dict[int, dict[str, str]] = {}
     for lineno, line in lines[1:]:
         values = [v.strip() for v in next(csv.reader([line], delimiter=delimiter))]
         if len(values) != len(header):
@@ -311,6 +330,8 @@ def read_temperature_log(path: str | Path) -> TemperatureLog:
             raise DetflowInputError(path, f"{mapping['FRAMENUM']} (line {lineno})", "one row per frame number",
                                     f"frame {fn} again")  # fmt: skip
         row: dict[str, Any] = {"FRAMENUM": fn}
+        where[fn] = lineno
+        texts[fn] = {kw: values[j] for kw, j in index.items()}
         try:
             for kw, j in index.items():
                 if kw == "FRAMENUM":
@@ -327,28 +348,21 @@ def read_temperature_log(path: str | Path) -> TemperatureLog:
             bad[fn] = err
             continue
         rows[fn] = row
-    return TemperatureLog(path, delimiter, header, mapping, rows, bad)
+    return TemperatureLog(path, delimiter, header, mapping, rows, bad, where, texts)
 
 
 # ---- one attempt -> frames ---------------------------------------------------------------------------------
-def frame_number(path: str | Path) -> int:
-    """Frame number from a raw file name (``frame<N>`` or ``f<N>``, then ``_...``)."""
-    m = _FRAME_NAME.match(Path(path).stem)
-    if not m:
-        raise DetflowInputError(path, "file name", "frame<N>.raw or f<N>[_...].raw", Path(path).name)
-    return int(m.group(1))
+frame_number = cmos_names.frame_number  # the f<N> / frame<N> of a raw file name (detflow.io.cmos_names)
 
 
 def name_exptime(path: str | Path) -> float:
-    """Exposure time (s) from ``exp<float>s`` (or ms, us) in a file name; NaN if none."""
-    m = _EXP_NAME.search(Path(path).stem)
-    return float(m.group(1)) * _UNIT[m.group(2).lower()] if m else math.nan
+    """Exposure time (s) from ``exp[_]<t>s`` (or ms, us) anywhere in a file name; NaN if none."""
+    return cmos_names.parse_name(path).exptime
 
 
 def name_temperature(path: str | Path) -> float:
-    """Temperature from ``T<float>`` in a file name; NaN if none."""
-    m = _T_NAME.search(Path(path).stem)
-    return float(m.group(1)) if m else math.nan
+    """Set point (deg C) from ``T<temp>`` anywhere in a file name; NaN if none."""
+    return cmos_names.parse_name(path).temperature
 
 
 def _raw_files(att: CmosAttempt) -> list[Path]:
@@ -377,17 +391,49 @@ class _Geometry:
         return (self.height, self.width, self.dtype) == (other.height, other.width, other.dtype)
 
 
-def _frame_meta(att: CmosAttempt, raw: Path, n: int, row: dict, caltype: str, filt: str) -> dict[str, Any]:
+def _frame_meta(att: CmosAttempt, raw: Path, name: cmos_names.NameFields, row: dict, caltype: str,
+                filt: str) -> dict[str, Any]:  # fmt: skip
     meta: dict[str, Any] = {kw.lower(): (row.get(kw, "") if kw in cmos.TEXT_KEYWORDS else row.get(kw, math.nan))
                             for kw in cmos.LOG_KEYWORDS}  # fmt: skip
-    meta["framenum"] = n
-    if not math.isfinite(meta["exptime"]):  # the log lacks it: the file name, then the <t>s folder
-        t = name_exptime(raw)
-        meta["exptime"] = t if math.isfinite(t) else att.exposure
-    t_name = name_temperature(raw)
-    meta["filetemp"] = t_name if math.isfinite(t_name) else att.temperature
-    meta.update(caltype=caltype, filter=filt, attempt=att.attempt, path=str(raw.absolute()))
+    meta["framenum"] = name.frame
+    if math.isnan(meta["exptime"]):  # the log lacks it: the file name, then the <t>s folder
+        meta["exptime"] = name.exptime if math.isfinite(name.exptime) else att.exposure
+    meta["filetemp"] = name.temperature if math.isfinite(name.temperature) else att.temperature
+    meta.update(caltype=caltype, filter=filt, attempt=name.attempt if name.attempt >= 0 else att.attempt,
+                path=str(raw.absolute()))  # fmt: skip
     return meta
+
+
+def _check_meta(meta: dict[str, Any], log: TemperatureLog, raw: Path, att: CmosAttempt) -> None:
+    """Refuse a frame whose metadata the models cannot use, naming the file and field where the value came from:
+    a detector temperature that is missing or not finite, an exposure time that is missing, not finite or not
+    > 0 (>= 0 for a bias frame), any logged number that is infinite."""
+    n = meta["framenum"]
+    where = f"line {log.lines.get(n, '?')}"
+    text = log.text.get(n, {})
+    for kw, col in log.mapping.items():
+        v = meta.get(kw.lower())
+        if isinstance(v, float) and math.isinf(v):
+            raise DetflowInputError(log.path, f"{col} ({where})", "a finite number (or empty)", repr(text.get(kw)))
+    if "TEMP" not in log.mapping:
+        raise DetflowInputError(log.path, "Temperature", "a detector-temperature column (Temperature, CCDTemp, "
+                                f"CCD_Temp, CCDTemperature or ChipTemp)", f"columns {log.columns}")  # fmt: skip
+    if not math.isfinite(meta["temp"]):
+        raise DetflowInputError(log.path, f"{log.mapping['TEMP']} ({where})", "a finite detector temperature "
+                                "(deg C)", repr(text.get("TEMP")))  # fmt: skip
+    t, bias = meta["exptime"], meta["caltype"] == "BIAS"
+    if math.isfinite(t) and (t >= 0 if bias else t > 0):
+        return
+    low = ">= 0" if bias else "> 0"
+    if "EXPTIME" in log.mapping and not math.isnan(log.rows[n].get("EXPTIME", math.nan)):
+        raise DetflowInputError(log.path, f"{log.mapping['EXPTIME']} ({where})", f"an exposure time {low} (us)",
+                                repr(text.get("EXPTIME")))  # fmt: skip
+    if math.isnan(t):
+        raise DetflowInputError(log.path, f"ExpTime ({where})", "an exposure time: in the log, as "
+                                f"exp<t>s in the file name ({raw.name}) or a <t>s folder", "none")  # fmt: skip
+    source = raw if math.isfinite(cmos_names.parse_name(raw).exptime) else att.path
+    raise DetflowInputError(source, "exposure time (exp<t>s)" if source == raw else "exposure folder (<t>s)",
+                            f"an exposure time {low} s", t)  # fmt: skip
 
 
 class _Collector:
@@ -437,6 +483,7 @@ def _plan_attempt(att: CmosAttempt, caltype: str, known: set[str], geom: _Geomet
     seen: dict[int, Path] = {}
     for raw in raws:
         try:
+            name = cmos_names.parse_name(raw)
             n = frame_number(raw)
             if n in seen:
                 raise DetflowInputError(raw, "file name", f"one file per frame number ({n} is also {seen[n].name})",
@@ -451,10 +498,12 @@ def _plan_attempt(att: CmosAttempt, caltype: str, known: set[str], geom: _Geomet
             if n not in log.rows:
                 raise DetflowInputError(log.path, f"{log.mapping['FRAMENUM']} {n}", f"a row for frame {n} ({raw})",
                                         "no such row")  # fmt: skip
+            meta = _frame_meta(att, raw, name, log.rows[n], caltype, filt)
+            _check_meta(meta, log, raw, att)
         except DetflowInputError as err:
             errors(err, [raw])
             continue
-        frames.append(_frame_meta(att, raw, n, log.rows[n], caltype, filt))
+        frames.append(meta)
     frames.sort(key=lambda m: m["framenum"])
     record = {"path": str(att.path.absolute()), "relpath": att.relpath, "config_file": att.config.name, "config": cfg,
               "temperature_log": att.log.name, "log_delimiter": log.delimiter, "log_columns": log.columns,
@@ -600,9 +649,26 @@ def _dataset(frames: list[dict], geom: _Geometry, n0: int, fc: int, tile: tuple[
             strips.append([da.from_delayed(part, (b - a, 1, y1 - y0, w), dtype=native)])
         nested.append([strips])
     cube = da.block(nested)
-    data_attrs = {"units": "DN", "long_name": "raw counts as stored by the camera (divide by the data_scale "
-                  "attribute for ADC counts)"}  # fmt: skip
-    return xr.Dataset({"data": (schema.DIMS_L1, cube, data_attrs)}, coords=_coords(frames, n0))
+    return xr.Dataset({"data": (schema.DIMS_L1, cube)}, coords=_coords(frames, n0))
+
+
+def data_attrs(data_scale: float) -> dict[str, Any]:
+    """``l1/data``'s attributes: the stored integers are CF-packed ADC counts. ``scale_factor`` = 1 / data_scale
+    (absent when data_scale is 1) unpacks them, so CF readers (``xr.open_zarr``) give DN with ``units`` DN."""
+    attrs: dict[str, Any] = {"units": "DN", "long_name": "ADC counts",
+                             "comment": "stored as the camera wrote them: ADC counts x data_scale (the group "
+                                        "attribute); DN = stored x scale_factor"}  # fmt: skip
+    if float(data_scale) != 1:
+        attrs["scale_factor"] = 1 / float(data_scale)
+    return attrs
+
+
+def _set_data_attrs(store: Path, attrs: dict[str, Any] | None) -> None:
+    """Set the attributes of ``l1/data`` (xarray's ``coordinates`` kept) with the CF packing of ``attrs`` only
+    (None: none, so that an append writes the integers as they are: xarray re-packs by scale_factor)."""
+    arr = zarr.open_array(str(store), path=f"{GROUP}/data", mode="r+", zarr_format=3)
+    keep = {k: v for k, v in arr.attrs.items() if k not in ("scale_factor", "add_offset")}
+    arr.attrs.put(keep | (attrs or {}))
 
 
 # Raw counts: blosc lz4 over bit planes. On 12-bit darks stored in 16 bits it encodes ~2.4x faster than
@@ -652,23 +718,84 @@ def _version() -> str:
     return __version__
 
 
+def ingest_key(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: tuple[int, int],
+               append: bool) -> str:  # fmt: skip
+    """A hash of what an ingest writes: the store, the frames (paths, sizes, modification times), the
+    chunks, data_scale, and the store it appends to (frames, history). A re-run of the same ingest has the
+    same key, so it finds the partial store ``<out>.partial-<key>`` a killed run of it left."""
+    spec: dict[str, Any] = {"out": str(out.absolute()), "caltype": plan.caltype, "data_scale": float(data_scale),
+                            "frame_chunk": fc, "tile": list(tile), "append": append, "frames": []}  # fmt: skip
+    if append:
+        g = zarr.open_group(str(out), path=GROUP, mode="r")
+        spec["store"] = [list(g["data"].shape), list(g.attrs.get("history", []))]
+    for m in plan.frames:
+        st = os.stat(m["path"])
+        spec["frames"].append([m["path"], st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _partials(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f"{glob.escape(out.name)}.partial-*")) if out.parent.is_dir() else []
+
+
+def _leftovers(out: Path, tmp: Path | None) -> tuple[list[str], list[str]]:
+    """Partial stores of ``out`` left by killed ingests: this ingest's own (``tmp``, same key) is removed;
+    the others (another ingest's, killed or still running) are left and named. Both are logged."""
+    removed, others = [], []
+    for p in _partials(out):
+        if p == tmp:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(str(p))
+            log.warning("%s: removed the partial store an interrupted run of this ingest left; ingesting again", p)
+        else:
+            others.append(str(p))
+            log.warning("%s: the partial store of another ingest of %s (interrupted, or still running), left as it "
+                        "is; once no ingest is running, remove it (`detflow clean`)", p, out.name)  # fmt: skip
+    return removed, others
+
+
+def recover_swap(out: str | Path) -> list[str]:
+    """Finish a store swap a killed ingest left half done: ``<out>.old-*`` is the previous store, moved
+    aside before the new one was renamed into place. Restored when ``out`` is missing (the new store was
+    not in place yet), else removed. Returns what was done, also logged."""
+    out = Path(out)
+    done = []
+    olds = sorted(out.parent.glob(f"{glob.escape(out.name)}.old-*")) if out.parent.is_dir() else []
+    for old in olds:
+        if not out.exists() and (old / GROUP).is_dir():
+            old.rename(out)
+            done.append(f"{old}: restored to {out} (an ingest was interrupted while swapping the stores)")
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"{old}: removed (the store an interrupted ingest had replaced)")
+        log.warning("%s", done[-1])
+    return done
+
+
 def _write_plan(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: tuple[int, int],
-                overwrite: bool) -> Path | None:  # fmt: skip
-    """Write (or append) the plan's frames; the store at ``out`` is replaced only when complete."""
+                overwrite: bool) -> tuple[Path | None, dict[str, list[str]]]:  # fmt: skip
+    """Write (or append) the plan's frames; the store at ``out`` is replaced only when complete. The
+    partial store is ``<out>.partial-<key>`` (:func:`ingest_key`): removed when the ingest fails, and
+    removed when a re-run of the same ingest finds it after a kill. Returns the store and the leftovers
+    found: ``{"removed": [...], "others": [...]}``."""
     if not plan.frames:
-        return out if out.exists() else None
+        return (out if out.exists() else None), dict(zip(("removed", "others"), _leftovers(out, None)))
     geom = plan.geometry
     append = out.exists() and not overwrite
-    tmp = out.with_name(f"{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    if append:
+        z = zarr.open_group(str(out), path=GROUP, mode="r")
+        fc, tile = int(z["data"].chunks[0]), (int(z["data"].chunks[2]), int(z["data"].chunks[3]))
+    else:
+        tile = (min(tile[0], geom.height), min(tile[1], geom.width))
+    tmp = out.with_name(f"{out.name}.partial-{ingest_key(plan, out, data_scale, fc, tile, append)}")
+    found = dict(zip(("removed", "others"), _leftovers(out, tmp)))
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         if append:
-            z = zarr.open_group(str(out), path=GROUP, mode="r")
             attrs = dict(z.attrs)
             n0 = int(z["data"].shape[0])
-            fc, ty, tx = int(z["data"].chunks[0]), int(z["data"].chunks[2]), int(z["data"].chunks[3])
-            tile = (ty, tx)
             _stage_copy(out, tmp, n0 // fc)
+            _set_data_attrs(tmp, None)
             ds = _dataset(plan.frames, geom, n0, fc, tile)
             ds.to_zarr(str(tmp), group=GROUP, mode="a", append_dim=schema.FRAME, zarr_format=3, consolidated=False,
                        compute=False).compute()  # fmt: skip
@@ -681,7 +808,6 @@ def _write_plan(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: 
             attrs["attempts"] = sorted(recorded.values(), key=lambda r: natural_key(r["relpath"]))
         else:
             n0 = 0
-            tile = (min(tile[0], geom.height), min(tile[1], geom.width))
             ds = _dataset(plan.frames, geom, 0, fc, tile)
             ds.to_zarr(str(tmp), group=GROUP, mode="w-", zarr_format=3, consolidated=False, compute=False,
                        encoding=_encoding(fc, tile)).compute()  # fmt: skip
@@ -695,22 +821,28 @@ def _write_plan(plan: SectionPlan, out: Path, data_scale: float, fc: int, tile: 
                      f"{plan.root} (frames {n0}..{n0 + len(plan.frames) - 1})")]  # fmt: skip
         g = zarr.open_group(str(tmp), path=GROUP, mode="r+", zarr_format=3)
         g.attrs.update(sanitize_attrs(attrs))
+        _set_data_attrs(tmp, data_attrs(attrs["data_scale"]))
         root = zarr.open_group(str(tmp), mode="r+", zarr_format=3)
         root.attrs.update({"detflow_product": "cmos_l1", "group": GROUP, "caltype": plan.caltype})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(str(tmp))
         if out.exists():
-            old = out.with_name(f"{out.name}.old-{uuid.uuid4().hex[:8]}")
+            old = out.with_name(f"{out.name}.old-{tmp.name.rsplit('-', 1)[1]}")
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            note = (f"the partial store {tmp} could not be removed: a re-run of this ingest removes it, or remove "
+                    "it yourself (`detflow clean`)")  # fmt: skip
+            exc.add_note(note)
+            log.error("%s", note)
         raise
-    return out
+    return out, found
 
 
 @dataclass
@@ -724,11 +856,12 @@ class SectionReport:
     already: int  # frames that were in the store before
     skipped: list[dict]  # {"path", "caltype", "file", "field", "reason"}
     n_frames: int  # frames in the store after the ingest
+    leftovers: dict[str, list[str]] = field(default_factory=dict)  # partial stores found: removed / others (left)
 
     def to_dict(self) -> dict:
         return sanitize_attrs({"caltype": self.caltype, "root": self.root, "store": self.store,
                                "ingested": len(self.ingested), "already": self.already, "n_frames": self.n_frames,
-                               "skipped": self.skipped})  # fmt: skip
+                               "skipped": self.skipped, "leftovers": self.leftovers})  # fmt: skip
 
 
 @dataclass
@@ -790,10 +923,11 @@ def _check_chunks(frame_chunk: int, tile: tuple[int, int]) -> tuple[int, tuple[i
 
 
 def _finish(plan: SectionPlan, out: Path, data_scale: float | None, fc: int, tile: tuple[int, int],
-            overwrite: bool) -> SectionReport:  # fmt: skip
-    store = _write_plan(plan, out, data_scale, fc, tile, overwrite)
+            overwrite: bool, recovered: list[str]) -> SectionReport:  # fmt: skip
+    store, leftovers = _write_plan(plan, out, data_scale, fc, tile, overwrite)
     n = int(zarr.open_group(str(store), path=GROUP, mode="r")["data"].shape[0]) if store else 0
-    return SectionReport(plan.caltype, plan.root, store, [m["path"] for m in plan.frames], plan.known, plan.skipped, n)
+    return SectionReport(plan.caltype, plan.root, store, [m["path"] for m in plan.frames], plan.known, plan.skipped, n,
+                         {**leftovers, "swap": recovered})  # fmt: skip
 
 
 def ingest_section(section_root: str | Path, out_store: str | Path, *, caltype: str | None = None,
@@ -809,10 +943,11 @@ def ingest_section(section_root: str | Path, out_store: str | Path, *, caltype: 
     With ``index``, ``fits_index.csv`` next to the store is rewritten from every CMOS store there."""
     out = Path(out_store)
     frame_chunk, tile = _check_chunks(frame_chunk, tile)
+    recovered = recover_swap(out)
     scale = _check_scale(data_scale, out, overwrite)
     plan = plan_section(section_root, caltype=caltype, search_depth=search_depth, on_error=on_error,
                         store=None if overwrite else out)  # fmt: skip
-    report = _finish(plan, out, scale, frame_chunk, tile, overwrite)
+    report = _finish(plan, out, scale, frame_chunk, tile, overwrite, recovered)
     if index and report.store is not None:
         write_fits_index(out.parent)
     return report
@@ -833,16 +968,17 @@ def ingest_tree(bias_root: str | Path | None, dark_root: str | Path | None, flat
     if unknown:
         raise DetflowInputError(None, "skip", "section names among bias, dark, flat", sorted(unknown))
     roots = dict(zip(cmos.CALTYPES, (bias_root, dark_root, flat_root)))
-    plans: dict[str, tuple[SectionPlan, Path, float]] = {}
+    plans: dict[str, tuple[SectionPlan, Path, float, list[str]]] = {}
     for cal, root in roots.items():
         if root is None or cal in skip_set:
             continue
         out = out_dir / f"{cal.lower()}.zarr"
+        recovered = recover_swap(out)
         scale = _check_scale(data_scale, out, overwrite)
         plans[cal] = (plan_section(root, caltype=cal, search_depth=search_depth, on_error=on_error,
-                                   store=None if overwrite else out), out, scale)  # fmt: skip
-    sections = {cal: _finish(plan, out, scale, frame_chunk, tile, overwrite)
-                for cal, (plan, out, scale) in plans.items()}  # fmt: skip
+                                   store=None if overwrite else out), out, scale, recovered)  # fmt: skip
+    sections = {cal: _finish(plan, out, scale, frame_chunk, tile, overwrite, recovered)
+                for cal, (plan, out, scale, recovered) in plans.items()}  # fmt: skip
     idx = write_fits_index(out_dir) if any(s.store for s in sections.values()) else None
     return IngestReport(sections, idx)
 
@@ -882,8 +1018,10 @@ def open_cmos_section(store: str | Path, *, scaled: bool = True, chunks: dict | 
         ty, tx = int(chunks.get("y", ty)), int(chunks.get("x", tx))
     else:
         ty, tx = _dask_tile(n, h, w, ty, tx, target_bytes)
-    ds = xr.open_zarr(str(store), group=GROUP, chunks={schema.FRAME: -1, schema.READ: -1, schema.Y: ty, schema.X: tx})
+    ds = xr.open_zarr(str(store), group=GROUP, chunks={schema.FRAME: -1, schema.READ: -1, schema.Y: ty, schema.X: tx},
+                      mask_and_scale={"data": False})  # fmt: skip  (the stored integers: / data_scale below)
     ds = ds.assign_coords({c: _plain(ds[c].load()) for c in ds.coords})
+    ds.encoding["source"] = str(store)
     if not scaled:
         return ds
     scale = float(ds.attrs.get("data_scale", 1))

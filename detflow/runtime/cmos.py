@@ -183,7 +183,7 @@ def _ingest(job: CmosJob, c: Client, console) -> dict | None:
     ing = job.ingest
     with dask.config.set(scheduler=c.get):
         report = cmos_raw.ingest_tree(ing.bias, ing.dark, ing.flat, job.stores, search_depth=ing.search_depth,
-                                      data_scale=ing.data_scale, on_error=ing.on_error,
+                                      data_scale=ing.data_scale, on_error=ing.on_error, overwrite=ing.overwrite,
                                       skip=tuple(s for s in SECTIONS if getattr(ing, s) is None))  # fmt: skip
     if ing.fits_export is not None:
         for s, store in report.stores.items():
@@ -322,7 +322,8 @@ def validate_cmos(job: CmosJob) -> dict[str, xr.Dataset]:
             root = getattr(job.ingest, s)
             if root is not None:
                 cmos_raw.plan_section(root, caltype=s.upper(), search_depth=job.ingest.search_depth,
-                                      on_error=job.ingest.on_error, store=section_store(job, s))  # fmt: skip
+                                      on_error=job.ingest.on_error,
+                                      store=None if job.ingest.overwrite else section_store(job, s))  # fmt: skip
     if job.output is not None:
         check_output(job.output, job.overwrite)
     if job.output is None or not job.models:

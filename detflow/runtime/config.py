@@ -269,6 +269,8 @@ class CmosIngestConfig(_Model):
     on_error: Literal["raise", "skip"] = Field("raise", description="a bad frame stops the ingest, or is skipped "
                                                 "and listed in the report")  # fmt: skip
     fits_export: Path | None = Field(None, description="also write one FITS file per ingested frame here")
+    overwrite: bool = Field(False, description="ingest every frame again into new section stores, which replace "
+                            "the existing ones when complete (else only the frames not in them yet)")  # fmt: skip
 
 
 class CmosBiasConfig(_Model):

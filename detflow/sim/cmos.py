@@ -15,6 +15,10 @@ comments; the log delimiter ``,`` ``;`` tab, or ``;`` with decimal commas (k % 4
 column ``Temperature`` / ``CCDTemp`` / ``CCD_Temp`` / ``CCDTemperature`` / ``ChipTemp`` (k % 5); frame
 files ``frame<N>.raw`` or ``f<N>_exp<t>s_T<temp>.raw`` (k % 3 == 1), the log of every other such attempt
 lacking ExpTime/RealExpTime (the exposure then comes from the file name); frame numbers from 0 or 1 (k % 2).
+With ``file_names="camera"`` every frame file is named as the camera software names them, set point,
+exposure, attempt and frame number in one name (k % 3): ``BiasT0_exp0.012sAt0f1.raw``,
+``Dark_T-10_exp_0.5s_At0_frame3.raw``, ``FlatT25.5C_exp100msAt1f002.raw``; the log of every other
+attempt (k % 2 == 0) lacks ExpTime/RealExpTime.
 
 Physics (ADC counts, "DN"; the stored integers are ``DN * data_scale``)
 ----------------------------------------------------------------------
@@ -70,10 +74,11 @@ import numpy as np
 from ..errors import DetflowInputError, OutputExistsError
 from ..instruments import cmos
 
-__all__ = ["FAULTS", "CmosSimConfig", "CmosSimResult", "FlatDefect", "SimFrame", "expected_dn", "flat_loss",
-           "simulate_cmos_tree", "vignetting"]
+__all__ = ["FAULTS", "FILE_NAMES", "CmosSimConfig", "CmosSimResult", "FlatDefect", "SimFrame", "expected_dn",
+           "flat_loss", "simulate_cmos_tree", "vignetting"]
 
 FAULTS = ("bad_size", "no_frame_column", "missing_config", "missing_log_row")
+FILE_NAMES = ("mixed", "camera")
 SECTION_DIRS = {cal: sec for sec, cal in cmos.SECTIONS.items()}
 _TEMP_COLUMNS = ("Temperature", "CCDTemp", "CCD_Temp", "CCDTemperature", "ChipTemp")
 _DIALECTS = ((",", False), (";", False), ("\t", False), (";", True))  # (delimiter, decimal comma)
@@ -143,6 +148,7 @@ class CmosSimConfig:
     flat_defects: tuple[FlatDefect, ...] = ()
     seed: int = 0
     faults: tuple[str, ...] = ()
+    file_names: str = "mixed"  # "mixed": frame<N>.raw, f<N>_exp<t>s_T<temp>.raw; "camera": BiasT0_exp0.012sAt0f1.raw
 
     def __post_init__(self):
         if self.bit_depth < 1 or self.bit_depth > 16:
@@ -153,6 +159,8 @@ class CmosSimConfig:
             raise DetflowInputError(None, "flat_epochs", "a positive integer", self.flat_epochs)
         if not all(isinstance(d, FlatDefect) for d in self.flat_defects):
             raise DetflowInputError(None, "flat_defects", "FlatDefect instances", self.flat_defects)
+        if self.file_names not in FILE_NAMES:
+            raise DetflowInputError(None, "file_names", " or ".join(FILE_NAMES), self.file_names)
         bad = [f for f in self.faults if f not in FAULTS]
         if bad:
             raise DetflowInputError(None, "faults", f"names among {FAULTS}", bad)
@@ -296,6 +304,16 @@ def _rng(cfg: CmosSimConfig, caltype: str, temp: float, exptime: float, attempt:
     return np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=key))
 
 
+def _camera_name(k: int, caltype: str, temp: float, exptime: float, attempt: int, n: int) -> str:
+    """The camera software's frame file name (three spellings, by the variant number ``k``)."""
+    cal = caltype.capitalize()
+    if k % 3 == 0:
+        return f"{cal}T{temp:g}_exp{exptime:g}sAt{attempt}f{n}.raw"
+    if k % 3 == 1:
+        return f"{cal}_T{temp:g}_exp_{exptime:g}s_At{attempt}_frame{n}.raw"
+    return f"{cal}T{temp:g}C_exp{exptime * 1e3:g}msAt{attempt}f{n:03d}.raw"
+
+
 def _write_attempt(tmp_root: Path, final_root: Path, k: int, spec: tuple, cfg: CmosSimConfig, truth: dict,
                    ) -> list[SimFrame]:  # fmt: skip
     caltype, rel, temp_set, exptime, attempt, nframes = spec
@@ -316,8 +334,9 @@ def _write_attempt(tmp_root: Path, final_root: Path, k: int, spec: tuple, cfg: C
     # log + frames
     delim, comma = _DIALECTS[k % 4]
     temp_col = _TEMP_COLUMNS[k % 5]
+    camera = cfg.file_names == "camera"
     f_style = k % 3 == 1
-    no_exptime = f_style and (k // 3) % 2 == 0
+    no_exptime = k % 2 == 0 if camera else f_style and (k // 3) % 2 == 0
     cols = ["FrameNum", "TimeStamp", temp_col, "ExtTemperature"]
     cols += [] if no_exptime else ["ExpTime", "RealExpTime"]
     cols += ["ExpGain", "InitialTemp", "DeltaTemperature", "PowerCons", "Status"]
@@ -342,7 +361,10 @@ def _write_attempt(tmp_root: Path, final_root: Path, k: int, spec: tuple, cfg: C
         vals += [_fmt(cfg.gain, 2, comma), _fmt(float(temps[0]), 3, comma), _fmt(delta, 3, comma),
                  _fmt(power, 4, comma), "OK"]  # fmt: skip
         rows.append(delim.join(vals))
-        name = f"f{n}_exp{exptime:g}s_T{temp_set:.1f}.raw" if f_style else f"frame{n}.raw"
+        if camera:
+            name = _camera_name(k, caltype, temp_set, exptime, attempt, n)
+        else:
+            name = f"f{n}_exp{exptime:g}s_T{temp_set:.1f}.raw" if f_style else f"frame{n}.raw"
         _frame(truth, cfg, caltype, temp, t_log, rng, epoch).tofile(d / cmos.FRAMES_DIR / name)
         meta = {"framenum": n, "timestamp": stamp, "eqtemp": ext, "exptime": t_log,
                 "rexptime": math.nan if no_exptime else real_us / cmos.US_PER_S, "gain": float(cfg.gain), "temp": temp,
