@@ -65,7 +65,7 @@ def test_em_gain_keywords(cards, want):
 # ---- the L1 reader --------------------------------------------------------------------------------
 def _write_l1(path: Path, data: np.ndarray, **cards) -> Path:
     primary = fits.PrimaryHDU()
-    primary.header["DATA_LEVEL"] = cards.pop("DATA_LEVEL", "L1")
+    primary.header["HIERARCH DATA_LEVEL"] = cards.pop("DATA_LEVEL", "L1")
     image = fits.ImageHDU(data.astype(np.uint16), name="SCI")
     for k, v in {"EXPTIME": 1.0, "EMGAIN_C": 100.0, "ARRTYPE": "SCI", **cards}.items():
         if v is not None:
