@@ -81,8 +81,8 @@ def _l1_cards(path: Path) -> tuple[fits.Header, fits.Header]:
 
 def test_l1_keywords_are_carried_into_every_file(iit_run):
     tmp, l1, _ = iit_run
-    pri_keys, ext_keys = ("VISITID", "TELESCOP", "INSTRUME", "PROGNUM", "SIMFRAME"), ("SCTSRT", "SCTEND", "EMGAIN_C",
-                                                                                      "ARRTYPE", "EACQ_ROW", "KGAINPAR")  # fmt: skip
+    pri_keys = ("VISITID", "TELESCOP", "INSTRUME", "PROGNUM", "SIMFRAME")
+    ext_keys = ("SCTSRT", "SCTEND", "EMGAIN_C", "ARRTYPE", "EACQ_ROW", "KGAINPAR")
     firsts = _l1_cards(l1 / f"CGI_EXCAM_L1_{IDS[0]}.fits")
     for out in sorted((tmp / "fits").iterdir()):
         src = next((f"CGI_EXCAM_L1_{i}.fits" for i in IDS if out.name.startswith(f"CGI_EXCAM_L1_{i}_")), None)
