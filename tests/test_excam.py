@@ -65,7 +65,7 @@ def test_em_gain_keywords(cards, want):
 # ---- the L1 reader --------------------------------------------------------------------------------
 def _write_l1(path: Path, data: np.ndarray, **cards) -> Path:
     primary = fits.PrimaryHDU()
-    primary.header["DATA_LEVEL"] = cards.pop("DATA_LEVEL", "L1")
+    primary.header["HIERARCH DATA_LEVEL"] = cards.pop("DATA_LEVEL", "L1")
     image = fits.ImageHDU(data.astype(np.uint16), name="SCI")
     for k, v in {"EXPTIME": 1.0, "EMGAIN_C": 100.0, "ARRTYPE": "SCI", **cards}.items():
         if v is not None:
@@ -203,7 +203,7 @@ def test_cosmic_plateaus_match_corgidrp(corgi, cosm_filter, cosm_box, cosm_tail)
     want = corgi.flag_cosmics(cube, fwc, sat, plat, cosm_filter, cosm_box, cosm_tail, mode="image")
     got = np.zeros(cube.shape, np.uint8)
     for j in range(cube.shape[0]):
-        emccd.flag_cosmics_frame(cube[j], fwc, sat, plat, cosm_filter, cosm_box, cosm_tail, False, got[j])
+        emccd.flag_cosmics_frame(cube[j], fwc, sat, plat, cosm_filter, cosm_box, cosm_tail, False, 1, got[j])
     np.testing.assert_array_equal(got, want.astype(np.uint8))
     for j, r, c in truth:  # every injected head is masked
         assert got[j, r, c] == 1
@@ -212,21 +212,24 @@ def test_cosmic_plateaus_match_corgidrp(corgi, cosm_filter, cosm_box, cosm_tail)
 def test_cosmic_tail_wraps_into_the_next_row_in_full_frame_mode(corgi):
     img = np.zeros((4, 20))
     img[1, 14:16] = 10000.0
-    mask = np.zeros(img.shape, np.uint8)
-    emccd.flag_cosmics_frame(img, 10000.0, 0.7, 0.7, 1, 0, 10, True, mask)
+    mask, longer = np.zeros(img.shape, np.uint8), np.zeros(img.shape, np.uint8)
+    emccd.flag_cosmics_frame(img, 10000.0, 0.7, 0.7, 1, 0, 10, True, 1, mask)  # corgidrp's run-on
+    emccd.flag_cosmics_frame(img, 10000.0, 0.7, 0.7, 1, 0, 10, True, 0, longer)  # full_frame_tail: full_length
     up = corgi.flag_cosmics(img[None], 10000.0, 0.7, 0.7, 1, 0, 10, mode="full")[0].astype(np.uint8)
     image_mode = corgi.flag_cosmics(img[None], 10000.0, 0.7, 0.7, 1, 0, 10, mode="image")[0]
     heads = [c for c in range(20) if image_mode[1, c] and not image_mode[1, c - 1]]
     assert heads == [14]  # one plateau: masked from its head to the end of the row
     # the 2-pixel running filter (rank 1 of 2: the max) is above threshold at columns 14-16, and walking
     # back from 16 (below the plateau level) starts a second head at 17, as upstream does; that head's
-    # 1 + 10 + 1 masked pixels overflow the 20-pixel row by 9, which continue at the start of row 2
+    # 1 + 10 + 1 masked pixels overflow the 20-pixel row by 9
     over = 17 + 12 - 20
-    assert mask[1, 14:].all() and not mask[1, :14].any()
-    assert mask[2, :over].all() and not mask[2, over:].any() and not mask[[0, 3]].any()
+    np.testing.assert_array_equal(mask, up)
     # corgidrp restarts the overflow at the last pixel of the hit row: one pixel short in the next row
-    assert up[2, : over - 1].all() and not up[2, over - 1 :].any()
-    np.testing.assert_array_equal(up[:2], mask[:2])
+    assert mask[1, 14:].all() and not mask[1, :14].any() and not mask[[0, 3]].any()
+    assert mask[2, : over - 1].all() and not mask[2, over - 1 :].any()
+    # full_length: the 9 pixels continue at the start of row 2
+    assert longer[2, :over].all() and not longer[2, over:].any()
+    np.testing.assert_array_equal(longer[:2], mask[:2])
 
 
 def _combine(data, err, dq, bad_bits=0xFFFFFFFF):

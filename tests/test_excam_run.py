@@ -158,8 +158,8 @@ def test_iit_fits_file_set(reference_run):
         for kind in ("L2a_image", "L2a_bpmap", "L2b_image", "L2b_bpmap"):
             assert f"frame_{i:03d}_{kind}.fits" in names
     for kind in ("mean_comb_image", "mean_comb_bpmap", "median_comb_image", "median_comb_bpmap"):
-        assert f"excam_{kind}.fits" in names
-    assert "excam_mean_comb_image.png" in names
+        assert f"frame_00_{kind}.fits" in names  # frame_000 ... frame_003: II&T's XXXXXXi -> XXXXXX
+    assert "frame_00_mean_comb_image.png" in names
     with fits.open(out / "frame_001_L2b_image.fits") as h:
         assert len(h) == 2 and h[0].header["DATA_LEVEL"] == "L2b" and h[0].header["EPERDN"] == 8.7
         assert h[0].header["FWC_EM_E"] == 90000 and h[1].data.shape == (1024, 1024)

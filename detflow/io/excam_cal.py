@@ -41,6 +41,13 @@ UNITS = {"dark_current": "electron / s", "fpn": "electron", "cic": "electron", "
          "flat": "", "badpix": ""}  # fmt: skip
 
 
+def variables_of(key: str) -> set[str]:
+    """The dataset variables :func:`open_excam_references` makes of one config key."""
+    if key == "non_linearity_filepath":
+        return {"nonlin_table"}
+    return {MAPS[key], f"{MAPS[key]}_err"} if key in MAPS else set()
+
+
 def _read_image(path: Path, key: str) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.is_file():
         raise DetflowInputError(path, key, "an existing FITS image", "no such file")

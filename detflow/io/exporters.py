@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,37 @@ def export_noise_fits(store: str | Path, path: str | Path, frame: int = 0) -> Pa
 # ---- Roman Coronagraph EXCAM: the II&T file set ---------------------------------------------------
 EXCAM_FRAME_FILES = ("L2a_image", "L2a_bpmap", "L2b_image", "L2b_bpmap")
 EXCAM_SET_FILES = ("mean_comb_image", "mean_comb_bpmap", "median_comb_image", "median_comb_bpmap")
+EXCAM_DEFAULT_NAME = "excam"
+# structural cards of an L1 HDU: the exported HDUs write their own
+_STRUCTURAL = re.compile(r"^(SIMPLE|BITPIX|NAXIS\d*|EXTEND|XTENSION|PCOUNT|GCOUNT|BSCALE|BZERO|BLANK|EXTNAME|EXTVER|"
+                         r"CHECKSUM|DATASUM|BUNIT)$")  # fmt: skip
+
+
+def excam_dataset_name(files) -> str:
+    """The name of a data set's combined files, from its L1 file names, as II&T names them (frames
+    ``CGI_EXCAM_L1_XXXXXXi.fits`` give ``CGI_EXCAM_L1_XXXXXX_mean_comb_image.fits``): the file stems'
+    longest common beginning (one file: its stem). It may end inside the number the names end with (the
+    frame counter: II&T's ``XXXXXX``), not inside any other word or number: there it is cut back to the
+    last ``_``, ``-`` or ``.`` (``cgi_<visit>_<time>_l1_`` names give ``cgi_<visit>``). Files of several
+    data sets get what their names share (``CGI_EXCAM_L1_00000123`` for ids 0000012345 and 0000012399);
+    ``excam`` when they share nothing."""
+    stems = sorted({Path(f).stem for f in files})
+    if not stems:
+        return EXCAM_DEFAULT_NAME
+    common = os.path.commonprefix(stems)
+    head = common.rstrip("0123456789")
+    ends_in_counter = all(re.fullmatch(re.escape(head) + r"\d+", s) for s in stems)
+    at_boundary = all(s[len(common) : len(common) + 1] in ("", "_", "-", ".") for s in stems)
+    if not (ends_in_counter or at_boundary):  # inside a word or an inner number: back to the last separator
+        common = common[: max(common.rfind(c) for c in "_-.") + 1]
+    return common.rstrip("_-.") or EXCAM_DEFAULT_NAME
+
+
+def excam_export_name(job) -> str:
+    """``export_prefix`` if the job gives one, else :func:`excam_dataset_name` of its L1 files."""
+    from . import expand_inputs
+
+    return job.export_prefix or excam_dataset_name(expand_inputs(job.input))
 
 
 def _excam_names(job) -> list[str]:
@@ -143,7 +175,7 @@ def _excam_names(job) -> list[str]:
 
     stems = [Path(f).stem for f in expand_inputs(job.input)]
     names = [f"{s}_{kind}.fits" for s in stems for kind in EXCAM_FRAME_FILES]
-    return names + [f"{job.export_prefix}_{kind}.fits" for kind in EXCAM_SET_FILES]
+    return names + [f"{excam_export_name(job)}_{kind}.fits" for kind in EXCAM_SET_FILES]
 
 
 def check_excam_exports(job) -> None:
@@ -158,9 +190,32 @@ def check_excam_exports(job) -> None:
                                 "overwrite: true)", f"{len(clash)} exist")  # fmt: skip
 
 
-def _excam_header(attrs: dict, level: str, extra: dict | None = None) -> fits.Header:
-    hdr = fits.Header()
-    hdr["DATA_LEVEL"] = (level, "data level")
+def _l1_headers(inputs: list[dict], src: str, i: int | None = None) -> tuple[fits.Header, fits.Header]:
+    """The primary and image-HDU cards of the L1 file ``src`` as the run read them (the ``inputs``
+    attribute; frame ``i``'s entry first), without the structural ones; empty headers if not recorded."""
+    recs = ([inputs[i]] if i is not None and i < len(inputs) else []) + list(inputs)
+    rec = next((r for r in recs if Path(str(r.get("path", ""))).name == Path(str(src)).name), None)
+    if rec is None or not rec.get("fits_headers"):
+        return fits.Header(), fits.Header()
+    hdrs = [fits.Header.fromstring(text) for text in rec["fits_headers"]]
+    img = next((k for k, h in enumerate(hdrs) if h.get("NAXIS") == 2), 0)  # the frame's HDU, as the reader took it
+
+    def strip(h: fits.Header) -> fits.Header:
+        return fits.Header([c for c in h.cards if not _STRUCTURAL.match(c.keyword)])
+
+    return strip(hdrs[0]), (strip(hdrs[img]) if img else fits.Header())
+
+
+def _set_level(hdr: fits.Header, level: str) -> None:
+    """The data level under II&T's keyword (a HIERARCH card: more than 8 characters) and corgidrp's."""
+    hdr["HIERARCH DATA_LEVEL"] = (level, "data level")
+    hdr["DATALVL"] = (level, "data level")
+
+
+def _excam_header(attrs: dict, level: str, extra: dict | None = None, l1: fits.Header | None = None) -> fits.Header:
+    """Primary header: the L1 file's primary cards (``l1``), then the processing keywords."""
+    hdr = l1.copy() if l1 is not None else fits.Header()
+    _set_level(hdr, level)
     hdr["ORIGIN"] = "detflow"
     hdr["DFVERS"] = (__version__, "detflow version")
     job = attrs.get("job", {})
@@ -179,27 +234,38 @@ def _excam_header(attrs: dict, level: str, extra: dict | None = None) -> fits.He
     return hdr
 
 
-def _write_pair(path: Path, data: np.ndarray, hdr: fits.Header, unit: str) -> None:
-    image = fits.ImageHDU(data, name="IMAGE")
+def _write_pair(path: Path, data: np.ndarray, hdr: fits.Header, ext: fits.Header, level: str, unit: str) -> None:
+    """Primary ``hdr`` + an image HDU with the L1 image-HDU cards ``ext``; FILENAME is this file's name."""
+    hdr = hdr.copy()
+    hdr["FILENAME"] = (path.name, "this file")
+    image = fits.ImageHDU(data, header=ext.copy(), name="IMAGE")
+    _set_level(image.header, level)
     image.header["BUNIT"] = unit
     tmp = path.with_name(path.name + ".partial")
-    fits.HDUList([fits.PrimaryHDU(header=hdr), image]).writeto(tmp, overwrite=True)
+    # carried L1 cards are written as astropy can write them (a nonstandard card fixed, not refused)
+    fits.HDUList([fits.PrimaryHDU(header=hdr), image]).writeto(tmp, overwrite=True, output_verify="silentfix")
     os.replace(tmp, path)
 
 
-def export_excam_fits(store: str | Path, outdir: str | Path, prefix: str = "excam", png: bool = False,
+def export_excam_fits(store: str | Path, outdir: str | Path, prefix: str | None = None, png: bool = False,
                       overwrite: bool = False) -> list[Path]:  # fmt: skip
-    """The II&T file set from a written EXCAM store: per frame ``<name>_L2a_image.fits``,
+    """The II&T file set from a written EXCAM store: per frame ``<L1 name>_L2a_image.fits``,
     ``_L2a_bpmap.fits``, ``_L2b_image.fits``, ``_L2b_bpmap.fits``; per data set
-    ``<prefix>_{mean,median}_comb_{image,bpmap}.fits``. Primary HDU (``DATA_LEVEL`` and the processing
-    keywords) + image HDU. bpmaps hold corgidrp's DQ bits (1 bad, 2 hot, 4 no flat, 32 saturated,
-    64 nonlinear, 128 cosmic ray; 0 good). With ``png`` also quicklooks. Each file is written under a
-    temporary name and renamed."""
+    ``<prefix>_{mean,median}_comb_{image,bpmap}.fits`` (``<prefix>_<group>_...`` per EXPTIME/gain
+    group; ``prefix`` None: :func:`excam_dataset_name` of the store's L1 files). Each file: primary HDU
+    with the L1 file's primary keywords, ``DATA_LEVEL``/``DATALVL`` and the processing keywords; image
+    HDU with the L1 image HDU's keywords (a combined file: those of the set's first frame, as corgidrp's
+    combines keep). bpmaps hold corgidrp's DQ bits (1 bad, 2 hot, 4 no flat, 32 saturated, 64 nonlinear,
+    128 cosmic ray; 0 good). With ``png`` also quicklooks. Each file is written under a temporary name
+    and renamed."""
     from ..steps.excam import corgi_bits
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     tree = open_store(store)
+    if prefix is None:
+        prefix = excam_dataset_name([str(f) for node in tree.subtree if (node.name or "").startswith("l2b")
+                                     and "source_file" in node.coords for f in node["source_file"].values])  # fmt: skip
     written: list[Path] = []
     for node in tree.subtree:
         name = node.name
@@ -213,28 +279,36 @@ def export_excam_fits(store: str | Path, outdir: str | Path, prefix: str = "exca
         if kind in ("l2a", "l2b"):
             level = "L2a" if kind == "l2a" else "L2b"
             files = ds["source_file"].values
+            inputs = ds.attrs.get("inputs", [])
             for i, src in enumerate(files):
                 frame = ds.isel(frame=i)
                 stem = Path(str(src)).stem
-                hdr = _excam_header(ds.attrs, level, {"FILENAME": str(src), "REJECTED": int(frame["rejected"])})
+                pri, ext = _l1_headers(inputs, str(src), i)
+                hdr = _excam_header(ds.attrs, level, {"L1FILE": (str(src), "L1 input file"),
+                                                      "REJECTED": int(frame["rejected"])}, pri)  # fmt: skip
                 for suffix, arr, unit in ((f"{level}_image", frame["data"].values.astype(np.float32),
                                            ds["data"].attrs.get("units", "")),
                                           (f"{level}_bpmap", corgi_bits(frame["dq"].values), "")):  # fmt: skip
                     path = outdir / f"{stem}_{suffix}.fits"
                     if path.exists() and not overwrite:
                         continue  # checked before the run; a second group of the same file cannot clash
-                    _write_pair(path, arr, hdr, unit)
+                    _write_pair(path, arr, hdr, ext, level, unit)
                     written.append(path)
                 if png:
                     written.append(_excam_png(frame["data"].values, outdir / f"{stem}_{level}_image.png",
                                               f"{stem} {level}"))  # fmt: skip
         elif kind in ("mean_comb", "median_comb"):
+            pri, ext = fits.Header(), fits.Header()
+            source = ds.attrs.get("source_group")
+            if source and source in tree and "source_file" in tree[source].coords:
+                first = str(tree[source]["source_file"].values[0])
+                pri, ext = _l1_headers(tree[source].attrs.get("inputs", []), first, 0)
             hdr = _excam_header(ds.attrs, "L2b", {"NFRAMES": int(ds.attrs.get("frames", 0)),
-                                                  "NREJECT": int(ds.attrs.get("frames_rejected", 0))})  # fmt: skip
+                                                  "NREJECT": int(ds.attrs.get("frames_rejected", 0))}, pri)  # fmt: skip
             for suffix, arr, unit in (("image", ds["data"].values.astype(np.float32), ds["data"].attrs.get("units", "")),
                                       ("bpmap", corgi_bits(ds["dq"].values), "")):  # fmt: skip
                 path = outdir / f"{prefix}{group_tag}_{kind}_{suffix}.fits"
-                _write_pair(path, arr, hdr, unit)
+                _write_pair(path, arr, hdr, ext, "L2b", unit)
                 written.append(path)
             if png:
                 written.append(_excam_png(ds["data"].values, outdir / f"{prefix}{group_tag}_{kind}_image.png", kind))

@@ -119,7 +119,8 @@ def _row_nanmedian_filter(row, size, out):
 
 
 @numba.njit(nogil=True, cache=CACHE)
-def flag_cosmics_frame(img, fwc, sat_thresh, plat_thresh, cosm_filter, cosm_box, cosm_tail, full_frame, mask):
+def flag_cosmics_frame(img, fwc, sat_thresh, plat_thresh, cosm_filter, cosm_box, cosm_tail, full_frame, wrap_overlap,
+                       mask):  # fmt: skip
     """Mask saturated cosmic-ray plateaus, their tails and a box around their heads in one frame.
 
     Rows whose maximum reaches ``sat_thresh * fwc`` are median-filtered over ``cosm_filter + 1`` pixels;
@@ -127,8 +128,11 @@ def flag_cosmics_frame(img, fwc, sat_thresh, plat_thresh, cosm_filter, cosm_box,
     ``plat_thresh * fwc`` to the plateau head; mask the head and the ``cosm_filter + cosm_tail`` pixels
     after it (to the row end, or with ``full_frame`` onward into the next row: the serial register
     reads on) and a ``(2 cosm_box + 1)^2`` box centred on the head (inside the frame). ``mask`` (uint8,
-    same shape) is OR'ed with 1. Bias-subtracted DN in; NaNs are never a plateau, and a row holding
-    any is filtered over its finite samples (:func:`_row_nanmedian_filter`).
+    same shape) is OR'ed with 1. ``wrap_overlap``: the part of a tail past the row's end restarts that
+    many pixels back: 1 as corgidrp 5.1.1 and II&T (at the row's last pixel, already masked, so it ends
+    one pixel short in the next row), 0 to keep the length of a tail inside a row. Bias-subtracted DN
+    in; NaNs are never a plateau, and a row holding any is filtered over its finite samples
+    (:func:`_row_nanmedian_filter`).
     """
     nrow, ncol = img.shape
     sat = sat_thresh * fwc
@@ -166,7 +170,7 @@ def flag_cosmics_frame(img, fwc, sat_thresh, plat_thresh, cosm_filter, cosm_box,
             for c in range(b, min(stop, ncol)):
                 mask[r, c] |= 1
             if full_frame and stop > ncol:
-                over = stop - ncol
+                over = stop - ncol - wrap_overlap
                 rr, cc = r + 1, 0
                 while over > 0 and rr < nrow:
                     mask[rr, cc] |= 1

@@ -210,7 +210,9 @@ class ExcamJob(_Model):
     all_or_nothing: bool = Field(False, description="a damaged L1 file (unreadable, truncated) fails the job; by "
                                  "default it is left out and listed in the store and the job record")  # fmt: skip
     export_dir: Path | None = Field(None, description="also write the II&T FITS file set here")
-    export_prefix: str = Field("excam", description="prefix of the data-set FITS files")
+    export_prefix: str | None = Field(None, description="name of the data-set (combined) FITS files; null: after "
+                                      "the L1 file names, as II&T names them (detflow.io.exporters."
+                                      "excam_dataset_name)")  # fmt: skip
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step (excam_*)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     source: str | None = Field(None, description="the file this job was read from")

@@ -28,7 +28,7 @@ from zarr.codecs import BloscCodec
 from .. import schema
 from ..errors import DetflowInputError
 from ..instruments import roman_excam
-from ..io.excam_cal import open_excam_references
+from ..io.excam_cal import open_excam_references, variables_of
 from ..io.excam_l1 import open_excam_l1
 from ..io.store import StoreWriter, check_output, open_store
 from ..steps import excam as sx
@@ -104,6 +104,13 @@ def _pick(block: dict, key: tuple[str, str]) -> np.ndarray:
     return block[key]
 
 
+def _context(ctx: dict, reference_files: dict, geometry: str) -> dict:
+    """The chain tasks' shared context with the calibration maps read from their files, on a worker: one
+    task whose result the workers share, instead of ~40 MB of maps in the graph (which the client would
+    send to the scheduler and warn about)."""
+    return dict(ctx, refs=open_excam_references(reference_files, roman_excam.GEOMETRIES[geometry]))
+
+
 def fuse_chain(l1: xr.Dataset, refs: xr.Dataset, params: dict, lazy: dict[str, xr.Dataset]) -> dict[str, xr.Dataset]:
     """The products of :func:`_chain` (``lazy``: the step graph's, whose structure and records they keep)
     with their data computed by one task per chunk of frames that runs every step in memory
@@ -116,11 +123,16 @@ def fuse_chain(l1: xr.Dataset, refs: xr.Dataset, params: dict, lazy: dict[str, x
     frames (``tests/test_excam_fused.py``)."""
     raw = l1["data"].data
     attrs = dict(l1.attrs, inputs=sx.header_cards(l1.attrs.get("inputs", []), sx.header_keys(params)))
-    ctx = dask.delayed({
+    ctx = {
         "dims": l1["data"].dims,
         "coords": {k: (v.dims, np.asarray(v.values)) for k, v in l1.coords.items()},
-        "attrs": attrs, "refs": refs.load(), "params": params, "prescan": "pre" in lazy,
-    }, pure=True)  # fmt: skip  (once in the graph: the cards the steps read and the calibration maps)
+        "attrs": attrs, "params": params, "prescan": "pre" in lazy,
+    }  # fmt: skip  (once in the graph: the cards the steps read; the maps are read by a task of their own)
+    files = {r["name"]: r["path"] for r in refs.attrs.get("reference_files", []) if r.get("used", True)}
+    if set(refs.data_vars) <= {v for k in files for v in variables_of(k)}:
+        ctx = dask.delayed(_context, pure=True)(ctx, files, l1.attrs["geometry"])
+    else:  # maps that come from no file (built in memory): they go into the graph
+        ctx = dask.delayed(dict(ctx, refs=refs.load()), pure=True)
     letters = "".join(chr(ord("a") + i) for i in range(raw.ndim))
     pos = da.arange(raw.shape[0], chunks=(raw.chunks[0],))
     blocks = da.blockwise(_chain_block, "a", raw, letters, pos, "a", ctx, None, dtype=object, concatenate=True,
@@ -281,9 +293,9 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
             last = next(p for n, p in products.items() if n.startswith("l2b"))  # its steps: L2a's and L2b's
             finish_store(writer, c, sums, job, products, list(products) + list(combined), last, started)
     if job.export_dir is not None:
-        from ..io.exporters import export_excam_fits
+        from ..io.exporters import excam_export_name, export_excam_fits
 
-        written = export_excam_fits(job.store, job.export_dir, job.export_prefix, png=job.generate_png_files,
+        written = export_excam_fits(job.store, job.export_dir, excam_export_name(job), png=job.generate_png_files,
                                     overwrite=job.overwrite)  # fmt: skip
         if console is not None:
             console.print(f"export: {len(written)} FITS/PNG files in {job.export_dir}")

@@ -159,6 +159,10 @@ class CosmicsParams(StepParams):
                                    "pixels above saturation are marked rejected (oversaturated)")  # fmt: skip
     no_tail_at_unity_gain: bool = Field(True, description="no tails at EM gain 1 (none form without the gain "
                                         "register; corgidrp)")  # fmt: skip
+    full_frame_tail: Literal["corgidrp", "full_length"] = Field(
+        "corgidrp", description="region full: a tail that runs past the row's end goes on in the next row; "
+                                "'corgidrp': as corgidrp 5.1.1 and II&T, restarted at the row's last pixel (one "
+                                "pixel short), 'full_length': as long as a tail inside one row")  # fmt: skip
 
 
 def histogram_threshold(diff: np.ndarray, nbins: int) -> float:
@@ -296,7 +300,7 @@ def _cosmics_block(block: xr.Dataset, p: CosmicsParams, geom, full: bool, bias_o
                 rest = np.where(mask != 0, np.nan, search)
             emccd.flag_cosmics_frame(rest, sat / p.sat_thresh, p.cosm_thresh or p.sat_thresh, p.plat_thresh,
                                      p.cosm_filter, p.cosm_box, 0 if p.median_filter_mode == 2 else tail, full,
-                                     mask)  # fmt: skip
+                                     int(p.full_frame_tail == "corgidrp"), mask)  # fmt: skip
         hit = mask != 0
         dq[i] |= np.where(hit, np.uint32(DQ.JUMP_DET), np.uint32(0))
         if full:  # a tail that ran on into a row's reliable prescan must not set that row's bias
