@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,8 +22,29 @@ out = Console(soft_wrap=True)
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+    """Exit with status 2 and one line per error (a :class:`DetflowInputError` may carry several)."""
+    for err in getattr(exc, "errors", None) or [exc]:
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log each stage (inputs, graph, cluster, "
+                                       "compute phases, store, exports) to stderr")) -> None:  # fmt: skip
+    # the `detflow` logger to stderr: warnings (damaged inputs left out...) always, each stage with --verbose;
+    # rich on a terminal, else plain lines (never wrapped: file names stay whole for grep)
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("detflow")
+    logger.handlers = [h for h in logger.handlers if not getattr(h, "detflow_cli", False)]  # one per process
+    if sys.stderr.isatty():
+        handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.detflow_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 # options shared by several commands
@@ -71,32 +93,54 @@ def run(
         if node.has_data:
             out.print(f"  group {node.path}: " + ", ".join(
                 f"{k}{tuple(v.shape)}" for k, v in node.data_vars.items() if not k.startswith(("border", "dq_b"))))  # fmt: skip
+    _print_skipped(tree.attrs.get("skipped_inputs", []))
+
+
+def _print_skipped(skipped: list[dict]) -> None:
+    """The exit summary of the damaged inputs a job left out (``on_error: skip``): each with its reason."""
+    from .runtime.run import skipped_line
+
+    if skipped:
+        out.print(f"left out {len(skipped)} damaged input(s) (on_error: skip):", highlight=False)
+    for s in skipped:
+        out.print(f"  {skipped_line(s)}", highlight=False)
 
 
 @app.command()
 def validate(job: Path = typer.Argument(..., help="job YAML")) -> None:
-    """Check a job (keys, reference files, inputs) without running anything."""
-    from .io.store import check_output
+    """Check a job (keys, inputs, reference files, outputs and exports) without running or writing anything."""
+    from .runtime.cmos import plan_ingest, validate_cmos
     from .runtime.config import load_job
-    from .runtime.run import build
+    from .runtime.run import build, check_outputs, skipped_inputs
 
+    plans = {}
     try:
         cfg = load_job(job)
-        if cfg.store is not None:
-            check_output(cfg.store, cfg.overwrite)
-        noise = getattr(cfg, "noise", None)
-        if noise is not None and noise.out is not None:
-            check_output(noise.out, cfg.overwrite)
-        products = build(cfg)
+        check_outputs(cfg)  # what run refuses: an existing store, export files it would replace
+        if cfg.pipeline == "cmos":
+            plans = plan_ingest(cfg)  # the ingest's own checks of the raw trees
+            products = validate_cmos(cfg, plans)
+        else:
+            products = build(cfg)
     except DetflowInputError as exc:
         _fail(exc)
+    for s, plan in plans.items():
+        out.print(f"ok: ingest {s}: {len(plan.frames)} new frame(s) from {len(plan.records)} attempt(s), {plan.known} "
+                  f"already in {cfg.stores / f'{s}.zarr'}, {len(plan.skipped)} left out", highlight=False)  # fmt: skip
+        for item in plan.skipped:
+            out.print(f"  left out (on_error: skip): {item['reason']}", highlight=False)
+    if cfg.pipeline == "cmos" and cfg.output is not None and cfg.models and not products:
+        out.print(f"models {', '.join(cfg.models)}: checked when the ingest has written the section stores")
     for name, ds in products.items():
         out.print(f"ok: group {name!r} " + ", ".join(f"{k}{tuple(v.shape)}" for k, v in ds.data_vars.items()
                                                      if not k.startswith(("border", "dq_b"))))  # fmt: skip
         if "layers" in ds.attrs:
             out.print(f"noise layers: {', '.join(ds.attrs['layers'])} (seed {ds.attrs['seed']})")
-        else:
-            out.print("steps: " + ", ".join(f"{s['name']} ({s['status']})" for s in ds.attrs.get("steps", [])))
+        elif ds.attrs.get("steps"):  # nothing has run: the steps are planned (or will be recorded as skipped)
+            out.print("steps: " + ", ".join(f"{s['name']} ({'planned' if s['status'] == 'COMPLETE' else s['status']})"
+                                            for s in ds.attrs["steps"]))  # fmt: skip
+    _print_skipped(skipped_inputs(products))
+    out.print(f"ok: {job} (nothing was run or written)")
 
 
 @app.command()
@@ -157,6 +201,64 @@ def demo(
         _fail(exc)
     out.print(f"store: {store.resolve()}")
     out.print(f"quicklook: {png.resolve()}")
+
+
+# ---- detflow sim ... ---------------------------------------------------------------------------------------
+sim_app = typer.Typer(no_args_is_help=True, help="Simulated data of each family, with a ready-to-run job beside it.")
+app.add_typer(sim_app, name="sim")
+_OUTDIR = typer.Argument(..., help="folder for the data, its truth and the job YAML (nothing is overwritten)")
+_SEED = typer.Option(0, "--seed", help="random seed (the same seed gives the same data)")
+
+
+def _simulated(make, *args) -> None:
+    try:
+        job, wrote = make(*args)
+    except DetflowInputError as exc:
+        _fail(exc)
+    out.print(", ".join(f"{k}: {v}" for k, v in wrote.items()), highlight=False)
+    out.print(f"job: {job}", highlight=False)
+    out.print(f"run it: detflow run {job}", highlight=False)
+
+
+@sim_app.command("wfi")
+def sim_wfi(
+    outdir: Path = _OUTDIR,
+    nside: int = typer.Option(1024, "--nside", min=128, help="detector side (4096: a full Roman SCA)"),
+    exposures: int = typer.Option(1, "--exposures", min=1, help="L1 exposures"),
+    seed: int = _SEED,
+) -> None:
+    """Roman WFI L1 exposures, reference files and truth; a job running gen_cal_image's steps on them."""
+    from .sim.jobs import wfi_job
+
+    _simulated(wfi_job, outdir, nside, exposures, seed)
+
+
+@sim_app.command("excam")
+def sim_excam(
+    outdir: Path = _OUTDIR,
+    frames: int = typer.Option(10, "--frames", min=1, help="L1 frames (SCI, 1200 x 2200)"),
+    em_gain: float = typer.Option(100.0, "--em-gain", min=1, help="EM gain"),
+    exptime: float = typer.Option(5.0, "--exptime", help="exposure time (s)"),
+    seed: int = _SEED,
+) -> None:
+    """Roman Coronagraph EXCAM L1 frames, calibration files and truth; a job taking them L1 -> L2b."""
+    from .sim.jobs import excam_job
+
+    _simulated(excam_job, outdir, frames, em_gain, exptime, seed)
+
+
+@sim_app.command("cmos")
+def sim_cmos(
+    outdir: Path = _OUTDIR,
+    size: int = typer.Option(128, "--size", min=8, help="frame side (pixels)"),
+    frames: int = typer.Option(5, "--frames", min=2, help="frames per attempt (bias, dark, flat)"),
+    temps: list[float] = typer.Option([-10.0, 0.0, 10.0, 25.0], "--temp", help="set-point temperatures (repeat)"),
+    seed: int = _SEED,
+) -> None:
+    """A CMOS campaign's raw test-section trees and truth; a job ingesting them and building the models."""
+    from .sim.jobs import cmos_job
+
+    _simulated(cmos_job, outdir, size, frames, tuple(temps), seed)
 
 
 # ---- jobs on a running cluster: submit, status, wait, cancel, jobs ---------------------------------------

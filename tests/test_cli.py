@@ -27,7 +27,7 @@ def test_steps_lists_registry_with_params():
 def test_validate_run_info_pit_yaml(small_wfi):
     r = sh("validate", small_wfi["pit_yaml"])
     assert r.returncode == 0, r.stderr
-    assert "ramp_fit (COMPLETE)" in r.stdout
+    assert "ramp_fit (planned)" in r.stdout
     assert not (small_wfi["root"] / "out.zarr").exists()  # validate writes nothing
 
     r = sh("run", small_wfi["pit_yaml"], "--workers", "1", "--no-progress")

@@ -148,9 +148,9 @@ def test_inputs_never_modified(tiny_wfi):
     assert before == after
 
 
-def test_damaged_exposure_is_left_out_and_listed_unless_all_or_nothing(tmp_path):
-    """A poison input in a multi-exposure WFI job: the job finishes without it and the store lists the
-    file; with all_or_nothing the job fails with that file's error and writes nothing."""
+def test_damaged_exposure_fails_the_job_unless_on_error_skip(tmp_path):
+    """A poison input in a multi-exposure WFI job: by default the job fails with that file's error and
+    writes nothing; with ``on_error: skip`` it finishes without it and the store lists the file."""
     import detflow
     from conftest import write_tiny_wfi
 
@@ -158,7 +158,12 @@ def test_damaged_exposure_is_left_out_and_listed_unless_all_or_nothing(tmp_path)
     bad = d["files"][1]
     raw = bad.read_bytes()
     bad.write_bytes(raw[: len(raw) // 2])
-    job = load_job(d["job_yaml"])
+    strict = load_job(d["job_yaml"])
+    assert strict.on_error == "raise"
+    with pytest.raises(DetflowInputError, match="roman.data") as e:
+        detflow.run(strict, progress=False)
+    assert str(bad) in str(e.value) and not strict.output.exists()
+    job = strict.model_copy(update={"on_error": "skip"})
     tree = detflow.run(job, progress=False)
     l2 = tree["l2"]
     assert l2.sizes["frame"] == 2
@@ -169,7 +174,3 @@ def test_damaged_exposure_is_left_out_and_listed_unless_all_or_nothing(tmp_path)
     alone = detflow.run(job.model_copy(update={"input": [str(d["files"][0]), str(d["files"][2])],
                                                "output": tmp_path / "alone.zarr"}), progress=False)  # fmt: skip
     xr.testing.assert_equal(l2["data"], alone["l2"]["data"])
-    strict = job.model_copy(update={"all_or_nothing": True, "output": tmp_path / "strict.zarr"})
-    with pytest.raises(DetflowInputError, match="roman.data") as e:
-        detflow.run(strict, progress=False)
-    assert str(bad) in str(e.value) and not (tmp_path / "strict.zarr").exists()

@@ -183,7 +183,7 @@ def test_a_corrupt_file_fails_only_its_frame(frames, cluster, tmp_path):
     bad = sorted(data.glob("*.fits"))[4]
     bad.write_bytes(bad.read_bytes()[: 2880 * 3 + 1000])  # headers kept, the frame cut short
     out = tmp_path / "p.zarr"
-    job = dict(_job(frames, out), input=str(data), combine=[])
+    job = dict(_job(frames, out), input=str(data), combine=[], on_error="skip")
     with Client(cluster.address) as c:
         job_id = submit(job, c)
     res = _cli("wait", job_id, "--scheduler", cluster.address)
@@ -195,5 +195,5 @@ def test_a_corrupt_file_fails_only_its_frame(frames, cluster, tmp_path):
     assert tree["l2b"].sizes["frame"] == len(frames) - 1 and str(bad.name) not in tree["l2b"]["source_file"].values
     assert tree.attrs["skipped_inputs"][0]["file"] == str(bad)
     with pytest.raises(detflow.DetflowInputError, match="truncated"):
-        detflow.run(dict(job, output=str(tmp_path / "strict.zarr"), all_or_nothing=True), progress=False)
+        detflow.run(dict(job, output=str(tmp_path / "strict.zarr"), on_error="raise"), progress=False)
     assert not (tmp_path / "strict.zarr").exists()

@@ -45,8 +45,8 @@ def _kind(path: Path) -> str | None:
 
 
 def skipped_record(exc: CorruptInputError) -> dict:
-    """How a left-out damaged file is listed (``skipped_inputs``): file, field, reason, frames."""
-    return {"file": exc.file, "field": exc.field, "reason": str(exc.got), "frames": 1}
+    """How a left-out damaged file is listed (``skipped_inputs``): file, field, reason, what was expected, frames."""
+    return {"file": exc.file, "field": exc.field, "reason": str(exc.got), "expected": exc.expected, "frames": 1}
 
 
 def open_l1(inputs, chunks: dict | None = None, skip_corrupt: bool = False) -> xr.Dataset:
@@ -58,7 +58,7 @@ def open_l1(inputs, chunks: dict | None = None, skip_corrupt: bool = False) -> x
     from .roman_l1 import open_roman_l1
 
     all_paths = expand_inputs(inputs)
-    parts, paths, skipped, first = [], [], [], None
+    parts, paths, skipped, damaged = [], [], [], []
     for p in all_paths:
         kind = _kind(p)
         try:
@@ -72,11 +72,11 @@ def open_l1(inputs, chunks: dict | None = None, skip_corrupt: bool = False) -> x
             if not skip_corrupt:
                 raise
             skipped.append(skipped_record(exc))
-            first = first or exc
+            damaged.append(exc)
             continue
         paths.append(p)
-    if not parts:  # nothing to go on with: the first file's own error
-        raise first
+    if not parts:  # nothing to go on with: each file's own error
+        raise DetflowInputError.combine(damaged)
     if len(parts) == 1:
         out = parts[0]
         if skipped:

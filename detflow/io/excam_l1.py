@@ -16,6 +16,8 @@ of every file are kept losslessly in the ``inputs`` attrs.
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import dask
@@ -42,9 +44,21 @@ def read_excam_header(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DetflowInputError(path, "file", "an existing EXCAM L1 FITS file", "no such file")
+    size = path.stat().st_size
     try:
-        with fits.open(path, memmap=False) as hdul:
+        # astropy warns (and drops the HDU) for a header cut short; the warnings are the evidence, not output
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul = fits.open(path, memmap=False)
+        with hdul, warnings.catch_warnings(record=True) as more:
+            warnings.simplefilter("always")
             images = [i for i, h in enumerate(hdul) if getattr(h, "is_image", False) and h.header.get("NAXIS") == 2]
+            cut = next((str(w.message) for w in caught + more if "Error validating header" in str(w.message)), None)
+            if cut is not None:
+                hdu = re.search(r"HDU #(\d+)", cut)
+                raise CorruptInputError(path, f"header of HDU {hdu.group(1) if hdu else len(hdul)}",
+                                        "a complete FITS header (2880-byte blocks)",
+                                        f"a file of {size} bytes that ends inside it (truncated)")  # fmt: skip
             if not images:
                 raise DetflowInputError(path, "HDU", "an image HDU with the 2-D L1 frame", "none")
             idx = images[0]
@@ -57,9 +71,9 @@ def read_excam_header(path: str | Path) -> dict:
         raise
     except Exception as exc:  # astropy raises many types for a damaged file
         raise CorruptInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}") from None
-    if path.stat().st_size < end:
+    if size < end:
         raise CorruptInputError(path, "data", f"{end} bytes for a {shape[0]}x{shape[1]} BITPIX {bitpix} frame",
-                                f"a file of {path.stat().st_size} bytes (truncated)")  # fmt: skip
+                                f"a file of {size} bytes (truncated)")  # fmt: skip
     level, key = _card(headers, "DATA_LEVEL", "DATALVL")
     if str(level).strip().upper() != roman_excam.DATA_LEVEL:
         raise DetflowInputError(path, key, f"DATA_LEVEL {roman_excam.DATA_LEVEL}", level)
@@ -122,7 +136,7 @@ def open_excam_l1(paths, group: bool = False, skip_corrupt: bool = False
     from . import expand_inputs, skipped_record
 
     files = expand_inputs(paths)
-    metas, skipped = [], []
+    metas, skipped, damaged = [], [], []
     for f in files:
         try:
             metas.append(read_excam_header(f))
@@ -130,9 +144,9 @@ def open_excam_l1(paths, group: bool = False, skip_corrupt: bool = False
             if not skip_corrupt:
                 raise
             skipped.append(skipped_record(exc))
-    if not metas:
-        raise DetflowInputError(files[0].parent, "files", "at least one readable EXCAM L1 file",
-                                f"{len(skipped)} damaged files")  # fmt: skip
+            damaged.append(exc)
+    if not metas:  # nothing to go on with: each file's own error
+        raise DetflowInputError.combine(damaged)
     if skipped:
         out = open_excam_l1([m["path"] for m in metas], group=group)
         for ds in out.values() if group else [out]:

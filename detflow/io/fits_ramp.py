@@ -21,7 +21,7 @@ import xarray as xr
 from astropy.io import fits
 
 from .. import schema
-from ..errors import DetflowInputError
+from ..errors import CorruptInputError, DetflowInputError
 from .chunking import pixel_tiles
 from .roman_l1 import frame_coords
 
@@ -64,7 +64,7 @@ def open_fits_ramp(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
     try:
         hdul = fits.open(path, memmap=False)
     except Exception as exc:
-        raise DetflowInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}")
+        raise CorruptInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}")
     with hdul:
         idx = _image_hdu(path, hdul)
         hdr = hdul[idx].header

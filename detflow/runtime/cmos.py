@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import dask
@@ -35,6 +36,7 @@ from ..io.store import StoreWriter, check_output, open_store
 from .cluster import get_client
 from .config import CmosJob
 
+log = logging.getLogger("detflow")
 SECTIONS = ("bias", "dark", "flat")
 MODEL_GROUPS = {"bias": "bias_model", "dark": "dark_model", "flat": "flat_model"}
 
@@ -188,17 +190,23 @@ def _ingest(job: CmosJob, c: Client, console) -> dict | None:
     if ing.fits_export is not None:
         for s, store in report.stores.items():
             cmos_raw.export_fits(store, ing.fits_export / s, overwrite=True)
-    if console is not None:
-        for s, sec in report.sections.items():
-            console.print(f"ingest {s}: {len(sec.ingested)} new frames, {sec.already} already in {sec.store}, "
-                          f"{len(sec.skipped)} skipped")  # fmt: skip
+    for s, sec in report.sections.items():
+        line = (f"ingest {s}: {len(sec.ingested)} new frames, {sec.already} already in {sec.store}, "
+                f"{len(sec.skipped)} skipped")  # fmt: skip
+        if console is not None:
+            console.print(line)
+        else:
+            log.info(line)
+        for item in sec.skipped:
+            log.warning("left out (on_error: skip): %s%s", item["reason"],
+                        "" if item["path"] == item["file"] else f" (frame {item['path']})")  # fmt: skip
     return report.to_dict()
 
 
 def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
              console=None) -> xr.DataTree | None:  # fmt: skip
     """Run a CMOS job; return the model store as a DataTree (None for an ingest-only job)."""
-    from .run import compute, job_record_attrs, resume_key, versions
+    from .run import compute, job_record_attrs, log_cluster, resume_key, versions
     from .. import __version__
 
     if job.output is not None:
@@ -207,6 +215,7 @@ def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | Non
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
+        log_cluster(c)
         ingest_report = _ingest(job, c, console)
         if job.output is None:
             return None
@@ -227,6 +236,7 @@ def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | Non
                 **job_record_attrs(),
             })  # fmt: skip
             writer.commit()
+        log.info("store committed: %s", job.output)
     write_reports(job, ingest_report, analyses, console)
     return open_store(job.output)
 
@@ -314,16 +324,22 @@ def rejected_frames(tree: xr.DataTree) -> list[dict]:
     return out
 
 
-def validate_cmos(job: CmosJob) -> dict[str, xr.Dataset]:
+def plan_ingest(job: CmosJob) -> dict[str, cmos_raw.SectionPlan]:
+    """The ingest's own checks of the raw trees, by section (what it would write; nothing written)."""
+    if job.ingest is None:
+        return {}
+    ing = job.ingest
+    return {s: cmos_raw.plan_section(getattr(ing, s), caltype=s.upper(), search_depth=ing.search_depth,
+                                     on_error=ing.on_error, store=None if ing.overwrite else section_store(job, s))
+            for s in SECTIONS if getattr(ing, s) is not None}  # fmt: skip
+
+
+def validate_cmos(job: CmosJob, plans: dict | None = None) -> dict[str, xr.Dataset]:
     """Check a CMOS job without running it: the raw trees (every frame's file, size, log row and config,
-    reading no pixels) and, where the section stores exist, the lazy model graph."""
-    if job.ingest is not None:
-        for s in SECTIONS:
-            root = getattr(job.ingest, s)
-            if root is not None:
-                cmos_raw.plan_section(root, caltype=s.upper(), search_depth=job.ingest.search_depth,
-                                      on_error=job.ingest.on_error,
-                                      store=None if job.ingest.overwrite else section_store(job, s))  # fmt: skip
+    reading no pixels; ``plans``: :func:`plan_ingest`'s, if already made) and, where the section stores
+    exist, the lazy model graph."""
+    if plans is None:
+        plan_ingest(job)
     if job.output is not None:
         check_output(job.output, job.overwrite)
     if job.output is None or not job.models:

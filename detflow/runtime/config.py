@@ -5,11 +5,17 @@ Two spellings are accepted for a Roman WFI job:
 * detflow's own (``pipeline: roman_wfi``, ``input``, ``output``, ``caldir``, ``steps``...), and
 * the PIT ``gen_cal_image`` YAML as users already write it (``IN``, ``OUT``, ``CALDIR``,
   ``RAMP_OPT_PARS``, ``JUMP_DETECT_PARS``, ``EXCLUDE_FIRST``, ``SATURATION_BACKUP``, ...), translated
-  key by key by :func:`from_pit`.
+  key by key by :func:`detflow.runtime.pit.from_pit`.
+
+A job without ``pipeline:`` is recognised by the keys only one pipeline has (:func:`pipeline_of`). Every
+validation error is reported, one line each. (Over 500 lines: the job models of the three families and
+their field documentation belong together.)
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,10 +25,38 @@ from pydantic import Field
 
 from ..errors import DetflowInputError
 from ..io.chunking import chunks_problem
+from .pit import PIT_KEYS, from_pit, resolve_str
+
+log = logging.getLogger("detflow")
+
+PIPELINES = ("roman_wfi", "roman_excam", "cmos")
+OnError = Literal["raise", "skip"]
+ON_ERROR_HELP = ("a damaged input file (unreadable, truncated): 'raise' fails the job naming the file and why; "
+                 "'skip' leaves it out and lists it (console, exit summary, the store's skipped_inputs)")  # fmt: skip
 
 
 class _Model(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class _DamagedInputs(_Model):
+    """``all_or_nothing`` (released before ``on_error``) is read as ``on_error``: true = raise, false = skip."""
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _all_or_nothing(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "all_or_nothing" not in data:
+            return data
+        data = dict(data)
+        aon = data.pop("all_or_nothing")
+        if not isinstance(aon, bool):
+            raise ValueError(f"true or false (all_or_nothing, deprecated: on_error), got {aon!r}")  # noqa: TRY004
+        want = "raise" if aon else "skip"
+        if data.setdefault("on_error", want) != want:
+            raise ValueError(f"on_error only (all_or_nothing is deprecated), got all_or_nothing: {str(aon).lower()} "
+                             f"and on_error: {data['on_error']}")  # fmt: skip
+        log.warning("%s: all_or_nothing is deprecated: write on_error: %s", data.get("source") or "<job>", want)
+        return data
 
 
 class ClusterConfig(_Model):
@@ -75,14 +109,13 @@ class NoiseConfig(_Model):
         return v
 
 
-class WFIJob(_Model):
+class WFIJob(_DamagedInputs):
     pipeline: Literal["roman_wfi"] = "roman_wfi"
     input: str | list[str] = Field(..., description="L1 file, directory, glob, or a list of these")
     output: Path = Field(..., description="output zarr store (.zarr)")
     caldir: dict[str, Path] = Field(..., description="reference files: dark, gain, linearitylegendre, mask, read, saturation")
     overwrite: bool = False
-    all_or_nothing: bool = Field(False, description="a damaged L1 exposure (unreadable ASDF, truncated data) fails "
-                                 "the job; by default it is left out and listed in the store and the job record")  # fmt: skip
+    on_error: OnError = Field("raise", description=ON_ERROR_HELP)
     exclude_first: bool = Field(True, description="leave the first resultant out (PIT EXCLUDE_FIRST)")
     recipe: list[str] | Literal["full"] | None = Field(
         None, description="step names in order; 'full': every gen_cal_image step the CALDIR allows (the default "
@@ -124,18 +157,17 @@ class WFIJob(_Model):
         """The zarr store of the run (for an .asdf output: the same name with .zarr)."""
         return self.output.with_suffix(".zarr")
 
-    @pydantic.model_validator(mode="after")
-    def _steps_known(self) -> "WFIJob":
+    @pydantic.field_validator("steps")
+    @classmethod
+    def _steps_known(cls, steps: dict, info: pydantic.ValidationInfo) -> dict:
         from ..steps.registry import all_steps
 
         reg = all_steps()
-        names = self.recipe if isinstance(self.recipe, list) else []
-        for name in list(self.steps) + names:
-            if name not in reg:
-                raise ValueError(f"unknown step {name!r}; known: {', '.join(sorted(reg))}")
-        for name, params in self.steps.items():
-            reg[name].params(**params)  # raises with the offending key
-        return self
+        recipe = info.data.get("recipe")
+        names = [(("steps", n), n) for n in steps]
+        names += [(("recipe", i), n) for i, n in enumerate(recipe if isinstance(recipe, list) else [])]
+        _check_steps(reg, steps, names, list(reg))  # every wrong name and parameter, each at its place
+        return steps
 
 
 EXCAM_CAL_KEYS = ("non_linearity_filepath", "dark_current_map", "fixed_pattern_noise", "EXCAM_clock_induced_charge",
@@ -151,7 +183,7 @@ class PhotonCountConfig(_Model):
     niter: int = Field(2, ge=1, description="Newton iterations of the coincidence-loss correction")
 
 
-class ExcamJob(_Model):
+class ExcamJob(_DamagedInputs):
     """A Roman Coronagraph EXCAM data set, L1 -> L2a -> L2b and its combines.
 
     The II&T ``config_file.yaml`` keys are accepted as they are (``fwc_em_e``, ``fwc_pp_e``, ``eperdn``,
@@ -207,8 +239,7 @@ class ExcamJob(_Model):
     photon_count: PhotonCountConfig | None = Field(None, description="photon-counted mean of each (gain, time) group")
     noise_maps: bool = Field(False, description="fit FPN, CIC and dark-current maps from a dark data set of >= 4 "
                              "(EM gain, exposure time) groups (implies group: true)")  # fmt: skip
-    all_or_nothing: bool = Field(False, description="a damaged L1 file (unreadable, truncated) fails the job; by "
-                                 "default it is left out and listed in the store and the job record")  # fmt: skip
+    on_error: OnError = Field("raise", description=ON_ERROR_HELP)
     export_dir: Path | None = Field(None, description="also write the II&T FITS file set here")
     export_prefix: str | None = Field(None, description="name of the data-set (combined) FITS files; null: after "
                                       "the L1 file names, as II&T names them (detflow.io.exporters."
@@ -250,12 +281,8 @@ class ExcamJob(_Model):
         from ..steps.registry import all_steps
 
         reg = all_steps()
-        for name in self.steps:
-            if name not in reg or reg[name].family != "roman_excam":
-                known = sorted(k for k, v in reg.items() if v.family == "roman_excam")
-                raise ValueError(f"unknown EXCAM step {name!r}; known: {', '.join(known)}")
-        for name, params in self.step_params().items():
-            reg[name].params(**params)
+        known = [k for k, v in reg.items() if v.family == "roman_excam"]
+        _check_steps(reg, self.step_params(), [(("steps", n), n) for n in self.steps], known)
         return self
 
 
@@ -268,8 +295,8 @@ class CmosIngestConfig(_Model):
     search_depth: int = Field(6, ge=1, description="folder levels searched below each section for attempts")
     data_scale: float | None = Field(None, gt=0, description="divide the stored counts by this when reading "
                                      "(16: 12-bit data stored in 16 bits); recorded in the store")  # fmt: skip
-    on_error: Literal["raise", "skip"] = Field("raise", description="a bad frame stops the ingest, or is skipped "
-                                                "and listed in the report")  # fmt: skip
+    on_error: OnError = Field("raise", description="a bad frame stops the ingest, or is skipped and listed in the "
+                              "report")  # fmt: skip
     fits_export: Path | None = Field(None, description="also write one FITS file per ingested frame here")
     overwrite: bool = Field(False, description="ingest every frame again into new section stores, which replace "
                             "the existing ones when complete (else only the frames not in them yet)")  # fmt: skip
@@ -363,114 +390,108 @@ class CmosJob(_Model):
         return None if self.output is None else self.output.with_name(self.output.stem + "_report")
 
 
-def is_cmos(raw: dict) -> bool:
-    return isinstance(raw, dict) and raw.get("pipeline") == "cmos"
+
+# what each pipeline needs, for a job that does not say which it is
+PIPELINE_NEEDS = ("roman_wfi (input, output, caldir), roman_excam (input, output and the II&T keys: eperdn, fwc_em_e, "
+                  "the calibration paths...), cmos (stores, and ingest or output), or a PIT gen_cal_image YAML "
+                  "(IN, OUT, CALDIR)")  # fmt: skip
 
 
-def is_excam(raw: dict) -> bool:
-    return isinstance(raw, dict) and (raw.get("pipeline") == "roman_excam" or (
-        raw.get("pipeline") is None and "IN" not in raw and any(k in raw for k in ("eperdn", "fwc_em_e", "fwc_pp_e"))))
+def _only_keys() -> dict[str, set[str]]:
+    """The keys only one pipeline has (PIT keys: the WFI pipeline in the PIT's spelling)."""
+    fields = {"roman_wfi": set(WFIJob.model_fields), "roman_excam": set(ExcamJob.model_fields),
+              "cmos": set(CmosJob.model_fields)}  # fmt: skip
+    out = {name: keys - set().union(*(v for k, v in fields.items() if k != name)) for name, keys in fields.items()}
+    out["pit"] = set(PIT_KEYS)
+    return out
 
 
-PIT_KEYS_TRANSLATED = {"IN", "OUT", "CALDIR", "RAMP_OPT_PARS", "JUMP_DETECT_PARS", "EXCLUDE_FIRST",
-                       "SATURATION_BACKUP", "SKYORDER", "FITSWCS", "FITSOUT", "NOISE", "NOISE_PRECISION"}  # fmt: skip
-PIT_NOISE_KEYS = {"LAYER", "SEED", "OUT", "TEMP"}  # TEMP: the PIT's scratch file, not needed by detflow
-PIT_KEYS_LATER: dict[str, str] = {}  # recorded SKIPPED unless the recipe runs it
-PIT_KEYS_OFF_ONLY = {"romancal_ramp_fit", "correct_wfi18_transient", "SLICEOUT"}
-PIT_CALDIR_LATER = {"dark_decay": "dark decay"}
+def pipeline_of(raw: dict, source=None) -> str:
+    """``roman_wfi``, ``roman_excam``, ``cmos`` or ``pit`` (the PIT gen_cal_image spelling of a WFI job):
+    the ``pipeline`` key, else the keys only one pipeline has; refused when neither tells."""
+    name = raw.get("pipeline")
+    if name is not None:
+        if name not in PIPELINES:
+            raise DetflowInputError(source, "pipeline", f"one of {', '.join(PIPELINES)}", repr(name))
+        return name
+    found = {name: sorted(set(raw) & keys) for name, keys in _only_keys().items()}
+    found = {name: keys for name, keys in found.items() if keys}
+    if len(found) == 1:
+        return next(iter(found))
+    if not found:
+        keys = ", ".join(map(str, raw)) or "no keys"
+        raise DetflowInputError(source, "pipeline", f"a pipeline key or the keys of one pipeline: {PIPELINE_NEEDS}",
+                                f"no pipeline key and none of those keys ({keys})")  # fmt: skip
+    raise DetflowInputError(source, "pipeline", "a pipeline key (roman_wfi, roman_excam or cmos), or the keys of one "
+                            "pipeline only", "keys of several: " + "; ".join(
+                                f"{'PIT' if n == 'pit' else n}: {', '.join(k)}" for n, k in found.items()))  # fmt: skip
 
 
-def is_pit(raw: dict) -> bool:
-    return isinstance(raw, dict) and "IN" in raw and "CALDIR" in raw
+class _StepErrors(ValueError):
+    """Step names and parameters a job got wrong, each at its place (``steps.<name>.<key>``), in the
+    form of pydantic's ``errors()`` (so that each becomes one line)."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+        super().__init__("; ".join(f"{'.'.join(map(str, i['loc']))}: {i['msg']}" for i in items))
 
 
-def from_pit(raw: dict, source: str | None = None) -> dict:
-    """Translate a PIT ``gen_cal_image`` configuration into a detflow job dict."""
-    for key in raw:
-        if key not in PIT_KEYS_TRANSLATED | set(PIT_KEYS_LATER) | PIT_KEYS_OFF_ONLY:
-            raise DetflowInputError(source, key, "a gen_cal_image key (" + ", ".join(
-                sorted(PIT_KEYS_TRANSLATED | set(PIT_KEYS_LATER))) + ")", "unknown key")  # fmt: skip
-    for key in PIT_KEYS_OFF_ONLY:
-        if raw.get(key):
-            raise DetflowInputError(source, key, "false (this option is not supported by detflow)", raw[key])
-    if "OUT" not in raw:
-        raise DetflowInputError(source, "OUT", "the output path", "missing")
-    base = Path(source).resolve().parent if source else Path(".").resolve()
-    caldir = {k: _resolve(base, v) for k, v in dict(raw["CALDIR"] or {}).items()}
-    not_applied = [f"{k} ({what})" for k, what in PIT_KEYS_LATER.items() if raw.get(k) not in (None, False)]
-    not_applied += [f"CALDIR.{k} ({what})" for k, what in PIT_CALDIR_LATER.items() if k in caldir]
-    steps: dict[str, dict] = {}
-    ramp: dict[str, Any] = {}
-    if "RAMP_OPT_PARS" in raw:
-        rop = dict(raw["RAMP_OPT_PARS"])
-        unknown = set(rop) - {"slope", "gain", "sigma_read"}
-        if unknown:
-            raise DetflowInputError(source, f"RAMP_OPT_PARS.{sorted(unknown)[0]}", "slope, gain or sigma_read",
-                                    "unknown key")  # fmt: skip
-        ramp.update({k: float(v) for k, v in rop.items()})
-    if "JUMP_DETECT_PARS" in raw:
-        jdp = dict(raw["JUMP_DETECT_PARS"])
-        unknown = set(jdp) - {"SthreshA", "SthreshB", "IthreshA", "IthreshB"}
-        if unknown:
-            raise DetflowInputError(source, f"JUMP_DETECT_PARS.{sorted(unknown)[0]}",
-                                    "SthreshA, SthreshB, IthreshA or IthreshB", "unknown key")  # fmt: skip
-        ramp.update({k: float(v) for k, v in jdp.items()})
-    exclude_first = bool(raw.get("EXCLUDE_FIRST", True))
-    if ramp:
-        steps["ramp_fit"] = ramp
-    if raw.get("SKYORDER") is not None:
-        steps["sky"] = {"order": int(raw["SKYORDER"])}
-    if "SATURATION_BACKUP" in raw:
-        steps["saturation"] = {"backup": int(raw["SATURATION_BACKUP"])}
-    out = {"wcs": str(_resolve(base, raw["FITSWCS"]))} if raw.get("FITSWCS") else {}
-    if raw.get("NOISE") is not None:
-        noise = raw["NOISE"]
-        if not isinstance(noise, dict):
-            raise DetflowInputError(source, "NOISE", "a mapping with LAYER, SEED and OUT", type(noise).__name__)
-        for key in noise:
-            if key not in PIT_NOISE_KEYS:
-                raise DetflowInputError(source, f"NOISE.{key}", "LAYER, SEED, OUT or TEMP", "unknown key")
-        for key in ("LAYER", "SEED"):
-            if key not in noise:
-                raise DetflowInputError(source, f"NOISE.{key}", "a value", "missing")
-        layers = noise["LAYER"] if isinstance(noise["LAYER"], list) else [noise["LAYER"]]
-        from ..steps.wfi_noise import parse_layers
-
-        parse_layers(layers, source)
-        out["noise"] = {"layers": layers, "seed": noise["SEED"],
-                        "precision": raw.get("NOISE_PRECISION", 32)}  # fmt: skip
-        if noise.get("OUT"):
-            out["noise"]["out"] = str(_resolve(base, noise["OUT"]))
-    elif "NOISE_PRECISION" in raw:
-        raise DetflowInputError(source, "NOISE_PRECISION", "a NOISE block to go with it", "no NOISE block")
-    out["fits_out"] = bool(raw.get("FITSOUT", False))
-    return out | {
-        "pipeline": "roman_wfi",
-        "input": str(_resolve(base, raw["IN"])),
-        "output": str(_resolve(base, raw["OUT"])),
-        "caldir": {k: str(v) for k, v in caldir.items()},
-        "exclude_first": exclude_first,
-        "recipe": "full",
-        "steps": steps,
-        "not_applied": not_applied,
-    }
+def _check_steps(reg: dict, params: dict[str, dict], names: list[str], known: list[str]) -> None:
+    """Raise :class:`_StepErrors` for every unknown step name (``names``: of ``steps`` and the recipe) and
+    every wrong parameter."""
+    items = []
+    for loc, name in names:
+        if name not in known:
+            items.append({"type": "value_error", "loc": loc, "input": name,
+                          "msg": f"a step name ({', '.join(sorted(known))})"})  # fmt: skip
+    for name, kw in params.items():
+        if name not in known:
+            continue
+        try:
+            reg[name].params(**kw)
+        except pydantic.ValidationError as exc:
+            items += [dict(e, loc=("steps", name, *e["loc"])) for e in exc.errors()]
+    if items:
+        raise _StepErrors(items)
 
 
-def _resolve(base: Path, value) -> Path:
-    p = Path(str(value)).expanduser()
-    return p if p.is_absolute() else (base / p)
+def _error_lines(err: dict, source) -> list[DetflowInputError]:
+    """One :class:`DetflowInputError` per pydantic error (a step error expands into its own)."""
+    ctx = err.get("ctx") or {}
+    if isinstance(ctx.get("error"), _StepErrors):
+        return [e for item in ctx["error"].items for e in _error_lines(item, source)]
+    loc = ".".join(str(x) for x in err["loc"]) or "job"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return [DetflowInputError(source, loc, "a known key", "unknown key")]
+    if kind == "missing":
+        return [DetflowInputError(source, loc, "a value", "missing")]
+    if kind == "literal_error":
+        options = ctx["expected"].replace(" or ", ", ").replace("'", "")
+        return [DetflowInputError(source, loc, f"one of {options}" if "," in options else options,
+                                  repr(err.get("input"))[:80])]  # fmt: skip
+    msg = re.sub(r"^(Value error, |Assertion failed, |Input should be )", "", err["msg"])
+    if ", got " in msg or not err["loc"]:  # the message says what it got, or the whole job is the input
+        return [DetflowInputError(source, loc, msg)]
+    return [DetflowInputError(source, loc, msg, repr(err.get("input"))[:80])]
 
 
 def _format_validation(exc: pydantic.ValidationError, source) -> DetflowInputError:
-    err = exc.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"]) or "<root>"
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return DetflowInputError(source, loc, "a known key", "unknown key")
-    if kind == "missing":
-        return DetflowInputError(source, loc, "a value", "missing")
-    return DetflowInputError(source, loc, err["msg"].removeprefix("Value error, "),
-                             repr(err.get("input"))[:80])  # fmt: skip
+    """Every error pydantic found, one line each."""
+    return DetflowInputError.combine([e for err in exc.errors() for e in _error_lines(err, source)])
+
+
+def _read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"YAML line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "YAML"
+        problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+        what = f"{problem} ({context})" if problem and context else problem or context
+        raise DetflowInputError(path, where, "valid YAML", what or str(exc).splitlines()[0]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DetflowInputError(path, "job", "a readable YAML text file", f"{type(exc).__name__}: {exc}") from None
 
 
 def load_job(job: str | Path | dict | WFIJob | ExcamJob | CmosJob) -> WFIJob | ExcamJob | CmosJob:
@@ -483,35 +504,29 @@ def load_job(job: str | Path | dict | WFIJob | ExcamJob | CmosJob) -> WFIJob | E
         path = Path(job)
         if not path.is_file():
             raise DetflowInputError(path, "job", "an existing YAML job file", "no such file")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise DetflowInputError(path, "YAML", "valid YAML", str(exc).splitlines()[0])
+        raw = _read_yaml(path)
     else:
         raw = dict(job)
     if not isinstance(raw, dict):
-        raise DetflowInputError(source, "<root>", "a mapping of job keys", type(raw).__name__)
-    if is_excam(raw):
+        raise DetflowInputError(source, "job", "a mapping of job keys", type(raw).__name__)
+    kind = pipeline_of(raw, source)
+    if kind == "roman_excam":
         return _load_excam(raw, source)
-    if is_cmos(raw):
+    if kind == "cmos":
         return _load_cmos(raw, source)
-    if is_pit(raw):
+    if kind == "pit":
         raw = from_pit(raw, source)
     elif source is not None:
         base = Path(source).resolve().parent
-        for key in ("output",):
-            if key in raw and not Path(str(raw[key])).is_absolute():
-                raw[key] = str(base / str(raw[key]))
+        for key in ("output", "wcs", "input"):
+            if key in raw:
+                raw[key] = resolve_str(base, raw[key])
         if isinstance(raw.get("noise"), dict) and raw["noise"].get("out"):
-            raw["noise"] = dict(raw["noise"], out=str(_resolve(base, raw["noise"]["out"])))
-        if raw.get("wcs") and not Path(str(raw["wcs"])).is_absolute():
-            raw["wcs"] = str(base / str(raw["wcs"]))
+            raw["noise"] = dict(raw["noise"], out=resolve_str(base, raw["noise"]["out"]))
         if isinstance(raw.get("caldir"), dict):
-            raw["caldir"] = {k: str(_resolve(base, v)) for k, v in raw["caldir"].items()}
-        if isinstance(raw.get("input"), str) and not Path(raw["input"]).is_absolute():
-            raw["input"] = str(base / raw["input"])
-        elif isinstance(raw.get("input"), list):
-            raw["input"] = [str(_resolve(base, v)) for v in raw["input"]]
+            raw["caldir"] = {k: resolve_str(base, v) for k, v in raw["caldir"].items()}
+        if isinstance(raw.get("input"), list):
+            raw["input"] = [resolve_str(base, v) for v in raw["input"]]
     raw.setdefault("source", source)
     try:
         return WFIJob(**raw)
@@ -524,13 +539,11 @@ def _load_excam(raw: dict, source: str | None) -> ExcamJob:
     raw = dict(raw)
     if source is not None:
         base = Path(source).resolve().parent
-        for key in ("output", "export_dir") + EXCAM_CAL_KEYS:
+        for key in ("output", "export_dir", "input") + EXCAM_CAL_KEYS:
             if raw.get(key):
-                raw[key] = str(_resolve(base, raw[key]))
-        if isinstance(raw.get("input"), str):
-            raw["input"] = str(_resolve(base, raw["input"]))
-        elif isinstance(raw.get("input"), list):
-            raw["input"] = [str(_resolve(base, v)) for v in raw["input"]]
+                raw[key] = resolve_str(base, raw[key])
+        if isinstance(raw.get("input"), list):
+            raw["input"] = [resolve_str(base, v) for v in raw["input"]]
     raw.setdefault("source", source)
     raw["pipeline"] = "roman_excam"
     try:
@@ -546,9 +559,9 @@ def _load_cmos(raw: dict, source: str | None) -> CmosJob:
         base = Path(source).resolve().parent
         for key in ("stores", "output", "model_store", "report_dir"):
             if raw.get(key):
-                raw[key] = str(_resolve(base, raw[key]))
+                raw[key] = resolve_str(base, raw[key])
         if isinstance(raw.get("ingest"), dict):
-            raw["ingest"] = {k: (str(_resolve(base, v)) if k in ("bias", "dark", "flat", "fits_export") and v else v)
+            raw["ingest"] = {k: (resolve_str(base, v) if k in ("bias", "dark", "flat", "fits_export") else v)
                              for k, v in raw["ingest"].items()}  # fmt: skip
     raw.setdefault("source", source)
     try:

@@ -15,6 +15,7 @@ Two passes over one temporary store (renamed into place only when both are done)
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import warnings
 
@@ -30,11 +31,13 @@ from ..errors import DetflowInputError
 from ..instruments import roman_excam
 from ..io.excam_cal import open_excam_references, variables_of
 from ..io.excam_l1 import open_excam_l1
-from ..io.store import StoreWriter, check_output, open_store
+from ..io.store import StoreWriter, open_store
 from ..steps import excam as sx
 from ..steps.registry import apply_recipe
 from .cluster import get_client
 from .config import ExcamJob
+
+log = logging.getLogger("detflow")
 
 # L2b data and errors compress little (1.08x and 1.2x with zstd on simulated frames, against 3.4x for
 # L2a DN and >100x for DQ): blosc's lz4 over bit planes keeps that (1.09x, 1.23x) at 2x zstd's speed
@@ -68,7 +71,7 @@ def _open_tiles(path, group: str, t: int) -> xr.Dataset:
 
 
 def _datasets(job: ExcamJob) -> dict[str, xr.Dataset]:
-    skip = not job.all_or_nothing
+    skip = job.on_error == "skip"
     if job.group or job.noise_maps:
         return {f"/{group_key(*k)}": ds for k, ds in open_excam_l1(job.input, group=True, skip_corrupt=skip).items()}
     return {"": open_excam_l1(job.input, skip_corrupt=skip)}
@@ -157,7 +160,7 @@ def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset
     tile of each suffix and, for ``noise_maps``, each suffix's prescan sums (:func:`steps.excam.prescan_sums`). No
     computation. ``fused``: one task per chunk of frames for the whole chain
     (:func:`fuse_chain`), else one per step."""
-    from .run import versions
+    from .run import log_skipped, versions
 
     params = job.step_params()
     products: dict[str, xr.Dataset] = {}
@@ -199,6 +202,9 @@ def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset
         products[f"l2a{suffix}"] = l2a
         products[f"l2b{suffix}"] = l2b
         tiles[suffix] = combine_tile(l1.sizes[schema.FRAME], geom.image.rows, geom.image.cols, job.combine_task_mb)
+        log.info("inputs: %d L1 frame(s)%s", l1.sizes[schema.FRAME], f" in group {suffix[1:]}" if suffix else "")
+    log_skipped(products)
+    log.info("graph built: groups %s", ", ".join(products))
     return products, tiles, prescans
 
 
@@ -236,18 +242,15 @@ def _sharded(products: dict[str, xr.Dataset], tiles: dict[str, int], fs: int) ->
 def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
               console=None) -> xr.DataTree:  # fmt: skip
     """Run an EXCAM job and return the written store as a DataTree (complete or absent)."""
-    from .run import checksum_futures, compute, finish_store, resume_key
+    from .run import check_outputs, checksum_futures, compute, finish_store, log_cluster, resume_key
 
-    check_output(job.store, job.overwrite)
-    if job.export_dir is not None:
-        from ..io.exporters import check_excam_exports
-
-        check_excam_exports(job)
+    check_outputs(job)
     products, tiles, prescans = build_excam(job)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
+        log_cluster(c)
         with StoreWriter(job.store, overwrite=job.overwrite, resume_key=resume_key(job)) as writer:
             sums = checksum_futures(c, products)
             done = compute(c, [writer.add_all(*_sharded(products, tiles, shard_frames(job))), *prescans.values()],
@@ -297,6 +300,7 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
 
         written = export_excam_fits(job.store, job.export_dir, excam_export_name(job), png=job.generate_png_files,
                                     overwrite=job.overwrite)  # fmt: skip
+        log.info("export: %d FITS/PNG files in %s", len(written), job.export_dir)
         if console is not None:
             console.print(f"export: {len(written)} FITS/PNG files in {job.export_dir}")
     return open_store(job.store)

@@ -92,25 +92,48 @@ def build(job: WFIJob | dict | str | Path) -> dict[str, xr.Dataset]:
         return validate_cmos(job)
     files = expand_inputs(job.input)
     by_det: dict[str, list[Path]] = {}
-    skipped: list[dict] = []  # damaged exposures left out (unless all_or_nothing), listed in the record
-    first = None
+    skipped: list[dict] = []  # damaged exposures left out (on_error: skip), listed in the record
+    damaged = []
     for f in files:
         try:
             det = detector_of(f)
         except CorruptInputError as exc:
-            if job.all_or_nothing:
+            if job.on_error == "raise":
                 raise
             skipped.append(skipped_record(exc))
-            first = first or exc
+            damaged.append(exc)
             continue
         by_det.setdefault(det, []).append(f)
-    if not by_det:  # nothing to go on with: the first file's own error
-        raise first
+    if not by_det:  # nothing to go on with: each file's own error
+        raise DetflowInputError.combine(damaged)
+    log.info("inputs: %d L1 file(s) of %d detector(s) (%s)", len(files) - len(skipped), len(by_det), ", ".join(by_det))
     products = _build_detectors(job, by_det)
     if skipped:
         for ds in products.values():
             ds.attrs["skipped_inputs"] = skipped + list(ds.attrs.get("skipped_inputs", []))
+    log_skipped(products)
+    log.info("graph built: groups %s", ", ".join(products))
     return products
+
+
+def skipped_inputs(products: dict[str, xr.Dataset]) -> list[dict]:
+    """The damaged inputs left out of ``products`` (``on_error: skip``), once each."""
+    out: list[dict] = []
+    for ds in products.values():
+        out += [s for s in ds.attrs.get("skipped_inputs", []) if s not in out]
+    return out
+
+
+def log_skipped(products: dict[str, xr.Dataset]) -> None:
+    """A warning per damaged input left out: the file and why."""
+    for s in skipped_inputs(products):
+        log.warning("left out (on_error: skip): %s", skipped_line(s))
+
+
+def skipped_line(s: dict) -> str:
+    """A ``skipped_inputs`` item as the error it would have been: ``FILE: FIELD: expected WHAT, got WHY``."""
+    expected = f"expected {s['expected']}, got " if s.get("expected") else ""
+    return f"{s['file']}: {s['field']}: {expected}{s['reason']}"
 
 
 def _build_detectors(job: WFIJob, by_det: dict[str, list[Path]]) -> dict[str, xr.Dataset]:
@@ -133,7 +156,7 @@ def _build_detectors(job: WFIJob, by_det: dict[str, list[Path]]) -> dict[str, xr
 
 def _build_one(job: WFIJob, files: list[Path], detector: str, suffix: str) -> dict[str, xr.Dataset]:
     """The groups of one detector: ``l2<suffix>`` and, with a noise block, ``noise<suffix>``."""
-    l1 = open_l1(files, job.chunks, skip_corrupt=not job.all_or_nothing)
+    l1 = open_l1(files, job.chunks, skip_corrupt=job.on_error == "skip")
     ny, nx = l1.sizes[schema.Y], l1.sizes[schema.X]
     nb, l1_file = roman_wfi.border_of(l1.attrs), l1.attrs["inputs"][0]["path"]
     if ny != nx or (ny % roman_wfi.NCHANNEL and (nb or job.noise)):  # channels: reference pixels, noise
@@ -192,7 +215,13 @@ def compute(c: Client, delayed, progress: bool, console, description: str) -> li
     progress bar (a submitted job: its record's phase and cancel flag instead), and return the results;
     re-raises the first task error (the partial store is kept with the regions done, for a re-run to
     resume, or removed when the writer has no resume key)."""
-    futures = c.compute(delayed if isinstance(delayed, list) else [delayed])
+    collections = delayed if isinstance(delayed, list) else [delayed]
+    if log.isEnabledFor(logging.INFO):  # counting materialises the graph: only when it is shown
+        from dask.base import collections_to_expr
+
+        tasks = len(collections_to_expr(collections, optimize_graph=False).__dask_graph__())
+        log.info("%s: computing %d tasks", description, tasks)
+    futures = c.compute(collections)
     from .submit import JobCancelled, current_job
 
     job = current_job()
@@ -214,7 +243,16 @@ def compute(c: Client, delayed, progress: bool, console, description: str) -> li
 
         RichProgressBar([f.key for f in futures], scheduler=c.scheduler.address, console=console,
                         description=description)  # fmt: skip
-    return c.gather(futures)
+    result = c.gather(futures)
+    log.info("%s: done", description)
+    return result
+
+
+def log_cluster(c: Client) -> None:
+    """An INFO record of the cluster a job runs on."""
+    if log.isEnabledFor(logging.INFO):
+        threads = c.nthreads()
+        log.info("cluster: %s, %d worker(s), %d thread(s)", c.scheduler.address, len(threads), sum(threads.values()))
 
 
 def resume_key(job) -> str:
@@ -243,9 +281,7 @@ def finish_store(writer: StoreWriter, c: Client, sums: dict, job, products: dict
     """Provenance and commit: each group of ``products`` gets its inputs and reference files with
     checksums, the root all of them, the job, versions, times, and ``record``'s steps and history."""
     sums = dict(zip(sums, c.gather(list(sums.values()))))
-    skipped = []  # damaged inputs left out (the poison frames of a data set), once each
-    for ds in products.values():
-        skipped += [s for s in ds.attrs.get("skipped_inputs", []) if s not in skipped]
+    skipped = skipped_inputs(products)  # damaged inputs left out (the poison frames of a data set)
     inputs, references = [], []
     for name, ds in products.items():
         ins = [dict(i, sha256=sums[i["path"]]) for i in ds.attrs.get("inputs", [])]
@@ -274,6 +310,28 @@ def finish_store(writer: StoreWriter, c: Client, sums: dict, job, products: dict
     if current_job() is not None:
         current_job().update(regions=dict(writer.regions, resumed=writer.resumed), skipped_inputs=skipped)
     writer.commit()
+    log.info("store committed: %s", writer.path)
+
+
+def check_outputs(job) -> None:
+    """Refuse, before any work, a job whose store or exports would replace files (unless it says
+    overwrite): what ``run`` refuses, ``validate`` refuses too."""
+    from ..io.exporters import check_excam_exports, pit_fits_path
+
+    if job.pipeline == "cmos":
+        if job.output is not None:
+            check_output(job.output, job.overwrite)
+        return
+    check_output(job.store, job.overwrite)
+    if job.pipeline == "roman_excam":
+        check_excam_exports(job)
+        return
+    noise_out = job.noise.out if job.noise is not None else None
+    exports = ([job.output] if job.output != job.store else []) + ([noise_out] if noise_out is not None else [])
+    if job.fits_out:  # as run() names them
+        exports += [pit_fits_path(job.output)] + ([pit_fits_path(noise_out)] if noise_out is not None else [])
+    for path in exports:
+        check_output(path, job.overwrite)
 
 
 def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, scheduler: str | None = None,
@@ -292,16 +350,13 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
         from .cmos import run_cmos
 
         return run_cmos(job, client, scheduler=scheduler, progress=progress, console=console)
-    check_output(job.store, job.overwrite)
-    if job.output != job.store:
-        check_output(job.output, job.overwrite)
-    if job.noise is not None and job.noise.out is not None:
-        check_output(job.noise.out, job.overwrite)
+    check_outputs(job)
     products = build(job)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
+        log_cluster(c)
         with StoreWriter(job.store, overwrite=job.overwrite, resume_key=resume_key(job)) as writer:
             first = next(v for k, v in products.items() if k.startswith("l2"))
             sums = checksum_futures(c, products)  # computed on the cluster alongside the run
@@ -321,7 +376,8 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
         exports.append(export_noise_asdf(job.store, job.noise.out))
         if job.fits_out:
             exports.append(export_noise_fits(job.store, pit_fits_path(job.noise.out)))
-    if console is not None:
-        for path in exports:
+    for path in exports:
+        log.info("export: %s", path)
+        if console is not None:
             console.print(f"export: {path}")
     return open_store(job.store)
