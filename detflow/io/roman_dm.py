@@ -19,7 +19,14 @@ from typing import Any
 import asdf
 import numpy as np
 import roman_datamodels.datamodels as rdm
+from asdf.exceptions import ValidationError
+from asdf.schema import load_schema
+from astropy import coordinates, units
 from astropy.time import Time
+from astropy.wcs import WCS
+from gwcs import WCS as GWCS
+from gwcs import coordinate_frames as cf
+from gwcs.utils import make_fitswcs_transform
 
 # detflow step -> the romancal step name of ``meta.cal_step`` (steps without one are recorded in processinfo)
 CAL_STEP_NAMES = {"dq_init": "dq_init", "saturation": "saturation", "refpix": "refpix", "linearity": "linearity",
@@ -73,8 +80,6 @@ def _fill(node: Any, values: dict) -> None:
 def _validated(model: rdm.DataModel, defaults: rdm.DataModel, max_fixes: int = 50) -> rdm.DataModel:
     """Validate; a metadata field the schema refuses gets its placeholder back, or is removed when the
     placeholder model has none (then validate again)."""
-    from asdf.exceptions import ValidationError
-
     for _ in range(max_fixes):
         try:
             model.validate()
@@ -101,7 +106,7 @@ def _validated(model: rdm.DataModel, defaults: rdm.DataModel, max_fixes: int = 5
 def _model(cls: type, arrays: dict[str, np.ndarray], meta: dict, extra: dict | None = None,
            **fields) -> rdm.DataModel:  # fmt: skip
     """``cls`` with placeholder metadata filled from ``meta``, then the metadata ``fields`` set, its arrays
-    set (not copied) and ``extra`` keys beside them; validated."""
+    set and ``extra`` keys beside them; validated."""
     shape = (1,) * max(a.ndim for a in arrays.values())  # small placeholder arrays, replaced below
     model, defaults = cls.create_fake_data(shape=shape), cls.create_fake_data(shape=shape)
     _fill(model.meta, meta)
@@ -157,8 +162,6 @@ def image_model(arrays: dict[str, np.ndarray], l1_meta: dict, meta: dict, cal_st
 
 def _cal_step_names() -> list[str]:
     """The step names of the ``l2_cal_step`` schema of the installed roman_datamodels."""
-    from asdf.schema import load_schema
-
     uri = rdm.ImageModel.create_minimal().schema_uri
     meta = load_schema(uri, resolve_references=True)["properties"]["meta"]["allOf"][1]["properties"]
     return list(meta["cal_step"]["properties"])
@@ -167,12 +170,6 @@ def _cal_step_names() -> list[str]:
 def fits_to_gwcs(header):
     """A gwcs from a celestial FITS WCS without distortion (``None`` when it has SIP or lookup-table
     distortion, which gwcs' FITS reader leaves out); pixel inputs 0-based, as the FITS WCS's."""
-    from astropy import coordinates, units
-    from astropy.wcs import WCS
-    from gwcs import WCS as GWCS
-    from gwcs import coordinate_frames as cf
-    from gwcs.utils import make_fitswcs_transform
-
     w = WCS(header)
     if w.sip is not None or w.cpdis1 is not None or w.cpdis2 is not None or w.det2im1 is not None:
         return None
