@@ -116,9 +116,16 @@ def test_asdf_output_like_the_pit(tiny_wfi):
         roman = af["roman"]
         np.testing.assert_array_equal(roman["data"], l2["data"].values[0])
         np.testing.assert_array_equal(roman["dq"], l2["dq"].values[0])
-        np.testing.assert_array_equal(roman["var_poisson"], l2["var_poisson"].values[0])
+        # float16, as the Roman wfi_image schema has the variances
+        np.testing.assert_array_equal(roman["var_poisson"], l2["var_poisson"].values[0].astype(np.float16))
         assert roman["border_ref_pix_left"].shape == (6, 32, 4) and roman["amp33"].shape[0] == 6
         assert roman["meta"]["cal_step"]["ramp_fit"] == "COMPLETE"
         assert len(af["processinfo"]["weights"]) == 6 and af["processinfo"]["ramp_opt_pars"]["slope"] == 0.4
+    import roman_datamodels.datamodels as rdm
+
+    with rdm.open(tiny_wfi["root"] / "l2.asdf") as m:  # a Roman L2 also from a plain-dict L1 file
+        assert isinstance(m, rdm.ImageModel) and m.data.shape == (24, 24)
+        assert [list(g) for g in m.meta.exposure.read_pattern] == [[0], [1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
+                                                                   [12, 13, 14, 15]]  # fmt: skip
     r = sh("run", tiny_wfi["pit_yaml"], "--workers", "1", "--no-progress")
     assert r.returncode == 2 and "expected a path that does not exist yet" in r.stderr

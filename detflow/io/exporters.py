@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.time import Time
+from astropy.wcs import WCS, FITSFixedWarning
 
 from .. import __version__
 from ..kernels.mask import grow_bits
 from ..schema import PIXEL_MASK_1, mask_sizes
+from .roman_dm import fits_to_gwcs, image_model, write_model
 from .store import open_store
 
 BAD_VALUE = -1000.0
@@ -24,10 +28,39 @@ def pit_fits_path(output: str | Path) -> Path:
     return Path(s[:-5] + "_asdf_to.fits")
 
 
+# the keywords of a FITS WCS (any alternate letter): replaced by the moved WCS, never copied unchanged
+_WCS_KEY = re.compile(r"^(WCSAXES|WCSNAME|CTYPE|CRPIX|CRVAL|CDELT|CUNIT|CROTA|CD\d+_|PC\d+_|PV\d+_|PS\d+_|LONPOLE|"
+                      r"LATPOLE|RADESYS|EQUINOX|A_|B_|AP_|BP_|CPDIS|CPERR|DP\d|D2IM)")  # fmt: skip
+
+
+def product_wcs(header_text: str, y: np.ndarray, x: np.ndarray) -> tuple[fits.Header, WCS | None]:
+    """The WCS of a product whose rows and columns are the detector pixels ``y`` and ``x``.
+
+    ``header_text`` is the job's WCS (``FITSWCS``), for 0-based full-frame detector pixel indices; the
+    product's arrays start elsewhere (the active region at pixel 4, a subarray anywhere), so the WCS is
+    moved onto the array with astropy's ``WCS.slice`` (CRPIX and the SIP reference point move together).
+    Returns the header cards to write (the moved WCS and the file's other cards) and the moved WCS, or
+    only the other cards and a HISTORY line when ``y``/``x`` are not a contiguous range."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        full = fits.Header.fromstring(header_text)
+        hdr = fits.Header([card for card in full.cards if not _WCS_KEY.match(card.keyword)])
+        y, x = np.asarray(y), np.asarray(x)
+        if not all(len(c) and np.array_equal(c, np.arange(c[0], c[0] + len(c))) for c in (y, x)):
+            hdr.add_history("detflow: no WCS: the pixels are not a contiguous detector region")
+            return hdr, None
+        moved = WCS(full).slice((slice(int(y[0]), int(y[-1]) + 1), slice(int(x[0]), int(x[-1]) + 1)))
+        hdr.extend(moved.to_header(relax=True), unique=True)
+    hdr.add_comment(f"WCS moved from full-frame detector pixels: array pixel (0, 0) = detector (x, y) = "
+                    f"({int(x[0])}, {int(y[0])})")  # fmt: skip
+    return hdr, moved
+
+
 def export_wfi_fits(store: str | Path, path: str | Path, frame: int = 0) -> Path:
     """PIT ``FITSOUT`` layout: primary = slope, HDU 1 = dq, HDU 2 = slope where good else -1000 (good:
-    not masked by the grown flags of ``PIXEL_MASK_1``; saturated pixels are kept), with the WCS and
-    provenance keywords. Written under a temporary name and renamed: complete or absent."""
+    not masked by the grown flags of ``PIXEL_MASK_1``; saturated pixels are kept), with the WCS (moved
+    onto the exported pixels) and provenance keywords. Written under a temporary name and renamed:
+    complete or absent."""
     tree = open_store(store)
     l2 = tree["l2"].to_dataset().isel(frame=frame)
     data = l2["data"].values.astype(np.float32)
@@ -36,7 +69,7 @@ def export_wfi_fits(store: str | Path, path: str | Path, frame: int = 0) -> Path
     grow_bits(dq, mask_sizes(PIXEL_MASK_1), masked)
     hdr = fits.Header()
     if "fits_wcs" in tree["l2"].attrs:
-        hdr.extend(fits.Header.fromstring(tree["l2"].attrs["fits_wcs"]), unique=True)
+        hdr.extend(product_wcs(tree["l2"].attrs["fits_wcs"], l2["y"].values, l2["x"].values)[0], unique=True)
     hdr["BUNIT"] = (l2["data"].attrs.get("units", "DN / s"), "slope units")
     hdr["ORIGIN"] = "detflow"
     hdr["DFVERS"] = (__version__, "detflow version")
@@ -55,34 +88,47 @@ def export_wfi_fits(store: str | Path, path: str | Path, frame: int = 0) -> Path
     return path
 
 
-def export_wfi_asdf(store: str | Path, path: str | Path, frame: int = 0) -> Path:
-    """An L2 ASDF laid out as the Roman tools lay it out (the PIT ``gen_cal_image`` output): ``roman``
-    with ``data``, ``dq``, ``var_rnoise``, ``var_poisson``, ``err``, ``data_withsky``, the border
-    reference pixels and their DQ, ``amp33`` and ``meta``; ``processinfo`` with the sky, the ramp
-    weights and the configuration. Complete or absent."""
-    import asdf
+_L2_ARRAYS = {"data": np.float32, "dq": np.uint32, "err": np.float16, "var_poisson": np.float16,
+              "var_rnoise": np.float16, "amp33": np.uint16, "border_ref_pix_left": np.float32,
+              "border_ref_pix_right": np.float32, "border_ref_pix_top": np.float32,
+              "border_ref_pix_bottom": np.float32, "dq_border_ref_pix_left": np.uint32,
+              "dq_border_ref_pix_right": np.uint32, "dq_border_ref_pix_top": np.uint32,
+              "dq_border_ref_pix_bottom": np.uint32}  # fmt: skip
+_L2_ABSENT_SHAPES = {"amp33": (0, 0, 0), "border_ref_pix_left": (0, 0, 0), "border_ref_pix_right": (0, 0, 0),
+                     "border_ref_pix_top": (0, 0, 0), "border_ref_pix_bottom": (0, 0, 0)}  # fmt: skip
 
+
+def export_wfi_asdf(store: str | Path, path: str | Path, frame: int = 0) -> Path:
+    """An L2 ASDF as the PIT ``gen_cal_image`` writes it: ``roman`` a roman_datamodels ``ImageModel``
+    (``data``, ``dq``, ``err``, ``var_rnoise``, ``var_poisson`` (float16, as the schema has them), the
+    border reference pixels and their DQ, ``amp33``, ``data_withsky``; ``meta`` from the L1 file's
+    metadata, the step statuses in ``cal_step``, the WCS as a gwcs), and ``processinfo`` beside it with
+    the sky, the ramp weights, the configuration, the full-precision step record and the log. Complete
+    or absent."""
     tree = open_store(store)
     l2 = tree["l2"].to_dataset().isel(frame=frame)
-    roman = {}
-    for name in ("data", "dq", "var_rnoise", "var_poisson", "err", "data_withsky", "amp33",
-                 "border_ref_pix_left", "border_ref_pix_right", "border_ref_pix_top", "border_ref_pix_bottom",
-                 "dq_border_ref_pix_left", "dq_border_ref_pix_right", "dq_border_ref_pix_top",
-                 "dq_border_ref_pix_bottom"):  # fmt: skip
+    arrays, absent = {}, []
+    for name, dtype in _L2_ARRAYS.items():
         if name in l2:
-            arr = l2[name].values
-            roman[name] = arr.astype(np.float32) if arr.dtype.kind == "f" or name.startswith("border") else arr
-    if "data_withsky" not in roman:
-        roman["data_withsky"] = roman["data"]
+            with np.errstate(over="ignore"):  # float16: variances above 65504 become inf
+                arrays[name] = np.ascontiguousarray(l2[name].values.astype(dtype))
+        else:
+            arrays[name] = np.zeros(_L2_ABSENT_SHAPES.get(name, l2["data"].shape), dtype)
+            absent.append(name)
+    for name, dtype in (("dq2", np.uint32), ("chisq", np.float16), ("dumo", np.float16)):  # detflow has none
+        arrays[name] = np.zeros(l2["data"].shape, dtype)
+        absent.append(name)
+    withsky = l2["data_withsky"].values.astype(np.float32) if "data_withsky" in l2 else arrays["data"]
     attrs = tree.attrs
     inputs = attrs.get("inputs", [])
-    roman["meta"] = {
-        "calibration_software_name": "detflow",
-        "calibration_software_version": __version__,
-        "l1_meta": inputs[frame].get("meta", {}) if len(inputs) > frame else {},
-        "cal_step": {s["name"]: s["status"] for s in attrs.get("steps", [])},
-        "wcs_header": tree["l2"].attrs.get("fits_wcs"),
-    }
+    l1_meta = inputs[frame].get("meta", {}) if len(inputs) > frame else {}
+    wcs_header, gwcs = None, None
+    if "fits_wcs" in tree["l2"].attrs:
+        hdr, moved = product_wcs(tree["l2"].attrs["fits_wcs"], l2["y"].values, l2["x"].values)
+        wcs_header = hdr.tostring()
+        gwcs = fits_to_gwcs(moved.to_header(relax=True)) if moved is not None else None
+    meta = {"calibration_software_name": "detflow", "calibration_software_version": __version__,
+            "product_type": "l2", "file_date": Time.now()}  # fmt: skip
     steps = {s["name"]: s.get("params", {}) for s in attrs.get("steps", [])}
     processinfo = {
         "medsky": float(l2["sky_mode"].values) if "sky_mode" in l2 else None,
@@ -93,12 +139,13 @@ def export_wfi_asdf(store: str | Path, path: str | Path, frame: int = 0) -> Path
         "exclude_first": steps.get("ramp_fit", {}).get("exclude_first"),
         "config": attrs.get("job", {}),
         "log": attrs.get("history", []),
+        "l1_meta": l1_meta,
+        "cal_step": {s["name"]: s["status"] for s in attrs.get("steps", [])},
+        "wcs_header": wcs_header,  # the FITS WCS of roman.data's pixels (0-based: FITS CRPIX - 1)
+        "placeholder_arrays": absent,  # arrays the schema requires that detflow does not compute (zeros)
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    asdf.AsdfFile({"roman": roman, "processinfo": processinfo}).write_to(tmp)
-    tmp.replace(path)
-    return path
+    model = image_model(arrays, l1_meta, meta, processinfo["cal_step"], gwcs, extra={"data_withsky": withsky})
+    return write_model(path, model, {"processinfo": processinfo})
 
 
 def export_noise_asdf(store: str | Path, path: str | Path, frame: int = 0) -> Path:
@@ -119,10 +166,19 @@ def export_noise_asdf(store: str | Path, path: str | Path, frame: int = 0) -> Pa
 
 
 def export_noise_fits(store: str | Path, path: str | Path, frame: int = 0) -> Path:
-    """The noise cube as one float32 primary HDU (FITS has no float16), layer codes in LAYERn keywords."""
+    """The noise cube as one float32 primary HDU (FITS has no float16), layer codes in LAYERn keywords,
+    the WCS of the ``l2`` product moved onto the cube's pixels (axes 1 and 2; axis 3 is the layer)."""
     tree = open_store(store)
     noise = tree["noise"].to_dataset()
-    hdu = fits.PrimaryHDU(noise["noise"].isel(frame=frame).values.astype(np.float32))
+    hdr = fits.Header()
+    if "l2" in tree.children and "fits_wcs" in tree["l2"].attrs:
+        cards, moved = product_wcs(tree["l2"].attrs["fits_wcs"], noise["y"].values, noise["x"].values)
+        hdr.extend(cards, unique=True)
+        if moved is not None:  # the third axis: the layer index (with SIP, astropy reads it with WCS(h, naxis=2))
+            hdr["WCSAXES"] = 3
+            hdr.update({"CTYPE3": ("LAYER", "layer index, 0-based (LAYERn)"), "CRPIX3": 1.0, "CRVAL3": 0.0,
+                        "CDELT3": 1.0})  # fmt: skip
+    hdu = fits.PrimaryHDU(noise["noise"].isel(frame=frame).values.astype(np.float32), header=hdr)
     hdu.header["SEED"] = (int(noise.attrs.get("seed", 0)), "noise realization seed")
     for i, code in enumerate(noise.attrs.get("layers", [])):
         hdu.header[f"LAYER{i}"] = (str(code), f"layer {i} code")

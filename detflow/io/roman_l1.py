@@ -4,7 +4,8 @@ Tree: ``roman.data`` (ngroups, ny, nx) uint16 resultants, ``roman.amp33`` (ngrou
 optional ``roman.reference_read`` (ny, nx) that the L1 data had subtracted, ``roman.meta.exposure``
 (``read_pattern`` list of lists of frame indices, ``frame_time``), ``roman.meta.guide_star``
 (``window_xstart/xstop/ystart/ystop``) and ``roman.meta.instrument.data_encoding_offset``.
-Plain-dict trees (our simulator) and roman_datamodels-tagged trees read the same way.
+roman_datamodels-tagged trees (``ScienceRawModel``: Roman's files and our simulator's) and plain-dict
+trees (hand-written files, older simulator output) read the same way.
 """
 
 from __future__ import annotations

@@ -7,10 +7,22 @@ benchmarks the flight ``4096``.
 
 Output layout (``outdir``)::
 
-    l1/exposure_000.asdf ...      one per exposure
+    l1/exposure_000.asdf ...      one per exposure (roman_datamodels ScienceRawModel)
     caldir/{mask,saturation,linearitylegendre,dark,gain,read,flat,ipc4d}.asdf
+    wcs.txt                       the celestial WCS (FITS header cards, 0-based full-frame pixels)
     truth.npz
-    gen_cal_image.yaml            (if ``write_job_yaml``) PIT job: IN, OUT, CALDIR, RAMP_OPT_PARS, ...
+    gen_cal_image.yaml            (if ``write_job_yaml``) PIT job: IN, OUT, CALDIR, FITSWCS, RAMP_OPT_PARS...
+
+The ASDF files are tagged Roman datamodels (roman_datamodels opens them; metadata the schemas require
+and the simulator does not know holds roman_datamodels' placeholders): ``mask``, ``saturation``,
+``dark``, ``gain``, ``read``, ``flat`` are ``MaskRefModel``... ``FlatRefModel``, with the extra
+fields below beside the schema's. ``linearitylegendre`` and ``ipc4d`` are the PIT's own formats,
+which no roman_datamodels model describes: plain ``roman`` trees.
+
+Sky: a TAN projection centred on the detector centre at (``ra_deg``, ``dec_deg``), pixel scale
+``pixel_scale_arcsec``, detector +y at ``pa_deg`` east of north, optional SIP distortion ``wcs_sip``.
+With ``star_radec`` a star of ``star_e_per_s`` is placed at that sky position (the WCS gives its
+pixel), besides the random sources.
 
 Nothing is ever overwritten: if any of these files exists ``simulate`` raises
 :class:`detflow.errors.OutputExistsError` before doing any work; if the simulation fails part-way the
@@ -38,9 +50,10 @@ bias + noise only (their ``Sref`` is their bias). amp33 is its median level + pi
 Calibration files (``roman`` tree of each ASDF file; ``N x N`` unless stated)
 ----------------------------------------------------------------------------
 - ``mask``: ``dq`` uint32 = REFERENCE_PIXEL on the border, DEAD|DO_NOT_USE on dead pixels, HOT on hot
-  pixels.
+  pixels. (``MaskRefModel``)
 - ``saturation``: ``data`` float32 raw-DN threshold = hard full well - ``saturation_margin_dn``;
   ``n_no_sat_check`` active pixels are NaN (stcal flags those NO_SAT_CHECK); ``dq`` uint32 zeros.
+  (``SaturationRefModel``)
 - ``linearitylegendre``: ``data`` (ncoef, N, N) float32 Legendre coefficients ``c_l``; ``Smin``,
   ``Smax``, ``Sref`` float32; ``dq`` uint32 (REFERENCE_PIXEL border, NO_LIN_CORR on
   ``n_no_lin_corr`` active pixels, which the simulator makes exactly linear). The linearised
@@ -52,8 +65,9 @@ Calibration files (``roman`` tree of each ASDF file; ``N x N`` unless stated)
   pattern (noise-free, nonlinearity included, no sky); ``dark_slope`` float32 DN_lin/s: the dark
   current as a dark calibration would measure it, ``ipc_forward(dark_e) / gain`` (the simulator's
   dark charge goes through IPC like every other charge, so this is what the pipeline must subtract
-  to recover ``slope_dn``); ``dq`` uint32 (HOT on hot pixels).
-- ``gain``: ``data`` float32 e/DN.
+  to recover ``slope_dn``); ``dark_slope_error`` zeros (exact); ``dq`` uint32 (HOT on hot pixels).
+  (``DarkRefModel``; ``data`` is an extra field there)
+- ``gain``: ``data`` float32 e/DN. (``GainRefModel``)
 - ``read``: ``data`` float32 single-frame read noise (DN); ``amp33`` = ``{"valid": True, "med":
   (N, N/32) float32 amp33 level, "std": (N, N/32) float32 amp33 white noise per frame, "M_PINK":
   multiplier of the common pink stream in amp33 (1.0), "RU_PINK": amplitude of amp33's own pink
@@ -61,14 +75,18 @@ Calibration files (``roman`` tree of each ASDF file; ``N x N`` unless stated)
   Pink amplitudes ``A`` mean: variance ``A**2`` per unit of ln(frequency) (``S(f) = A**2 / f``),
   one stream of ``N * N/32`` samples per frame, mean removed per frame (the PIT ``C_PINK``
   convention); the per-frame rms is about ``A * sqrt(ln(N * N/32))``, ~7.3 DN for A = 2 at N = 4096.
+  (``ReadnoiseRefModel``; ``amp33`` and ``anc`` extra fields)
 - ``flat``: ``data`` (A, A) float32 true relative QE (mean 1 over the active area; dead pixels keep
-  their nominal value, they are handled by the mask).
+  their nominal value, they are handled by the mask); ``dq``, ``err`` zeros. (``FlatRefModel``) It
+  holds no pixel-area factor: with the job's ``FITSWCS`` the flat step divides it by the TAN WCS's
+  area factor, which differs from 1 by < 2e-6 at N = 4096 without ``wcs_sip``.
 - ``ipc4d``: ``data`` (3, 3, A, A) float32 per-pixel kernel, ``kernel[1+dy, 1+dx, y, x]`` = fraction
   of pixel (y, x)'s charge landing in (y+dy, x+dx); centre = 1 - sum of the others.
 
-L1 files: ``data`` (ngroups, N, N) uint16, ``amp33`` (ngroups, N, N/32) uint16, ``meta`` with
-``exposure`` (read_pattern, frame_time, ngroups, nresultants, start_time, type), ``guide_star``
-(window_xstart/xstop/ystart/ystop, -1 without a window), ``instrument``, ``filename``.
+L1 files (``ScienceRawModel``): ``data`` (ngroups, N, N) uint16, ``amp33`` (ngroups, N, N/32) uint16,
+``meta`` with ``exposure`` (read_pattern, frame_time, ngroups, nresultants, start_time, end_time,
+exposure_time, type...), ``guide_star`` (window_xstart/xstop/ystart/ystop, -1 without a window),
+``instrument``, ``pointing``/``wcsinfo`` (the pointing), ``filename``.
 
 ``truth.npz`` (float32 (N, N) maps unless stated; active pixels at ``[4:-4, 4:-4]``)
 -----------------------------------------------------------------------------------
@@ -91,7 +109,11 @@ L1 files: ``data`` (ngroups, N, N) uint16, ``amp33`` (ngroups, N, N/32) uint16, 
   ``sky_e_per_s_exposure`` (n_exposures,).
 - 0-d scalars: ``nside``, ``nborder``, ``frame_time``, ``seed``, ``n_exposures``, ``sky_e_per_s``,
   ``gain_mean``, ``read_noise_dn``, ``dark_e_per_s``, ``pink_noise_dn``, ``nonlin_fit_maxerr_dn``
-  (largest |phi - f^-1| of the stored float32 model on a check grid), ``config_json`` (str).
+  (largest |phi - f^-1| of the stored float32 model on a check grid), ``config_json`` (str),
+  ``wcs_header`` (str, the contents of ``wcs.txt``).
+- sources, 1-D: ``src_x``, ``src_y`` (centres, 0-based full-frame pixels; the ``star_radec`` star
+  last), ``src_ra``, ``src_dec`` (degrees, through the WCS); with ``star_radec`` the 0-d ``star_ra``,
+  ``star_dec``, ``star_x``, ``star_y``, ``star_e_per_s``.
 """
 
 from __future__ import annotations
@@ -101,6 +123,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,10 +135,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from detflow.errors import OutputExistsError
 from detflow.instruments.roman_wfi import Geometry
+from detflow.io.roman_dm import reference_model, science_raw_model, write_model
 from detflow.kernels.ipc import ipc_forward
 from detflow.schema import DQ
+from detflow.sim.wfi_sky import sim_wcs, star_pixel
 
-__all__ = ["SimConfig", "SimProducts", "simulate", "CAL_NAMES", "DEFAULT_READ_PATTERN"]
+__all__ = ["SimConfig", "SimProducts", "simulate", "sim_wcs", "CAL_NAMES", "DEFAULT_READ_PATTERN"]
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +233,15 @@ class SimConfig(BaseModel):
     guide_window: tuple[int, int, int, int] | None | Literal["auto"] = "auto"  # (x0, x1, y0, y1)
     write_job_yaml: bool = True
 
+    # sky coordinates: a TAN projection (optionally with SIP distortion), written as the FITSWCS file wcs.txt
+    ra_deg: float = 270.0  # sky position of the detector centre, pixel ((N-1)/2, (N-1)/2) 0-based full frame
+    dec_deg: float = 66.56
+    pa_deg: float = 0.0  # position angle of the detector +y axis, degrees east of north
+    pixel_scale_arcsec: float = 0.11
+    wcs_sip: dict[str, float] | None = None  # SIP distortion {"A_2_0": 1e-7, "B_1_1": ...} (pixel units)
+    star_radec: tuple[float, float] | None = None  # a reference star at this (RA, Dec) in degrees
+    star_e_per_s: float = 1500.0  # its total rate, e/s before flat and IPC (the default never saturates)
+
     # ---- validation ------------------------------------------------------------------------------
     @field_validator("read_pattern")
     @classmethod
@@ -224,7 +258,7 @@ class SimConfig(BaseModel):
         geom = Geometry()
         if self.nside % geom.nchannel or self.nside < geom.nchannel:
             raise ValueError(f"nside must be a multiple of {geom.nchannel} and >= 32, got {self.nside}")
-        positive = ("frame_time", "gain_mean", "psf_sigma_px", "cr_median_e")
+        positive = ("frame_time", "gain_mean", "psf_sigma_px", "cr_median_e", "pixel_scale_arcsec")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -234,7 +268,7 @@ class SimConfig(BaseModel):
             "gain_rms", "read_noise_dn", "read_noise_rms", "pink_noise_dn", "pink_uncorr_dn",
             "amp33_pink_dn", "bias_rms_dn", "cr_rate", "cr_sigma_ln", "ipc_alpha", "ipc_alpha_diag",
             "ipc_rms", "flat_rms", "nonlin_beta", "nonlin_beta_rms", "saturation_rms_dn",
-            "saturation_margin_dn", "n_no_sat_check", "n_no_lin_corr", "seed",
+            "saturation_margin_dn", "n_no_sat_check", "n_no_lin_corr", "seed", "star_e_per_s",
         )  # fmt: skip
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -264,6 +298,11 @@ class SimConfig(BaseModel):
                 f"bias: f(D) = D - beta*D^2 peaks at 1/(4 beta) = {1 / (4 * beta_max):.0f} DN; lower "
                 "nonlin_beta or saturation_dn"
             )
+        if not -90 <= self.dec_deg <= 90 or (self.star_radec is not None and not -90 <= self.star_radec[1] <= 90):
+            raise ValueError("declinations must lie in [-90, 90] degrees")
+        bad_sip = [k for k in (self.wcs_sip or {}) if not re.fullmatch(r"[AB]_[0-9]_[0-9]", k)]
+        if bad_sip:
+            raise ValueError(f"wcs_sip keys are A_p_q or B_p_q (p, q single digits), got {bad_sip}")
         gw = self.guide_window
         if isinstance(gw, tuple):
             x0, x1, y0, y1 = gw
@@ -313,6 +352,7 @@ class SimProducts:
     caldir: dict[str, Path]
     truth_file: Path
     job_yaml: Path | None
+    wcs_file: Path | None = None
 
 
 # =================================================================================================
@@ -474,6 +514,8 @@ class _Detector:
     amp33_med: np.ndarray  # (N, cw)
     amp33_std: np.ndarray  # (N, cw)
     sources_e: np.ndarray  # (A, A) e/s of the point sources (before flat/IPC)
+    src_x: np.ndarray  # (nsources,) centres, 0-based full-frame pixels; the star_radec star last
+    src_y: np.ndarray
 
 
 def _pick_pixels(rng: np.random.Generator, n_active: int, count: int, exclude: np.ndarray | None = None):
@@ -582,17 +624,42 @@ def _build_detector(cfg: SimConfig, rng: np.random.Generator) -> _Detector:
     ).astype(f32)
     amp33_std = (cfg.read_noise_dn * (1 + cfg.read_noise_rms * _clipped_normal(rng, (n, cw)))).astype(f32)
 
-    sources_e = _render_sources(cfg, rng)
+    sources_e, src_x, src_y = _render_sources(cfg, rng)
 
     return _Detector(
         sref=sref, well=well.astype(f32), sat_thresh=sat_thresh, gain=gain, inv_gain=inv_gain, rn=rn,
         beta=beta, smin=smin, smax=smax, no_lin_corr=no_lin_corr, flat=flat, dark_e=dark_e, dead=dead,
         hot=hot, kernel=kernel, amp33_med=amp33_med, amp33_std=amp33_std, sources_e=sources_e,
+        src_x=src_x + geom.nborder, src_y=src_y + geom.nborder,
     )  # fmt: skip
 
 
-def _render_sources(cfg: SimConfig, rng: np.random.Generator) -> np.ndarray:
-    """Point sources with a pixel-integrated Gaussian PSF, (A, A) e/s before flat and IPC.
+def _stamp_psf(img: np.ndarray, xc: np.ndarray, yc: np.ndarray, total: np.ndarray, sig: float) -> None:
+    """Add point sources of ``total`` e/s centred at ``(xc, yc)`` (pixel indices of ``img``, pixel
+    centres at integers) to ``img``: a Gaussian PSF of sigma ``sig`` integrated over each pixel."""
+    from scipy.special import ndtr
+
+    na = img.shape[0]
+    half = int(math.ceil(5 * sig)) + 1
+    offs = np.arange(-half, half + 1)
+
+    def profile(c):
+        pix = np.rint(c).astype(np.int64)[:, None] + offs[None, :]
+        w = ndtr((pix + 0.5 - c[:, None]) / sig) - ndtr((pix - 0.5 - c[:, None]) / sig)
+        ok = (pix >= 0) & (pix < na)
+        return np.clip(pix, 0, na - 1), np.where(ok, w, 0.0)
+
+    px, wx = profile(np.asarray(xc, dtype=np.float64))
+    py, wy = profile(np.asarray(yc, dtype=np.float64))
+    stamp = np.asarray(total, dtype=np.float64)[:, None, None] * wy[:, :, None] * wx[:, None, :]
+    yy = np.broadcast_to(py[:, :, None], stamp.shape)
+    xx = np.broadcast_to(px[:, None, :], stamp.shape)
+    np.add.at(img, (yy.ravel(), xx.ravel()), stamp.ravel())
+
+
+def _render_sources(cfg: SimConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point sources with a pixel-integrated Gaussian PSF, (A, A) e/s before flat and IPC, and their
+    centres (x, y) in active-area pixels; the ``star_radec`` star is the last one.
 
     Three brightness classes: sources that saturate early (within ~1.5-4 frame times), late
     (55-95% of the ramp) and faint ones that never saturate. Source 0 is early and source 1 late
@@ -600,11 +667,15 @@ def _render_sources(cfg: SimConfig, rng: np.random.Generator) -> np.ndarray:
     """
     from scipy.special import ndtr
 
-    na = cfg.geometry.nactive
+    na, nb = cfg.geometry.nactive, cfg.geometry.nborder
     nsrc = cfg.resolved_n_sources
     img = np.zeros((na, na), dtype=np.float64)
+    star = star_pixel(cfg)
+    xs, ys = ([star[0] - nb], [star[1] - nb]) if star else ([], [])
+    if star:
+        _stamp_psf(img, np.array(xs), np.array(ys), np.array([cfg.star_e_per_s]), cfg.psf_sigma_px)
     if nsrc == 0:
-        return img.astype(np.float32)
+        return img.astype(np.float32), np.array(xs, np.float64), np.array(ys, np.float64)
     sig = cfg.psf_sigma_px
     t_last = (cfg.nframes - 1) * cfg.frame_time
     # electrons a centred peak pixel holds at the saturation threshold (nominal pixel)
@@ -631,25 +702,11 @@ def _render_sources(cfg: SimConfig, rng: np.random.Generator) -> np.ndarray:
     peak_rate = np.where(cls == 2, faint, peak_rate)
     total = peak_rate / peak_frac
 
-    half = int(math.ceil(5 * sig)) + 1
-    offs = np.arange(-half, half + 1)
     margin = 2.0
     xc = rng.uniform(margin, na - 1 - margin, nsrc)
     yc = rng.uniform(margin, na - 1 - margin, nsrc)
-
-    def profile(c):
-        pix = np.rint(c).astype(np.int64)[:, None] + offs[None, :]
-        w = ndtr((pix + 0.5 - c[:, None]) / sig) - ndtr((pix - 0.5 - c[:, None]) / sig)
-        ok = (pix >= 0) & (pix < na)
-        return np.clip(pix, 0, na - 1), np.where(ok, w, 0.0)
-
-    px, wx = profile(xc)
-    py, wy = profile(yc)
-    stamp = total[:, None, None] * wy[:, :, None] * wx[:, None, :]
-    yy = np.broadcast_to(py[:, :, None], stamp.shape)
-    xx = np.broadcast_to(px[:, None, :], stamp.shape)
-    np.add.at(img, (yy.ravel(), xx.ravel()), stamp.ravel())
-    return img.astype(np.float32)
+    _stamp_psf(img, xc, yc, total, sig)
+    return img.astype(np.float32), np.concatenate([xc, xs]), np.concatenate([yc, ys])
 
 
 @njit(nogil=True, cache=False)
@@ -760,6 +817,12 @@ class _Writer:
         self.created[-1] = path
         return path
 
+    def model(self, path: Path, model) -> Path:
+        """A roman_datamodels model as ``{"roman": model}`` (written under a temporary name by write_model)."""
+        write_model(path, model)
+        self.created.append(path)
+        return path
+
     def npz(self, path: Path, arrays: dict) -> Path:
         tmp = self._tmp(path)
         self.created.append(tmp)
@@ -793,6 +856,8 @@ def _cal_meta(reftype: str, description: str) -> dict:
         "pedigree": "SIMULATION",
         "description": description,
         "author": "detflow.sim.wfi",
+        "origin": "detflow",
+        "useafter": _iso(_EPOCH),
         "instrument": {"name": "WFI", "detector": "WFI01"},
     }
 
@@ -812,17 +877,12 @@ def _write_caldir(w: _Writer, cfg: SimConfig, det: _Detector, paths: dict[str, P
     dq_act = dq[act]  # a view: the updates land in dq
     dq_act[det.dead] |= _u32(DQ.DEAD | DQ.DO_NOT_USE)
     dq_act[det.hot] |= _u32(DQ.HOT)
-    w.asdf(paths["mask"], {"meta": _cal_meta("MASK", "simulated bad-pixel mask"), "dq": dq})
+    w.model(paths["mask"], reference_model(_cal_meta("MASK", "simulated bad-pixel mask"), {"dq": dq}))
 
     # saturation
-    w.asdf(
-        paths["saturation"],
-        {
-            "meta": _cal_meta("SATURATION", "raw-DN saturation threshold (NaN: no check)"),
-            "data": det.sat_thresh.astype(f32),
-            "dq": np.zeros((n, n), dtype=np.uint32),
-        },
-    )
+    w.model(paths["saturation"], reference_model(
+        _cal_meta("SATURATION", "raw-DN saturation threshold (NaN: no check)"),
+        {"data": det.sat_thresh.astype(f32), "dq": np.zeros((n, n), dtype=np.uint32)}))  # fmt: skip
 
     # linearity (Legendre)
     t0 = time.perf_counter()
@@ -860,34 +920,22 @@ def _write_caldir(w: _Writer, cfg: SimConfig, det: _Detector, paths: dict[str, P
     del rate_sq_beta
     dark_dq = np.zeros((n, n), dtype=np.uint32)
     dark_dq[act][det.hot] = _u32(DQ.HOT)  # dark_dq[act] is a view
-    w.asdf(
-        paths["dark"],
-        {
-            "meta": _cal_meta("DARK", "expected raw dark+bias resultants; dark_slope in DN_lin/s"),
-            "data": cube,
-            "dark_slope": dark_slope.astype(f32),
-            "dq": dark_dq,
-        },
-    )
+    w.model(paths["dark"], reference_model(
+        _cal_meta("DARK", "expected raw dark+bias resultants; dark_slope in DN_lin/s"),
+        {"dark_slope": dark_slope.astype(f32), "dark_slope_error": np.zeros((n, n), f32), "dq": dark_dq},
+        extra={"data": cube}))  # fmt: skip
     del cube
 
-    w.asdf(paths["gain"], {"meta": _cal_meta("GAIN", "gain, e/DN"), "data": det.gain})
-    w.asdf(
-        paths["read"],
-        {
-            "meta": _cal_meta("READNOISE", "single-frame read noise, DN; amp33 and 1/f model"),
-            "data": det.rn,
-            "amp33": {
-                "valid": True,
-                "med": det.amp33_med,
-                "std": det.amp33_std,
-                "M_PINK": 1.0,
-                "RU_PINK": float(cfg.amp33_pink_dn),
-            },
-            "anc": {"C_PINK": float(cfg.pink_noise_dn), "U_PINK": float(cfg.pink_uncorr_dn)},
-        },
-    )
-    w.asdf(paths["flat"], {"meta": _cal_meta("FLAT", "true relative QE, active area"), "data": det.flat})
+    w.model(paths["gain"], reference_model(_cal_meta("GAIN", "gain, e/DN"), {"data": det.gain}))
+    w.model(paths["read"], reference_model(
+        _cal_meta("READNOISE", "single-frame read noise, DN; amp33 and 1/f model"), {"data": det.rn},
+        extra={"amp33": {"valid": True, "med": det.amp33_med, "std": det.amp33_std, "M_PINK": 1.0,
+                         "RU_PINK": float(cfg.amp33_pink_dn)},
+               "anc": {"C_PINK": float(cfg.pink_noise_dn), "U_PINK": float(cfg.pink_uncorr_dn)}}))  # fmt: skip
+    na = geom.nactive
+    w.model(paths["flat"], reference_model(
+        _cal_meta("FLAT", "true relative QE, active area"),
+        {"data": det.flat, "dq": np.zeros((na, na), np.uint32), "err": np.zeros((na, na), f32)}))  # fmt: skip
     ipc_desc = "kernel[1+dy,1+dx,y,x]: share of (y,x) landing in (y+dy,x+dx)"
     w.asdf(paths["ipc4d"], {"meta": _cal_meta("IPC4D", ipc_desc), "data": det.kernel})
     return maxerr
@@ -1008,6 +1056,7 @@ def _l1_meta(cfg: SimConfig, index: int, filename: str) -> dict:
     x0, x1, y0, y1 = gw if gw is not None else (-1, -1, -1, -1)
     duration = cfg.nframes * cfg.frame_time
     start = _EPOCH + _dt.timedelta(seconds=index * (duration + 60.0))
+    times = cfg.resultant_times
     return {
         "exposure": {
             "read_pattern": [list(map(int, r)) for r in cfg.read_pattern],
@@ -1015,8 +1064,15 @@ def _l1_meta(cfg: SimConfig, index: int, filename: str) -> dict:
             "ngroups": int(cfg.ngroups),
             "nresultants": int(cfg.ngroups),
             "start_time": _iso(start),
+            "end_time": _iso(start + _dt.timedelta(seconds=duration)),
+            "exposure_time": float((cfg.nframes - 1) * cfg.frame_time),
+            "effective_exposure_time": float(times[-1] - times[0]),
+            "ma_table_name": "detflow.sim.wfi",
+            "truncated": False,
             "type": "WFI_IMAGE",
         },
+        "pointing": {"target_ra": float(cfg.ra_deg), "target_dec": float(cfg.dec_deg)},
+        "wcsinfo": {"ra_ref": float(cfg.ra_deg), "dec_ref": float(cfg.dec_deg)},
         "guide_star": {
             "window_xstart": int(x0),
             "window_xstop": int(x1),
@@ -1036,7 +1092,7 @@ def _planned_paths(outdir: Path, cfg: SimConfig):
     cal = {name: outdir / "caldir" / f"{name}.asdf" for name in CAL_NAMES}
     truth = outdir / "truth.npz"
     job = outdir / "gen_cal_image.yaml" if cfg.write_job_yaml else None
-    return l1, cal, truth, job
+    return l1, cal, truth, job, outdir / "wcs.txt"
 
 
 def simulate(outdir: str | os.PathLike, config: SimConfig | None = None) -> SimProducts:
@@ -1046,8 +1102,8 @@ def simulate(outdir: str | os.PathLike, config: SimConfig | None = None) -> SimP
     """
     cfg = config if config is not None else SimConfig()
     outdir = Path(outdir).resolve()
-    l1_paths, cal_paths, truth_path, job_path = _planned_paths(outdir, cfg)
-    planned = [*l1_paths, *cal_paths.values(), truth_path] + ([job_path] if job_path else [])
+    l1_paths, cal_paths, truth_path, job_path, wcs_path = _planned_paths(outdir, cfg)
+    planned = [*l1_paths, *cal_paths.values(), truth_path, wcs_path] + ([job_path] if job_path else [])
     existing = [p for p in planned if p.exists() or p.with_name(p.name + ".partial").exists()]
     if existing:
         raise OutputExistsError(
@@ -1057,15 +1113,16 @@ def simulate(outdir: str | os.PathLike, config: SimConfig | None = None) -> SimP
             got=f"{len(existing)} existing output file(s)",
         )
 
+    star_pixel(cfg)  # a star outside the active area is refused before any work
     w = _Writer()
     try:
-        return _simulate_into(cfg, outdir, w, l1_paths, cal_paths, truth_path, job_path)
+        return _simulate_into(cfg, outdir, w, l1_paths, cal_paths, truth_path, job_path, wcs_path)
     except BaseException:
         w.cleanup()
         raise
 
 
-def _simulate_into(cfg, outdir, w, l1_paths, cal_paths, truth_path, job_path) -> SimProducts:
+def _simulate_into(cfg, outdir, w, l1_paths, cal_paths, truth_path, job_path, wcs_path) -> SimProducts:
     t_start = time.perf_counter()
     geom = cfg.geometry
     n, act = geom.nside, geom.active
@@ -1094,6 +1151,10 @@ def _simulate_into(cfg, outdir, w, l1_paths, cal_paths, truth_path, job_path) ->
     slope_dn = embed(ipc_forward(photo, det.kernel) * inv_gain_act)
     del photo, live_flat
 
+    wcs = sim_wcs(cfg)
+    wcs_header = wcs.to_header(relax=True).tostring()
+    w.text(wcs_path, wcs_header)
+    src_radec = wcs.all_pix2world(np.column_stack([det.src_x, det.src_y]), 0).reshape(-1, 2)
     maxerr = _write_caldir(w, cfg, det, cal_paths, dark_slope)
     log.info("caldir written at %.1f s", time.perf_counter() - t_start)
 
@@ -1120,7 +1181,7 @@ def _simulate_into(cfg, outdir, w, l1_paths, cal_paths, truth_path, job_path) ->
         cr["resultant"].append(hits.resultant)
         cr["amp"].append(hits.amp)
         cr["exposure"].append(np.full(hits.y.shape, i, dtype=np.int64))
-        w.asdf(path, {"meta": _l1_meta(cfg, i, path.name), "data": data, "amp33": amp33})
+        w.model(path, science_raw_model(data, amp33, _l1_meta(cfg, i, path.name)))
         del data, amp33
         log.info("exposure %d simulated and written in %.1f s", i, time.perf_counter() - t0)
 
@@ -1161,7 +1222,16 @@ def _simulate_into(cfg, outdir, w, l1_paths, cal_paths, truth_path, job_path) ->
         "pink_noise_dn": np.array(cfg.pink_noise_dn, dtype=f32),
         "nonlin_fit_maxerr_dn": np.array(maxerr, dtype=f32),
         "config_json": np.array(cfg.model_dump_json()),
+        "wcs_header": np.array(wcs_header),
+        "src_x": det.src_x,
+        "src_y": det.src_y,
+        "src_ra": src_radec[:, 0],
+        "src_dec": src_radec[:, 1],
     }
+    if cfg.star_radec is not None:
+        truth.update(star_ra=np.array(cfg.star_radec[0]), star_dec=np.array(cfg.star_radec[1]),
+                     star_x=np.array(det.src_x[-1]), star_y=np.array(det.src_y[-1]),
+                     star_e_per_s=np.array(cfg.star_e_per_s))  # fmt: skip
     w.npz(truth_path, truth)
 
     if job_path is not None:
@@ -1171,13 +1241,15 @@ def _simulate_into(cfg, outdir, w, l1_paths, cal_paths, truth_path, job_path) ->
             "IN": str(l1_paths[0]),
             "OUT": str(outdir / "l2.zarr"),
             "CALDIR": {name: str(p) for name, p in cal_paths.items()},
+            "FITSWCS": str(wcs_path),
             "RAMP_OPT_PARS": {"slope": 0.4, "gain": 1.8, "sigma_read": 6.5},
             "JUMP_DETECT_PARS": {"SthreshA": 5.5, "SthreshB": 4.5, "IthreshA": 1.0, "IthreshB": 1000.0},
         }
         w.text(job_path, yaml.safe_dump(job, sort_keys=False))
 
     log.info("simulate: %d exposure(s) of %d^2 in %.1f s", cfg.n_exposures, n, time.perf_counter() - t_start)
-    return SimProducts(l1_files=list(l1_paths), caldir=dict(cal_paths), truth_file=truth_path, job_yaml=job_path)
+    return SimProducts(l1_files=list(l1_paths), caldir=dict(cal_paths), truth_file=truth_path, job_yaml=job_path,
+                       wcs_file=wcs_path)  # fmt: skip
 
 
 def load_truth(path: str | os.PathLike) -> dict[str, np.ndarray]:
