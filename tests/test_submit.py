@@ -32,8 +32,11 @@ class Cluster:
 
     def __init__(self, tmp: Path, n: int = 2):
         self.file = tmp / f"scheduler-{time.monotonic_ns()}.json"
+        # every socket on the loopback, the HTTP server (/health, /metrics) too: --no-dashboard alone still
+        # opens it on 0.0.0.0 (the scheduler's on 8787)
         self.sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                       "--port", "0", "--no-dashboard", "--scheduler-file", str(self.file)],
+                                       "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
+                                       str(self.file)],
                                       env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         for _ in range(300):
             if self.file.exists() and self.file.stat().st_size:
@@ -46,8 +49,18 @@ class Cluster:
 
     def add_worker(self) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1",
-                                 "--no-nanny", "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", "4GB"],
+                                 "--no-nanny", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+                                 "--memory-limit", "4GB"],
                                 env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def replace(self, pid: int) -> None:
+        """A new worker instead of the (killed) one with ``pid``: the cluster keeps ``n`` workers."""
+        dead = next(p for p in self.workers if p.pid == pid)
+        dead.wait()
+        self.workers.remove(dead)
+        self.workers.append(self.add_worker())
+        with Client(self.address, timeout=30) as c:
+            c.wait_for_workers(len(self.workers), timeout=60)
 
     def kill(self) -> None:
         for p in [*self.workers, self.sched]:
@@ -96,6 +109,80 @@ def _same(a, b) -> None:
 
 def _regions_done(out: Path) -> int:
     return sum(1 for p in out.parent.glob(f"{out.name}.partial-*/_detflow_regions/regions/**/*") if p.is_file())
+
+
+def _partial(out: Path) -> Path | None:
+    found = list(out.parent.glob(f"{out.name}.partial-*"))
+    return found[0] if found else None
+
+
+def _poll(ready, timeout: float = 240, every: float = 0.005) -> bool:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
+def _template_half_written(out: Path) -> bool:
+    """A data variable of the l2a/l2b template is written (not only coordinates), the template is not
+    marked done yet."""
+    p = _partial(out)
+    return p is not None and (p / "l2a" / "data" / "zarr.json").exists() and not (
+        p / "_detflow_regions" / "templates" / "l2b").exists()  # fmt: skip
+
+
+def _driver_pid(c: Client, job_id: str) -> int:
+    from detflow.runtime.submit import META
+
+    assert _poll(lambda: (c.get_metadata([META, job_id], default={}) or {}).get("state") == "running", every=0.05)
+    return c.run(os.getpid)[c.get_metadata([META, job_id])["worker"]]
+
+
+# the moments the driver's worker is killed: while the store template is being written (its arrays half
+# there), while the regions are written, while the combines are written
+DRIVER_KILLS = {
+    "template": _template_half_written,
+    "regions": lambda out: _regions_done(out) >= 4,
+    "combines": lambda out: (p := _partial(out)) is not None and (p / "mean_comb").exists(),
+}
+
+
+def test_killing_the_drivers_worker_never_fails_the_job(frames, reference, cluster, tmp_path):
+    """The driver's worker killed at three moments of a job, a run each: the driver restarts on the other
+    worker and resumes, every time (a half-written template once failed the job: 'unexpected encoding
+    parameters for zarr backend: ['coordinates']')."""
+    for n, (moment, ready) in enumerate(DRIVER_KILLS.items()):
+        out = tmp_path / f"driver{n}.zarr"
+        with Client(cluster.address) as c:
+            job_id = submit(_job(frames, out), c)
+            pid = _driver_pid(c, job_id)
+            assert _poll(lambda: ready(out)), f"{moment}: the job never got there"
+            os.kill(pid, signal.SIGKILL)
+        cluster.replace(pid)
+        res = _cli("wait", job_id, "--scheduler", cluster.address)
+        assert res.returncode == 0, f"{moment}: {res.stdout}{res.stderr}"
+        rec = json.loads(Path(str(out) + ".job.json").read_text())
+        assert rec["state"] == "finished" and rec["attempt"] >= 2, (moment, rec)  # the driver did restart
+        _same(open_store(out), reference)
+
+
+def test_killing_a_worker_mid_write_never_fails_the_job(frames, reference, cluster, tmp_path):
+    """The other worker (not the driver's) killed while regions are written, at three points: its tasks
+    move to the remaining worker, the result is the clean run's."""
+    for n, regions in enumerate((1, 5, 9)):
+        out = tmp_path / f"worker{n}.zarr"
+        with Client(cluster.address) as c:
+            job_id = submit(_job(frames, out), c)
+            driver = _driver_pid(c, job_id)
+            assert _poll(lambda: _regions_done(out) >= regions, every=0.02), "the job never got going"
+            pid = next(p.pid for p in cluster.workers if p.pid != driver)
+            os.kill(pid, signal.SIGKILL)
+        cluster.replace(pid)
+        res = _cli("wait", job_id, "--scheduler", cluster.address)
+        assert res.returncode == 0, f"after {regions} regions: {res.stdout}{res.stderr}"
+        _same(open_store(out), reference)
 
 
 def test_submit_returns_at_once_and_status_from_another_process(frames, reference, cluster, tmp_path):

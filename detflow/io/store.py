@@ -141,6 +141,8 @@ class StoreWriter:
         cleaned = {name: _clean(regular_chunks(ds)) for name, ds in products.items()}
         self.groups.extend(cleaned)
         fresh = {n: ds for n, ds in cleaned.items() if not (self._meta / "templates" / _safe(n)).exists()}
+        for name, ds in fresh.items():  # a template a killed writer left half written starts again
+            self._discard(name, ds)
         if fresh:
             tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in fresh.items()})
             enc = {f"/{name}": _encoding(ds) for name, ds in fresh.items()}
@@ -178,6 +180,15 @@ class StoreWriter:
         if not parts:
             return da.zeros((), dtype=np.int64)
         return da.concatenate(parts).sum()  # the number of regions written
+
+    def _discard(self, name: str, ds: xr.Dataset) -> None:
+        """Remove the arrays of group ``name`` that a writer killed while writing its template left (the
+        template is not marked done, so no region of it was written). Left there, ``to_zarr(mode="a")``
+        would take them for arrays to append to, re-read their encoding (``coordinates`` included, from the
+        CF attribute) and refuse it: "unexpected encoding parameters for zarr backend: ['coordinates']"."""
+        for var in ds.variables:
+            shutil.rmtree(self.tmp / name / str(var), ignore_errors=True)
+        shutil.rmtree(self._meta / "regions" / _safe(name), ignore_errors=True)
 
     def set_group_attrs(self, name: str, attrs: dict) -> None:
         g = zarr.open_group(str(self.tmp), path=name, mode="r+", zarr_format=3)
