@@ -82,6 +82,17 @@ class DetflowClusterError(DetflowInputError):
     mismatched versions. Reads like every detflow input error: ``<where>: <field>: expected ..., got ...``."""
 
 
+class SchedulerUnreachable(DetflowClusterError):
+    """No scheduler answered at the address (within the timeout): nothing listens there, or the network
+    does not get there."""
+
+    @classmethod
+    def of(cls, address, exc: BaseException, timeout: float | None = None) -> "SchedulerUnreachable":
+        within = f" within {timeout:g} s" if timeout else ""
+        return cls(address, "scheduler", f"a running scheduler that answers{within}",
+                   f"unreachable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")  # fmt: skip
+
+
 # ---- profiles ----------------------------------------------------------------------------------------------
 class _Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -681,7 +692,11 @@ def start_profile(prof: Profile) -> ClusterHandle:
     """:func:`start` for a resolved :class:`Profile`."""
     cluster, owns = None, True
     if prof.kind == "address":
-        client = Client(prof.address, security=security_for(prof), timeout=prof.timeout, set_as_default=False)
+        security = security_for(prof)
+        try:
+            client = Client(prof.address, security=security, timeout=prof.timeout, set_as_default=False)
+        except OSError as exc:  # (TimeoutError and distributed's CommClosedError are OSErrors)
+            raise SchedulerUnreachable.of(prof.address, exc, prof.timeout) from None
     elif prof.kind == "scheduler_file":
         path = Path(os.path.expandvars(str(prof.scheduler_file))).expanduser()
         if not path.is_file():
@@ -692,8 +707,11 @@ def start_profile(prof: Profile) -> ClusterHandle:
         except (ValueError, KeyError, TypeError) as exc:
             raise DetflowClusterError(path, "scheduler_file", "a scheduler file (JSON with an address)",
                                       f"{type(exc).__name__}: {exc}") from None  # fmt: skip
-        client = Client(scheduler_file=str(path), security=security_for(prof, address), timeout=prof.timeout,
-                        set_as_default=False)  # fmt: skip
+        security = security_for(prof, address)
+        try:
+            client = Client(scheduler_file=str(path), security=security, timeout=prof.timeout, set_as_default=False)
+        except OSError as exc:
+            raise SchedulerUnreachable.of(address, exc, prof.timeout) from None
     else:
         make = {"local": _local, "slurm": _slurm, "kubernetes": _kubernetes, "gateway": _gateway}[prof.kind]
         cluster, owns = make(prof)

@@ -107,6 +107,14 @@ def _same(a, b) -> None:
             np.testing.assert_array_equal(x[v].values, y[v].values, err_msg=f"{group}/{v}")
 
 
+def _error_line(stderr: str) -> str:
+    """The one error line the CLI prints (``error: ...``); no Python traceback."""
+    assert "Traceback (most recent call last)" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
 def _regions_done(out: Path) -> int:
     return sum(1 for p in out.parent.glob(f"{out.name}.partial-*/_detflow_regions/regions/**/*") if p.is_file())
 
@@ -284,3 +292,71 @@ def test_a_corrupt_file_fails_only_its_frame(frames, cluster, tmp_path):
     with pytest.raises(detflow.DetflowInputError, match="truncated"):
         detflow.run(dict(job, output=str(tmp_path / "strict.zarr"), all_or_nothing=True), progress=False)
     assert not (tmp_path / "strict.zarr").exists()
+
+
+def test_submit_checks_what_run_checks_and_a_job_locks_its_output(frames, reference, cluster, tmp_path):
+    """While a submitted job runs, its output is its own: a second submission and a `detflow run` of it are
+    refused at once (the lock names the job; the run asks the job's scheduler), and so is `detflow clean`.
+    When it ended, the lock is gone, and submitting it again is refused at submit (the output exists)."""
+    out = tmp_path / "l.zarr"
+    job = tmp_path / "l.yaml"
+    job.write_text(json.dumps(_job(frames, out)))
+    res = _cli("submit", str(job), "--scheduler", cluster.address)
+    assert res.returncode == 0, res.stderr
+    job_id = res.stdout.strip().splitlines()[-1]
+    with Client(cluster.address) as c:
+        _driver_pid(c, job_id)
+    for p in cluster.workers:  # the job holds its output while these run
+        p.send_signal(signal.SIGSTOP)
+    try:
+        for cmd in (("submit", str(job), "--scheduler", cluster.address), ("run", str(job), "--no-progress"),
+                    ("clean", str(out))):  # fmt: skip
+            res = _cli(*cmd)
+            assert res.returncode == 2, (cmd, res.stdout, res.stderr)
+            assert f"{out}: lock: expected no other writer of this output, got l.zarr.lock held by job {job_id} " \
+                   f"(scheduler {cluster.address})" in _error_line(res.stderr), cmd  # fmt: skip
+    finally:
+        for p in cluster.workers:
+            p.send_signal(signal.SIGCONT)
+    res = _cli("wait", job_id, "--scheduler", cluster.address)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not Path(str(out) + ".lock").exists()
+    _same(open_store(out), reference)
+    res = _cli("submit", str(job), "--scheduler", cluster.address)
+    assert res.returncode == 2 and f"{out}: output: expected a path that does not exist yet" in _error_line(res.stderr)
+    with Client(cluster.address) as c:
+        assert [r["id"] for r in jobs(c)] == [job_id]  # nothing was queued
+    assert json.loads(Path(str(out) + ".job.json").read_text())["state"] == "finished"
+
+
+def test_status_and_wait_tell_the_truth_when_the_cluster_dies(frames, cluster, tmp_path):
+    """The cluster killed under a running job: the record beside the output is no longer taken at its word
+    (state unknown, the scheduler unreachable since ...), and status, wait, jobs and submit against the dead
+    scheduler give one line and exit 2 within their --timeout (a wait already waiting too)."""
+    out = tmp_path / "d.zarr"
+    job = tmp_path / "d.yaml"
+    job.write_text(json.dumps(_job(frames, out)))
+    with Client(cluster.address) as c:
+        job_id = submit(_job(frames, out), c)
+        _driver_pid(c, job_id)
+    waiting = subprocess.Popen([sys.executable, "-m", "detflow.cli", "wait", job_id, "--scheduler", cluster.address,
+                                "--timeout", "120"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(5)
+    cluster.kill()
+    t0 = time.monotonic()
+    _, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 2 and time.monotonic() - t0 < 60, err
+    assert f"{cluster.address}: scheduler: expected a running scheduler that answers" in _error_line(err)
+    record = Path(str(out) + ".job.json")
+    assert json.loads(record.read_text())["state"] == "running"  # what the file alone says
+    res = _cli("status", "--record", str(record), "--json", "--timeout", "3")
+    assert res.returncode == 0, res.stderr
+    rec = json.loads(res.stdout)[0]
+    assert rec["state"] == "unknown" and rec["note"].startswith(f"scheduler {cluster.address} unreachable at ")
+    assert f"last update {json.loads(record.read_text())['updated']}" in rec["note"]
+    for cmd in (("status", job_id), ("wait", job_id), ("jobs",), ("cancel", job_id), ("submit", str(job))):
+        t0 = time.monotonic()
+        res = _cli(*cmd, "--scheduler", cluster.address, "--timeout", "3")
+        assert res.returncode == 2 and time.monotonic() - t0 < 45, (cmd, res.stdout, res.stderr)
+        assert f"{cluster.address}: scheduler: expected a running scheduler that answers within 3 s, got " \
+               "unreachable" in _error_line(res.stderr), cmd  # fmt: skip
