@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import shlex
+import socket
 import tempfile
 import time
 import warnings
@@ -597,11 +598,23 @@ def _slurm(prof: Profile):
         extra += ["--preload", "detflow.cluster"]
     if prof.memory_limit not in (None, "auto") and "--memory-limit" not in extra:
         extra += ["--memory-limit", str(prof.memory_limit)]
+    sched_opts = {"dashboard_address": prof.dashboard_address, **(o.scheduler_options or {})}
+    interface = o.interface or dask.config.get("jobqueue.slurm.interface", None)
+    if not interface:  # never every interface (0.0.0.0): the scheduler on this host's name, each worker on its node's
+        if "interface" not in sched_opts:
+            sched_opts.setdefault("host", socket.gethostname())
+        if "--host" not in extra and "--interface" not in extra:
+            extra += ["--host", "$(hostname)"]  # (the job script is bash: the node's own name)
+    if "--dashboard-address" not in extra:  # a worker's HTTP server (/health, /metrics) too, even without a dashboard
+        extra += ["--dashboard-address", "127.0.0.1:0"]
     kwargs["worker_extra_args"] = extra
-    kwargs["scheduler_options"] = {"dashboard_address": prof.dashboard_address, **(o.scheduler_options or {})}
+    kwargs["scheduler_options"] = sched_opts
     if prof.security is not None:
         kwargs["security"] = True if prof.security.temporary else security_for(prof)
         kwargs["protocol"] = "tls://"
+        if prof.security.temporary and o.shared_temp_directory:  # the workers' copy of the credentials: yours only
+            shared = Path(os.path.expandvars(o.shared_temp_directory)).expanduser()
+            shared.mkdir(mode=0o700, parents=True, exist_ok=True)
     cluster = jq.SLURMCluster(**kwargs)
     if o.jobs is not None and prof.adapt is None:
         cluster.scale(jobs=o.jobs)
