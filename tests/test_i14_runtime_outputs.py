@@ -259,6 +259,21 @@ def test_clean_removes_what_a_failed_run_left_and_nothing_else(tmp_path, client,
     assert res.exit_code == 2 and "lock: expected no other writer" in res.output and partial.exists()
 
 
+def test_clean_removes_a_cmos_section_store_left_by_a_killed_ingest(tmp_path):
+    """What ``cmos_raw`` writes before it renames (``<section>.zarr.partial-<hex>``, a zarr group with its ``l1``
+    group), killed before the rename: ``detflow clean STORES/bias.zarr`` removes it."""
+    import xarray as xr
+    from typer.testing import CliRunner
+
+    from detflow.cli import app
+
+    partial = tmp_path / "bias.zarr.partial-0123abcd"
+    xr.Dataset({"data": (("frame", "y", "x"), np.zeros((2, 4, 4), np.uint16))}).to_zarr(
+        str(partial), group="l1", zarr_format=3, consolidated=False)  # fmt: skip
+    res = CliRunner().invoke(app, ["clean", str(tmp_path / "bias.zarr")])
+    assert res.exit_code == 0 and f"removed: {partial} (partial store)" in res.output and not partial.exists()
+
+
 # ---- a read-only output directory, a full disk: one line, exit 2, in every family --------------------------------
 def _mount_namespace() -> bool:
     return shutil.which("unshare") is not None and subprocess.run(
