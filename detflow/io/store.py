@@ -198,7 +198,7 @@ def _identity_change(old: dict | None, new: dict) -> str | None:
         if path not in old:
             return f"{path} is a new input"
         if old[path] != new[path]:
-            return f"{path} changed (size, mtime {old[path]} -> {new[path]})"
+            return f"{path} changed ({old[path]} -> {new[path]}; size and mtime_ns, or a store's files)"
     return None
 
 
