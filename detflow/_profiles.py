@@ -43,6 +43,10 @@ PROFILES['kubernetes'] = """\
 # detflow cluster profile "kubernetes": a DaskCluster made by the Dask Kubernetes operator
 # (pip install 'detflow[kubernetes]'; the operator installed in the cluster: deploy/kubernetes/README.md).
 # The client runs where kubectl works; the scheduler is port-forwarded to it when it is outside the cluster.
+# NOT TLS: dask-kubernetes' KubeCluster (2026.3) connects to its scheduler over plain tcp only, and every pod in
+# the Kubernetes cluster can reach the scheduler service (ClusterIP) and so run code on the workers. Use it on
+# a cluster only you (or people you trust) run pods on; on a shared one, run the TLS DaskCluster of
+# deploy/kubernetes (daskcluster.yaml, certificates: deploy/kubernetes/README.md) and the `address` profile.
 kind: kubernetes
 n_workers: 2
 kubernetes:
@@ -95,12 +99,17 @@ slurm:
   job_script_prologue:     # NUMBA_NUM_THREADS=1 etc. are appended by detflow
     - source ~/detflow/.venv/bin/activate
   local_directory: $TMPDIR # worker spill space on the node's local disk
-  interface: null          # e.g. ib0: the network the workers reach the scheduler on
+  interface: null          # e.g. ib0: where scheduler and workers listen; null: the scheduler on this host's
+                           # name, each worker on its node's name (never on every interface, 0.0.0.0)
+  shared_temp_directory: ~/.detflow/tls-tmp   # the workers' copy of the TLS credentials (made mode 700)
 dashboard_address: 127.0.0.1:8787   # reach it with: ssh -L 8787:127.0.0.1:8787 login-node
 warmup: true               # workers start with --preload detflow.cluster (kernels compiled before tasks)
 check_versions: true
-# security: {temporary: true}   # TLS between scheduler and workers on a shared network; the temporary
-#                               # certificates go to slurm.shared_temp_directory (readable by your jobs only)
+# TLS between scheduler, workers and client (the scheduler listens on the cluster's network, and anyone who
+# reaches an unauthenticated scheduler can run code on its workers as you): throwaway credentials made for
+# each cluster (distributed's Security.temporary()). Your own CA instead: security: {ca_file: ..., cert: ...,
+# key: ...} (deploy/README.md#security). Plain tcp (a network only you use): security: null.
+security: {temporary: true}
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -261,19 +262,32 @@ def sim_cmos(
     _simulated(cmos_job, outdir, size, frames, tuple(temps), seed)
 
 
-# ---- jobs on a running cluster: submit, status, wait, cancel, jobs ---------------------------------------
+# ---- jobs on a running cluster: submit, status, wait, cancel, jobs; clean ------------------------------------
+_TIMEOUT = typer.Option(None, "--timeout", help="seconds the scheduler has to answer (default: the profile's, 30)")
 
 
-def _cluster_client(scheduler: Optional[str], scheduler_file: Optional[Path], profile: Optional[str]):
-    """A client of a *running* cluster (an embedded LocalCluster would die with this command)."""
+@contextlib.contextmanager
+def _cluster_client(scheduler: Optional[str], scheduler_file: Optional[Path], profile: Optional[str],
+                    timeout: Optional[float] = None):  # fmt: skip
+    """A client of a *running* cluster (an embedded LocalCluster would die with this command). A scheduler
+    that does not answer within ``timeout`` (connecting, and every call after: dask's comm timeout), or a
+    detflow error in the body, is one line and exit status 2."""
     import os
+
+    import dask
 
     from .cluster import connect
 
     if not (scheduler or scheduler_file or profile or os.environ.get("DETFLOW_SCHEDULER_ADDRESS")):
         _fail(DetflowInputError(None, "cluster", "--scheduler ADDRESS, --scheduler-file F or --profile NAME (or "
                                 "DETFLOW_SCHEDULER_ADDRESS): a running cluster to submit to", "none given"))  # fmt: skip
-    return connect(profile, address=scheduler, scheduler_file=scheduler_file, warmup=False)
+    conf = {"distributed.comm.timeouts.connect": f"{timeout}s"} if timeout else {}
+    with dask.config.set(conf):
+        try:
+            with connect(profile, address=scheduler, scheduler_file=scheduler_file, warmup=False, timeout=timeout) as c:
+                yield c
+        except DetflowInputError as exc:
+            _fail(exc)
 
 
 @app.command()
@@ -283,8 +297,10 @@ def submit(
     scheduler_file: Optional[Path] = _SFILE,
     profile: Optional[str] = _PROFILE,
     overwrite: bool = _OVERWRITE,
+    timeout: Optional[float] = _TIMEOUT,
 ) -> None:
-    """Submit a job to a running dask cluster and return at once with its id (it runs on after exit)."""
+    """Submit a job to a running dask cluster and return at once with its id (it runs on after exit). Checks
+    first what `run` checks: the inputs, the output (absent, or a detflow store and --overwrite), its lock."""
     from .runtime.config import load_job
     from .runtime.submit import record_path, submit as submit_job
 
@@ -292,11 +308,11 @@ def submit(
         cfg = load_job(job)
         if overwrite:
             cfg = cfg.model_copy(update={"overwrite": True})
-        with _cluster_client(scheduler, scheduler_file, profile) as c:
-            job_id = submit_job(cfg, c)
-            address = c.scheduler.address
     except DetflowInputError as exc:
         _fail(exc)
+    with _cluster_client(scheduler, scheduler_file, profile, timeout) as c:
+        job_id = submit_job(cfg, c)
+        address = c.scheduler.address
     out.print(job_id)
     console.print(f"submitted to {address}; record: {record_path(cfg)}; "
                   f"`detflow wait {job_id} --scheduler {address}`")  # fmt: skip
@@ -308,7 +324,7 @@ def _record_table(recs: list[dict]) -> Table:
         table.add_column(col, overflow="fold")
     for r in recs:
         table.add_row(r["id"], r.get("state", ""), r.get("submitted", ""), r.get("started", ""),
-                      r.get("finished", ""), r.get("output", ""), (r.get("error") or "")[:200])  # fmt: skip
+                      r.get("finished", ""), r.get("output", ""), (r.get("error") or r.get("note") or "")[:300])  # fmt: skip
     return table
 
 
@@ -318,11 +334,12 @@ def jobs(
     scheduler_file: Optional[Path] = _SFILE,
     profile: Optional[str] = _PROFILE,
     as_json: bool = _JSON,
+    timeout: Optional[float] = _TIMEOUT,
 ) -> None:
     """List the jobs the cluster knows: state, start, end, output store, error."""
     from .runtime.submit import jobs as list_jobs
 
-    with _cluster_client(scheduler, scheduler_file, profile) as c:
+    with _cluster_client(scheduler, scheduler_file, profile, timeout) as c:
         recs = list_jobs(c)
     if as_json:
         out.print_json(json.dumps([{k: v for k, v in r.items() if k != "job"} for r in recs], default=str))
@@ -338,14 +355,20 @@ def status(
     profile: Optional[str] = _PROFILE,
     record: Optional[Path] = typer.Option(None, "--record", help="read a <output>.job.json instead of the scheduler"),
     as_json: bool = _JSON,
+    timeout: Optional[float] = _TIMEOUT,
 ) -> None:
-    """A job's state (or every job's): from the scheduler, or from the record beside its output."""
-    from .runtime.submit import jobs as list_jobs, read_record
+    """A job's state (or every job's): from the scheduler, or from the record beside its output (checked
+    against the scheduler it names: `lost` when that no longer runs the job, `unknown` when it does not answer)."""
+    from .runtime.submit import jobs as list_jobs, record_status
 
     if record is not None:
-        recs = [read_record(record)]
+        try:
+            recs = [record_status(record, timeout or 10.0, profile)]
+        except (OSError, ValueError) as exc:
+            _fail(DetflowInputError(record, "record", "a job record (<output>.job.json)",
+                                    f"{type(exc).__name__}: {exc}"))  # fmt: skip
     else:
-        with _cluster_client(scheduler, scheduler_file, profile) as c:
+        with _cluster_client(scheduler, scheduler_file, profile, timeout) as c:
             recs = [r for r in list_jobs(c) if job_id is None or r["id"] == job_id]
         if job_id is not None and not recs:
             _fail(DetflowInputError(None, "job", "the id of a job this scheduler knows", job_id))
@@ -361,14 +384,18 @@ def wait(
     scheduler: Optional[str] = _SCHED,
     scheduler_file: Optional[Path] = _SFILE,
     profile: Optional[str] = _PROFILE,
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="give up after this many seconds"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="give up after this many seconds (the "
+                                            "scheduler has this long, 30 s at most, to answer each call)"),  # fmt: skip
 ) -> None:
-    """Wait for a job with progress (its phase and the cluster's tasks); exit 1 unless it finished."""
+    """Wait for a job with progress (its phase and the cluster's tasks); exit 1 unless it finished, 2 if the
+    scheduler stops answering or the timeout passes."""
     from rich.live import Live
 
     from .runtime.submit import wait as wait_job
 
-    with _cluster_client(scheduler, scheduler_file, profile) as c, Live(console=console, transient=True) as live:
+    answer = min(timeout, 30.0) if timeout else None
+    with _cluster_client(scheduler, scheduler_file, profile, answer) as c, \
+            Live(console=console, transient=True) as live:
         def show(rec, tasks):
             busy = ", ".join(f"{n} {k}" for k, n in sorted(tasks.items()))
             live.update(f"{job_id}: {rec.get('state')} {rec.get('phase', '')} | cluster tasks: {busy}")
@@ -390,16 +417,41 @@ def cancel(
     scheduler: Optional[str] = _SCHED,
     scheduler_file: Optional[Path] = _SFILE,
     profile: Optional[str] = _PROFILE,
+    timeout: Optional[float] = _TIMEOUT,
 ) -> None:
-    """Cancel a job: it stops at its next poll and leaves no partial output."""
+    """Cancel a job: it stops at its next poll; its partial store is kept (resume: submit it again;
+    remove: detflow clean OUTPUT)."""
     from .runtime.submit import cancel as cancel_job
 
-    with _cluster_client(scheduler, scheduler_file, profile) as c:
+    with _cluster_client(scheduler, scheduler_file, profile, timeout) as c:
         try:
             rec = cancel_job(c, job_id)
         except KeyError:
             _fail(DetflowInputError(None, "job", "the id of a job this scheduler knows", job_id))
     out.print(f"{job_id}: cancel requested (state {rec.get('state')})")
+
+
+@app.command()
+def clean(
+    output: Path = typer.Argument(..., help="the output (store) a run failed to write"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would be removed, remove nothing"),
+    force: bool = typer.Option(False, "--force", help="also remove a lock whose holder cannot be checked from "
+                               "here (a run on another host: only when you know it is gone)"),  # fmt: skip
+) -> None:
+    """Remove what failed or killed runs left beside OUTPUT: partial stores (OUTPUT.partial-*), a stale lock,
+    the record of a failed, cancelled or lost job. Refuses while a live run or job holds the output, and
+    anything that is not detflow's."""
+    from .io.cleanup import clean_output
+    from .runtime.submit import job_alive
+
+    try:
+        found = clean_output(output, dry_run=dry_run, force=force, probe=job_alive)
+    except DetflowInputError as exc:
+        _fail(exc)
+    for path, why in found:
+        out.print(f"{'would remove' if dry_run else 'removed'}: {path} ({why})")
+    if not found:
+        out.print(f"nothing to clean beside {output}")
 
 
 # ---- detflow cmos ... --------------------------------------------------------------------------------------

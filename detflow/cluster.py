@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import shlex
+import socket
 import tempfile
 import time
 import warnings
@@ -80,6 +81,17 @@ WARMUP_LEVELS = ("off", "import", "wfi")
 class DetflowClusterError(DetflowInputError):
     """A cluster that cannot be used as asked: a bad or missing profile, a missing optional package,
     mismatched versions. Reads like every detflow input error: ``<where>: <field>: expected ..., got ...``."""
+
+
+class SchedulerUnreachable(DetflowClusterError):
+    """No scheduler answered at the address (within the timeout): nothing listens there, or the network
+    does not get there."""
+
+    @classmethod
+    def of(cls, address, exc: BaseException, timeout: float | None = None) -> "SchedulerUnreachable":
+        within = f" within {timeout:g} s" if timeout else ""
+        return cls(address, "scheduler", f"a running scheduler that answers{within}",
+                   f"unreachable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")  # fmt: skip
 
 
 # ---- profiles ----------------------------------------------------------------------------------------------
@@ -586,11 +598,23 @@ def _slurm(prof: Profile):
         extra += ["--preload", "detflow.cluster"]
     if prof.memory_limit not in (None, "auto") and "--memory-limit" not in extra:
         extra += ["--memory-limit", str(prof.memory_limit)]
+    sched_opts = {"dashboard_address": prof.dashboard_address, **(o.scheduler_options or {})}
+    interface = o.interface or dask.config.get("jobqueue.slurm.interface", None)
+    if not interface:  # never every interface (0.0.0.0): the scheduler on this host's name, each worker on its node's
+        if "interface" not in sched_opts:
+            sched_opts.setdefault("host", socket.gethostname())
+        if "--host" not in extra and "--interface" not in extra:
+            extra += ["--host", "$(hostname)"]  # (the job script is bash: the node's own name)
+    if "--dashboard-address" not in extra:  # a worker's HTTP server (/health, /metrics) too, even without a dashboard
+        extra += ["--dashboard-address", "127.0.0.1:0"]
     kwargs["worker_extra_args"] = extra
-    kwargs["scheduler_options"] = {"dashboard_address": prof.dashboard_address, **(o.scheduler_options or {})}
+    kwargs["scheduler_options"] = sched_opts
     if prof.security is not None:
         kwargs["security"] = True if prof.security.temporary else security_for(prof)
         kwargs["protocol"] = "tls://"
+        if prof.security.temporary and o.shared_temp_directory:  # the workers' copy of the credentials: yours only
+            shared = Path(os.path.expandvars(o.shared_temp_directory)).expanduser()
+            shared.mkdir(mode=0o700, parents=True, exist_ok=True)
     cluster = jq.SLURMCluster(**kwargs)
     if o.jobs is not None and prof.adapt is None:
         cluster.scale(jobs=o.jobs)
@@ -681,7 +705,11 @@ def start_profile(prof: Profile) -> ClusterHandle:
     """:func:`start` for a resolved :class:`Profile`."""
     cluster, owns = None, True
     if prof.kind == "address":
-        client = Client(prof.address, security=security_for(prof), timeout=prof.timeout, set_as_default=False)
+        security = security_for(prof)
+        try:
+            client = Client(prof.address, security=security, timeout=prof.timeout, set_as_default=False)
+        except OSError as exc:  # (TimeoutError and distributed's CommClosedError are OSErrors)
+            raise SchedulerUnreachable.of(prof.address, exc, prof.timeout) from None
     elif prof.kind == "scheduler_file":
         path = Path(os.path.expandvars(str(prof.scheduler_file))).expanduser()
         if not path.is_file():
@@ -692,8 +720,11 @@ def start_profile(prof: Profile) -> ClusterHandle:
         except (ValueError, KeyError, TypeError) as exc:
             raise DetflowClusterError(path, "scheduler_file", "a scheduler file (JSON with an address)",
                                       f"{type(exc).__name__}: {exc}") from None  # fmt: skip
-        client = Client(scheduler_file=str(path), security=security_for(prof, address), timeout=prof.timeout,
-                        set_as_default=False)  # fmt: skip
+        security = security_for(prof, address)
+        try:
+            client = Client(scheduler_file=str(path), security=security, timeout=prof.timeout, set_as_default=False)
+        except OSError as exc:
+            raise SchedulerUnreachable.of(address, exc, prof.timeout) from None
     else:
         make = {"local": _local, "slurm": _slurm, "kubernetes": _kubernetes, "gateway": _gateway}[prof.kind]
         cluster, owns = make(prof)

@@ -226,7 +226,8 @@ def processes(tmp_path_factory):
             time.sleep(0.1)
         address = json.loads(sfile.read_text())["address"]
         procs.append(subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", sfile, "--preload",
-                                       "detflow.cluster", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
+                                       "detflow.cluster", "--nthreads", "1", "--dashboard-address", "127.0.0.1:0", "--host",
+                                       "127.0.0.1",
                                        "--memory-limit", "2GB"],
                                       stdout=logs[1], stderr=subprocess.STDOUT, env=env))  # fmt: skip
         from distributed import Client
@@ -336,28 +337,44 @@ def _containers_env(doc):
 
 
 # ---- optional back ends (skipped where their package is not installed) ---------------------------------------
-def test_slurm_profile_job_script(monkeypatch):
-    """The slurm profile on top of deploy/slurm/jobqueue.yaml: the job script dask-jobqueue would sbatch."""
+def test_slurm_profile_job_script(monkeypatch, tmp_path):
+    """The slurm profile on top of deploy/slurm/jobqueue.yaml: the job script dask-jobqueue would sbatch.
+    TLS by default (temporary credentials, the workers' copy in a directory only the user reads), and
+    nothing listens on every interface: the scheduler on this host's name, the dashboard and each worker's
+    HTTP server on 127.0.0.1, each worker on its node's name."""
     pytest.importorskip("dask_jobqueue")
+    import socket
+
     import dask
+    import psutil
 
     conf = yaml.safe_load((DEPLOY / "slurm" / "jobqueue.yaml").read_text())
+    creds = tmp_path / "tls-tmp"
     with dask.config.set({f"jobqueue.slurm.{k}": v for k, v in conf["jobqueue"]["slurm"].items()}):
-        prof = resolve("slurm", slurm={"queue": "debug", "job_script_prologue": None}, check_versions=False)
+        prof = resolve("slurm", slurm={"queue": "debug", "job_script_prologue": None,
+                                       "shared_temp_directory": str(creds)}, check_versions=False)  # fmt: skip
+        assert prof.security.temporary  # the packaged profile's default
         cluster, owns = dc._slurm(prof)
         try:
             script = cluster.job_script()
-            assert cluster.scheduler.address.startswith("tcp://")
+            assert cluster.scheduler.address.startswith("tls://")
             sockets = cluster.scheduler.http_server._sockets.values()
             assert {s.getsockname()[0] for s in sockets} == {"127.0.0.1"}  # the dashboard stays on localhost
+            listening = {c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == "LISTEN"}
+            assert "0.0.0.0" not in listening and "::" not in listening
+            assert cluster.scheduler.address.split("://")[1].rsplit(":", 1)[0] == socket.gethostbyname(
+                socket.gethostname())  # fmt: skip
         finally:
             cluster.close()
     assert owns and "#SBATCH -p debug" in script and "#SBATCH -t 02:00:00" in script
     assert "source ~/detflow/.venv/bin/activate" in script and "export NUMBA_NUM_THREADS=1" in script
     assert script.count("--preload detflow.cluster") == 1  # from jobqueue.yaml, not added twice
     assert "--nthreads 8" in script and "--memory-limit 29.80GiB" in script
+    assert "--host $(hostname)" in script and "--dashboard-address 127.0.0.1:0" in script
+    assert "--protocol tls://" in script and f"--tls-ca-file {creds}/" in script and f"--tls-key {creds}/" in script
+    assert creds.stat().st_mode & 0o777 == 0o700
     with dask.config.set({f"jobqueue.slurm.{k}": v for k, v in conf["jobqueue"]["slurm"].items()}):
-        preview = dc.slurm_job_script(slurm={"queue": "short"})  # the helper the SLURM README shows
+        preview = dc.slurm_job_script(slurm={"queue": "short", "shared_temp_directory": str(creds)})
     assert "#SBATCH -p short" in preview and "--preload detflow.cluster" in preview
 
 

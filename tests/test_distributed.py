@@ -32,7 +32,7 @@ def cluster(tmp_path):
         address = json.loads(sfile.read_text())["address"]
         for _ in range(2):
             procs.append(subprocess.Popen([BIN / "dask", "worker", address, "--nthreads", "1", "--nworkers", "1",
-                                           "--no-dashboard", "--host", "127.0.0.1"],
+                                           "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))  # fmt: skip
         from distributed import Client
 

@@ -1,6 +1,7 @@
 """The SLURM path for real: the ``slurm`` profile (dask-jobqueue's SLURMCluster) submits worker jobs with
 ``sbatch`` to a one-node SLURM (``deploy/slurm/one-node-slurm.sh``, Debian's slurm-wlm), and a detflow job
-runs on those workers, written store equal to a LocalCluster run's.
+runs on those workers, written store equal to a LocalCluster run's. The profile's defaults hold there:
+TLS (throwaway credentials), and no worker or nanny listening on every interface.
 
 Marked ``slurm``: ``make test`` leaves it out (``-m "not slurm"``, as it needs root to set SLURM up);
 ``.ci/run`` sets SLURM up when it can and then runs ``pytest -m slurm``, which fails here (not skips)
@@ -33,7 +34,8 @@ def test_job_runs_on_workers_submitted_with_sbatch(tiny_wfi, tmp_path):
         pytest.fail("no SLURM here: run `sudo deploy/slurm/one-node-slurm.sh` first (this test is opt-in: -m slurm)")
     slurm = {"queue": "debug", "cores": 1, "processes": 1, "memory": "3GB", "walltime": "00:20:00",
              "python": sys.executable, "job_script_prologue": [], "local_directory": str(tmp_path / "spill"),
-             "log_directory": str(tmp_path / "logs"), "death_timeout": 60}  # fmt: skip
+             "log_directory": str(tmp_path / "logs"), "death_timeout": 60,
+             "shared_temp_directory": str(tmp_path / "tls")}  # fmt: skip
     job = detflow.load_job(tiny_wfi["job_yaml"])
     with connect("slurm", n_workers=1, slurm=slurm, dashboard_address="127.0.0.1:0", warmup=False) as client:
         client.wait_for_workers(1, timeout=180)
@@ -43,6 +45,18 @@ def test_job_runs_on_workers_submitted_with_sbatch(tiny_wfi, tmp_path):
         assert all(ids.values()) and all(i in queued for i in ids.values())  # every worker is a SLURM job
         env = client.run(lambda: os.environ.get("NUMBA_NUM_THREADS"))
         assert set(env.values()) == {"1"}  # the profile's worker environment reached the job script
+        assert client.scheduler.address.startswith("tls://")  # the profile's default
+        assert all(a.startswith("tls://") for a in client.scheduler_info()["workers"])
+
+        def listening():  # (defined here: sent to the workers by value) the worker's and its nanny's sockets
+            import psutil
+
+            me, up = psutil.Process(), psutil.Process().parent()
+            procs = [me] + ([up] if up is not None and "dask_worker" in " ".join(up.cmdline()) else [])
+            return sorted({c.laddr.ip for p in procs for c in p.net_connections("inet") if c.status == "LISTEN"})
+
+        listening = client.run(listening)
+        assert all(v and not {"0.0.0.0", "::"} & set(v) for v in listening.values()), listening
         slurm_store = tmp_path / "slurm.zarr"
         detflow.run(job.model_copy(update={"output": slurm_store}), client=client, progress=False)
     local_store = tmp_path / "local.zarr"

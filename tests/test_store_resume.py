@@ -70,3 +70,37 @@ def test_without_resume_key_a_failure_leaves_nothing(tmp_path):
         with StoreWriter(tmp_path / "o.zarr") as w:
             dask.compute(w.add_all({"g": _product(flag, [])}), scheduler="sync")
     assert [p.name for p in tmp_path.iterdir()] == ["fail"]
+
+
+def test_a_template_left_half_written_is_written_again(tmp_path, monkeypatch):
+    """A writer killed after the template's arrays were written but before the template was marked done
+    (what a killed driver leaves): the next run writes the template again and finishes, identical to a
+    clean run (it failed with "unexpected encoding parameters for zarr backend: ['coordinates']": xarray
+    took the arrays for ones to append to and re-read their CF 'coordinates' attribute as encoding)."""
+
+    def product():
+        ds = _product(None, [])
+        return ds.assign_coords(label=("y", np.array([f"row{i}" for i in range(36)])), t=("y", np.arange(36.0)))
+
+    out = tmp_path / "out.zarr"
+    real = xr.DataTree.to_zarr
+
+    def killed(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        raise KeyboardInterrupt("killed after the template's arrays, before its marker")
+
+    monkeypatch.setattr(xr.DataTree, "to_zarr", killed)
+    with pytest.raises(KeyboardInterrupt):
+        with StoreWriter(out, resume_key="job1") as w:
+            w.add_all({"g": product()})
+    monkeypatch.setattr(xr.DataTree, "to_zarr", real)
+    assert (tmp_path / "out.zarr.partial-job1" / "g" / "data" / "zarr.json").exists()
+    with StoreWriter(out, resume_key="job1") as w:
+        assert w.resumed
+        dask.compute(w.add_all({"g": product()}), scheduler="sync")
+        w.commit()
+    fresh = tmp_path / "fresh.zarr"
+    with StoreWriter(fresh) as w:
+        dask.compute(w.add_all({"g": product()}), scheduler="sync")
+        w.commit()
+    xr.testing.assert_identical(open_store(out)["g"].to_dataset().compute(), open_store(fresh)["g"].to_dataset().compute())

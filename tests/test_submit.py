@@ -32,8 +32,11 @@ class Cluster:
 
     def __init__(self, tmp: Path, n: int = 2):
         self.file = tmp / f"scheduler-{time.monotonic_ns()}.json"
+        # every socket on the loopback, the HTTP server (/health, /metrics) too: --no-dashboard alone still
+        # opens it on 0.0.0.0 (the scheduler's on 8787)
         self.sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                       "--port", "0", "--no-dashboard", "--scheduler-file", str(self.file)],
+                                       "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
+                                       str(self.file)],
                                       env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         for _ in range(300):
             if self.file.exists() and self.file.stat().st_size:
@@ -46,8 +49,18 @@ class Cluster:
 
     def add_worker(self) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1",
-                                 "--no-nanny", "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", "4GB"],
+                                 "--no-nanny", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+                                 "--memory-limit", "4GB"],
                                 env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def replace(self, pid: int) -> None:
+        """A new worker instead of the (killed) one with ``pid``: the cluster keeps ``n`` workers."""
+        dead = next(p for p in self.workers if p.pid == pid)
+        dead.wait()
+        self.workers.remove(dead)
+        self.workers.append(self.add_worker())
+        with Client(self.address, timeout=30) as c:
+            c.wait_for_workers(len(self.workers), timeout=60)
 
     def kill(self) -> None:
         for p in [*self.workers, self.sched]:
@@ -81,9 +94,9 @@ def reference(frames, tmp_path_factory):
     return detflow.run(_job(frames, out), progress=False)
 
 
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "detflow.cli", *args], env=ENV, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+def _cli(*args: str, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "detflow.cli", *args], env=dict(ENV, **env), capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
 
 
 def _same(a, b) -> None:
@@ -94,8 +107,90 @@ def _same(a, b) -> None:
             np.testing.assert_array_equal(x[v].values, y[v].values, err_msg=f"{group}/{v}")
 
 
+def _error_line(stderr: str) -> str:
+    """The one error line the CLI prints (``error: ...``); no Python traceback."""
+    assert "Traceback (most recent call last)" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
 def _regions_done(out: Path) -> int:
     return sum(1 for p in out.parent.glob(f"{out.name}.partial-*/_detflow_regions/regions/**/*") if p.is_file())
+
+
+def _partial(out: Path) -> Path | None:
+    found = list(out.parent.glob(f"{out.name}.partial-*"))
+    return found[0] if found else None
+
+
+def _poll(ready, timeout: float = 240, every: float = 0.005) -> bool:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
+def _template_half_written(out: Path) -> bool:
+    """A data variable of the l2a/l2b template is written (not only coordinates), the template is not
+    marked done yet."""
+    p = _partial(out)
+    return p is not None and (p / "l2a" / "data" / "zarr.json").exists() and not (
+        p / "_detflow_regions" / "templates" / "l2b").exists()  # fmt: skip
+
+
+def _driver_pid(c: Client, job_id: str) -> int:
+    from detflow.runtime.submit import META
+
+    assert _poll(lambda: (c.get_metadata([META, job_id], default={}) or {}).get("state") == "running", every=0.05)
+    return c.run(os.getpid)[c.get_metadata([META, job_id])["worker"]]
+
+
+# the moments the driver's worker is killed: while the store template is being written (its arrays half
+# there), while the regions are written, while the combines are written
+DRIVER_KILLS = {
+    "template": _template_half_written,
+    "regions": lambda out: _regions_done(out) >= 4,
+    "combines": lambda out: (p := _partial(out)) is not None and (p / "mean_comb").exists(),
+}
+
+
+def test_killing_the_drivers_worker_never_fails_the_job(frames, reference, cluster, tmp_path):
+    """The driver's worker killed at three moments of a job, a run each: the driver restarts on the other
+    worker and resumes, every time (a half-written template once failed the job: 'unexpected encoding
+    parameters for zarr backend: ['coordinates']')."""
+    for n, (moment, ready) in enumerate(DRIVER_KILLS.items()):
+        out = tmp_path / f"driver{n}.zarr"
+        with Client(cluster.address) as c:
+            job_id = submit(_job(frames, out), c)
+            pid = _driver_pid(c, job_id)
+            assert _poll(lambda: ready(out)), f"{moment}: the job never got there"
+            os.kill(pid, signal.SIGKILL)
+        cluster.replace(pid)
+        res = _cli("wait", job_id, "--scheduler", cluster.address)
+        assert res.returncode == 0, f"{moment}: {res.stdout}{res.stderr}"
+        rec = json.loads(Path(str(out) + ".job.json").read_text())
+        assert rec["state"] == "finished" and rec["attempt"] >= 2, (moment, rec)  # the driver did restart
+        _same(open_store(out), reference)
+
+
+def test_killing_a_worker_mid_write_never_fails_the_job(frames, reference, cluster, tmp_path):
+    """The other worker (not the driver's) killed while regions are written, at three points: its tasks
+    move to the remaining worker, the result is the clean run's."""
+    for n, regions in enumerate((1, 5, 9)):
+        out = tmp_path / f"worker{n}.zarr"
+        with Client(cluster.address) as c:
+            job_id = submit(_job(frames, out), c)
+            driver = _driver_pid(c, job_id)
+            assert _poll(lambda: _regions_done(out) >= regions, every=0.02), "the job never got going"
+            pid = next(p.pid for p in cluster.workers if p.pid != driver)
+            os.kill(pid, signal.SIGKILL)
+        cluster.replace(pid)
+        res = _cli("wait", job_id, "--scheduler", cluster.address)
+        assert res.returncode == 0, f"after {regions} regions: {res.stdout}{res.stderr}"
+        _same(open_store(out), reference)
 
 
 def test_submit_returns_at_once_and_status_from_another_process(frames, reference, cluster, tmp_path):
@@ -197,3 +292,71 @@ def test_a_corrupt_file_fails_only_its_frame(frames, cluster, tmp_path):
     with pytest.raises(detflow.DetflowInputError, match="truncated"):
         detflow.run(dict(job, output=str(tmp_path / "strict.zarr"), on_error="raise"), progress=False)
     assert not (tmp_path / "strict.zarr").exists()
+
+
+def test_submit_checks_what_run_checks_and_a_job_locks_its_output(frames, reference, cluster, tmp_path):
+    """While a submitted job runs, its output is its own: a second submission and a `detflow run` of it are
+    refused at once (the lock names the job; the run asks the job's scheduler), and so is `detflow clean`.
+    When it ended, the lock is gone, and submitting it again is refused at submit (the output exists)."""
+    out = tmp_path / "l.zarr"
+    job = tmp_path / "l.yaml"
+    job.write_text(json.dumps(_job(frames, out)))
+    res = _cli("submit", str(job), "--scheduler", cluster.address)
+    assert res.returncode == 0, res.stderr
+    job_id = res.stdout.strip().splitlines()[-1]
+    with Client(cluster.address) as c:
+        _driver_pid(c, job_id)
+    for p in cluster.workers:  # the job holds its output while these run (frozen workers: the versions of
+        p.send_signal(signal.SIGSTOP)  # client and workers are not compared on connecting)
+    try:
+        for cmd in (("submit", str(job), "--scheduler", cluster.address), ("run", str(job), "--no-progress"),
+                    ("clean", str(out))):  # fmt: skip
+            res = _cli(*cmd, DETFLOW_CLUSTER__CHECK_VERSIONS="false")
+            assert res.returncode == 2, (cmd, res.stdout, res.stderr)
+            assert f"{out}: lock: expected no other writer of this output, got l.zarr.lock held by job {job_id} " \
+                   f"(scheduler {cluster.address})" in _error_line(res.stderr), cmd  # fmt: skip
+    finally:
+        for p in cluster.workers:
+            p.send_signal(signal.SIGCONT)
+    res = _cli("wait", job_id, "--scheduler", cluster.address)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not Path(str(out) + ".lock").exists()
+    _same(open_store(out), reference)
+    res = _cli("submit", str(job), "--scheduler", cluster.address)
+    assert res.returncode == 2 and f"{out}: output: expected a path that does not exist yet" in _error_line(res.stderr)
+    with Client(cluster.address) as c:
+        assert [r["id"] for r in jobs(c)] == [job_id]  # nothing was queued
+    assert json.loads(Path(str(out) + ".job.json").read_text())["state"] == "finished"
+
+
+def test_status_and_wait_tell_the_truth_when_the_cluster_dies(frames, cluster, tmp_path):
+    """The cluster killed under a running job: the record beside the output is no longer taken at its word
+    (state unknown, the scheduler unreachable since ...), and status, wait, jobs and submit against the dead
+    scheduler give one line and exit 2 within their --timeout (a wait already waiting too)."""
+    out = tmp_path / "d.zarr"
+    job = tmp_path / "d.yaml"
+    job.write_text(json.dumps(_job(frames, out)))
+    with Client(cluster.address) as c:
+        job_id = submit(_job(frames, out), c)
+        _driver_pid(c, job_id)
+    waiting = subprocess.Popen([sys.executable, "-m", "detflow.cli", "wait", job_id, "--scheduler", cluster.address,
+                                "--timeout", "120"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(5)
+    cluster.kill()
+    t0 = time.monotonic()
+    _, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 2 and time.monotonic() - t0 < 60, err
+    assert f"{cluster.address}: scheduler: expected a running scheduler that answers" in _error_line(err)
+    record = Path(str(out) + ".job.json")
+    assert json.loads(record.read_text())["state"] == "running"  # what the file alone says
+    res = _cli("status", "--record", str(record), "--json", "--timeout", "3")
+    assert res.returncode == 0, res.stderr
+    rec = json.loads(res.stdout)[0]
+    assert rec["state"] == "unknown" and rec["note"].startswith(f"scheduler {cluster.address} unreachable at ")
+    assert f"last update {json.loads(record.read_text())['updated']}" in rec["note"]
+    for cmd in (("status", job_id), ("wait", job_id), ("jobs",), ("cancel", job_id), ("submit", str(job))):
+        t0 = time.monotonic()
+        res = _cli(*cmd, "--scheduler", cluster.address, "--timeout", "3")
+        assert res.returncode == 2 and time.monotonic() - t0 < 45, (cmd, res.stdout, res.stderr)
+        assert f"{cluster.address}: scheduler: expected a running scheduler that answers within 3 s, got " \
+               "unreachable" in _error_line(res.stderr), cmd  # fmt: skip

@@ -32,7 +32,7 @@ from .. import schema
 from ..calib import cmos as cm
 from ..errors import DetflowInputError
 from ..io import cmos_raw
-from ..io.store import StoreWriter, check_output, open_store
+from ..io.store import check_output, open_store
 from .cluster import get_client
 from .config import CmosJob
 
@@ -206,11 +206,10 @@ def _ingest(job: CmosJob, c: Client, console) -> dict | None:
 def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
              console=None) -> xr.DataTree | None:  # fmt: skip
     """Run a CMOS job; return the model store as a DataTree (None for an ingest-only job)."""
-    from .run import compute, job_record_attrs, log_cluster, resume_key, versions
+    from .run import check_outputs, compute, job_record_attrs, log_cluster, open_writer, regions_record, versions
     from .. import __version__
 
-    if job.output is not None:
-        check_output(job.output, job.overwrite)
+    check_outputs(job)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
@@ -224,7 +223,8 @@ def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | Non
         with dask.config.set(scheduler=c.get):
             analyses = run_analyses(job, sections)
         products.update(analysis_products(analyses))
-        with StoreWriter(job.output, overwrite=job.overwrite, resume_key=resume_key(job)) as writer:
+        inputs = [section_store(job, s) for s in sections] + ([job.model_store] if job.model_store else [])
+        with open_writer(job, products, inputs) as writer:
             compute(c, writer.add_all(products), progress, console, "detflow cmos: models")
             writer.set_root_attrs({
                 "detflow_version": __version__, "pipeline": "cmos", "mode": job.mode, "products": list(products),
@@ -232,7 +232,7 @@ def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | Non
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "sections": {s: str(section_store(job, s)) for s in sections},
                 "ingest": ingest_report or {},
-                "regions": dict(writer.regions, resumed=writer.resumed),
+                "regions": regions_record(writer),
                 **job_record_attrs(),
             })  # fmt: skip
             writer.commit()

@@ -31,7 +31,7 @@ from ..errors import DetflowInputError
 from ..instruments import roman_excam
 from ..io.excam_cal import open_excam_references, variables_of
 from ..io.excam_l1 import open_excam_l1
-from ..io.store import StoreWriter, open_store
+from ..io.store import open_store
 from ..steps import excam as sx
 from ..steps.registry import apply_recipe
 from .cluster import get_client
@@ -242,7 +242,7 @@ def _sharded(products: dict[str, xr.Dataset], tiles: dict[str, int], fs: int) ->
 def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
               console=None) -> xr.DataTree:  # fmt: skip
     """Run an EXCAM job and return the written store as a DataTree (complete or absent)."""
-    from .run import check_outputs, checksum_futures, compute, finish_store, log_cluster, resume_key
+    from .run import check_outputs, checksum_futures, compute, finish_store, log_cluster, open_writer
 
     check_outputs(job)
     products, tiles, prescans = build_excam(job)
@@ -251,8 +251,9 @@ def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | N
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
         log_cluster(c)
-        with StoreWriter(job.store, overwrite=job.overwrite, resume_key=resume_key(job)) as writer:
+        with open_writer(job, products) as writer:
             sums = checksum_futures(c, products)
+            writer.watch_checksums(sums)
             done = compute(c, [writer.add_all(*_sharded(products, tiles, shard_frames(job))), *prescans.values()],
                            progress, console, "detflow roman_excam: L1 -> L2a -> L2b")  # fmt: skip
             prescans = dict(zip(prescans, done[1:]))

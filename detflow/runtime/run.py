@@ -22,11 +22,13 @@ from ..instruments import roman_wfi
 from ..io import detector_of, expand_inputs, open_l1, skipped_record
 from ..io.caldir import check_caldir, open_wfi_references, sha256
 from ..io.chunking import pixel_tiles
-from ..io.store import StoreWriter, check_output, open_store
+from ..io.exporters import _excam_names, check_excam_exports, pit_fits_path
+from ..io.store import StoreWriter, check_output, open_store, product_inputs
 from ..steps.registry import apply_recipe, record
 from ..steps.wfi import l2_product
 from .cluster import get_client
 from .config import WFIJob, load_job
+from .submit import JobCancelled, current_job  # (and the job probe for a lock a submitted job holds)
 
 log = logging.getLogger("detflow")
 
@@ -222,8 +224,16 @@ def compute(c: Client, delayed, progress: bool, console, description: str) -> li
         tasks = len(collections_to_expr(collections, optimize_graph=False).__dask_graph__())
         log.info("%s: computing %d tasks", description, tasks)
     futures = c.compute(collections)
-    from .submit import JobCancelled, current_job
+    try:
+        return _follow(c, futures, progress, console, description)
+    except BaseException:
+        # the keys go from the scheduler now: a failed task kept there (its futures live on in the traceback)
+        # would be handed, failed, to the next run of the same graph on this client (a resume)
+        c.cancel(futures, force=True)
+        raise
 
+
+def _follow(c: Client, futures: list, progress: bool, console, description: str) -> list:
     job = current_job()
     if job is not None:  # a submitted job: keep its record's phase, stop when it is cancelled
         from distributed import wait
@@ -235,7 +245,6 @@ def compute(c: Client, delayed, progress: bool, console, description: str) -> li
                 break
             except TimeoutError:
                 if job.cancel_requested():
-                    c.cancel(futures, force=True)
                     raise JobCancelled(f"job {job.job_id} cancelled during {description}") from None
         return c.gather(futures)
     if progress:
@@ -255,9 +264,28 @@ def log_cluster(c: Client) -> None:
         log.info("cluster: %s, %d worker(s), %d thread(s)", c.scheduler.address, len(threads), sum(threads.values()))
 
 
+def check_outputs(job, probe=None) -> None:
+    """What every run checks before any work (``detflow run``, ``submit``): the output store absent (or
+    a detflow store and ``overwrite``), not locked by another writer, its directory writable; each file
+    the job exports absent (or a file and ``overwrite``)."""
+    if job.store is not None:
+        check_output(job.store, job.overwrite, probe=probe)
+    files = []
+    if job.pipeline == "roman_wfi":
+        noise = [job.noise.out] if job.noise is not None and job.noise.out is not None else []
+        files += ([job.output] if job.output != job.store else []) + noise
+        files += [pit_fits_path(job.output)] + [pit_fits_path(n) for n in noise] if job.fits_out else []
+    elif job.pipeline == "roman_excam" and job.export_dir is not None:
+        check_excam_exports(job)
+        files += [Path(job.export_dir) / name for name in _excam_names(job)]
+    for f in files:
+        check_output(f, job.overwrite, kind="file")
+
+
 def resume_key(job) -> str:
     """A hash of what a job computes (not where it runs): the partial store of a run that died is found
-    again by a run of the same job, which then computes only the regions not done."""
+    again by a run of the same job, which then computes only the regions not done (if its inputs are
+    the same files: the writer keys the resume on their identity too, ``StoreWriter(inputs=...)``)."""
     import hashlib
     import json
 
@@ -267,8 +295,6 @@ def resume_key(job) -> str:
 
 def job_record_attrs() -> dict:
     """``{"job_record": ...}`` for a submitted job (its id, submission and attempt), else nothing."""
-    from .submit import current_job
-
     job = current_job()
     if job is None:
         return {}
@@ -276,11 +302,24 @@ def job_record_attrs() -> dict:
     return {"job_record": dict(rec, state="finished")}
 
 
+def regions_record(writer: StoreWriter) -> dict:
+    """The store's ``regions`` attribute: how many there were, how many an earlier run had done, whether
+    this run resumed one (and why not, when it started afresh)."""
+    return dict(writer.regions, resumed=writer.resumed, **({"restarted": writer.restarted} if writer.restarted else {}))
+
+
+def open_writer(job, products: dict[str, xr.Dataset], extra_inputs=()) -> StoreWriter:
+    """The store writer of a job: resumable (its key: the job), keyed on the products' inputs' identity."""
+    return StoreWriter(job.store, overwrite=job.overwrite, resume_key=resume_key(job),
+                       inputs=product_inputs(products) + [str(p) for p in extra_inputs])  # fmt: skip
+
+
 def finish_store(writer: StoreWriter, c: Client, sums: dict, job, products: dict[str, xr.Dataset],
                  groups: list[str], record: xr.Dataset, started: str) -> None:  # fmt: skip
     """Provenance and commit: each group of ``products`` gets its inputs and reference files with
     checksums, the root all of them, the job, versions, times, and ``record``'s steps and history."""
     sums = dict(zip(sums, c.gather(list(sums.values()))))
+    writer.check_checksums(sums)  # a resumed store: the inputs' content is the content it was started from
     skipped = skipped_inputs(products)  # damaged inputs left out (the poison frames of a data set)
     inputs, references = [], []
     for name, ds in products.items():
@@ -301,37 +340,14 @@ def finish_store(writer: StoreWriter, c: Client, sums: dict, job, products: dict
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "steps": record.attrs.get("steps", []),
         "history": record.attrs.get("history", []),
-        "regions": dict(writer.regions, resumed=writer.resumed),
+        "regions": regions_record(writer),
         "skipped_inputs": skipped,
         **job_record_attrs(),
     })  # fmt: skip
-    from .submit import current_job
-
     if current_job() is not None:
-        current_job().update(regions=dict(writer.regions, resumed=writer.resumed), skipped_inputs=skipped)
+        current_job().update(regions=regions_record(writer), skipped_inputs=skipped)
     writer.commit()
     log.info("store committed: %s", writer.path)
-
-
-def check_outputs(job) -> None:
-    """Refuse, before any work, a job whose store or exports would replace files (unless it says
-    overwrite): what ``run`` refuses, ``validate`` refuses too."""
-    from ..io.exporters import check_excam_exports, pit_fits_path
-
-    if job.pipeline == "cmos":
-        if job.output is not None:
-            check_output(job.output, job.overwrite)
-        return
-    check_output(job.store, job.overwrite)
-    if job.pipeline == "roman_excam":
-        check_excam_exports(job)
-        return
-    noise_out = job.noise.out if job.noise is not None else None
-    exports = ([job.output] if job.output != job.store else []) + ([noise_out] if noise_out is not None else [])
-    if job.fits_out:  # as run() names them
-        exports += [pit_fits_path(job.output)] + ([pit_fits_path(noise_out)] if noise_out is not None else [])
-    for path in exports:
-        check_output(path, job.overwrite)
 
 
 def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, scheduler: str | None = None,
@@ -357,9 +373,10 @@ def run(job: WFIJob | dict | str | Path, client: Client | None = None, *, schedu
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
         log_cluster(c)
-        with StoreWriter(job.store, overwrite=job.overwrite, resume_key=resume_key(job)) as writer:
+        with open_writer(job, products) as writer:
             first = next(v for k, v in products.items() if k.startswith("l2"))
             sums = checksum_futures(c, products)  # computed on the cluster alongside the run
+            writer.watch_checksums(sums)
             # one graph: tasks shared between groups run once
             compute(c, writer.add_all(products), progress, console, f"detflow {job.pipeline}")
             finish_store(writer, c, sums, job, products, list(products), first, started)
