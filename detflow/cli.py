@@ -490,13 +490,15 @@ def cmos_ingest(
     data_scale: Optional[float] = typer.Option(None, "--data-scale", help="e.g. 16 for 12-bit data in 16 bits"),
     on_error: str = typer.Option("raise", "--on-error", help="raise, or skip bad frames and list them"),
     fits: Optional[Path] = typer.Option(None, "--fits", help="also export one FITS file per frame here"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="ingest every frame again into new section stores "
+                                   "(they replace the existing ones when complete)"),  # fmt: skip
     scheduler: Optional[str] = _SCHED,
     no_progress: bool = _NO_PROGRESS,
 ) -> None:
     """Ingest raw test-section trees into one zarr store per section (only new frames on a re-run)."""
     ingest = {"bias": None if skip_bias else bias, "dark": None if skip_dark else dark,
               "flat": None if skip_flat else flat, "search_depth": search_depth, "data_scale": data_scale,
-              "on_error": on_error, "fits_export": fits}  # fmt: skip
+              "on_error": on_error, "fits_export": fits, "overwrite": overwrite}  # fmt: skip
     _run_cmos({"pipeline": "cmos", "stores": out_dir, "ingest": ingest}, scheduler, no_progress)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+import zarr
 from distributed import Client, LocalCluster
 from typer.testing import CliRunner
 
@@ -116,6 +117,16 @@ def test_cli_ingest_then_fit_synthesize_evaluate(sim, cluster, tmp_path):
     assert res.exit_code == 0, res.output
     assert (stores / "bias.zarr").exists() and (stores / "dark.zarr").exists() and not (stores / "flat.zarr").exists()
     assert (stores / "fits_index.csv").exists()
+    # a store records its data_scale: another one is refused, unless --overwrite ingests everything again
+    again = ["cmos", "ingest", str(sim.roots["BIAS"]), "--skip-dark", "--skip-flat", "--out", str(stores),
+             "--data-scale", "8", *addr]  # fmt: skip
+    res = runner.invoke(app, again)
+    assert res.exit_code == 2 and "data_scale" in res.output
+    res = runner.invoke(app, [*again, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert zarr.open_group(str(stores / "bias.zarr"), path="l1", mode="r").attrs["data_scale"] == 8
+    res = runner.invoke(app, [*again[:-len(addr) - 2], "--data-scale", "16", "--overwrite", *addr])
+    assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["cmos", "bias", "--stores", str(stores), "--out", str(tmp_path / "bias.zarr"),
                               "--mode", "fit", *addr])  # fmt: skip
     assert res.exit_code == 0, res.output

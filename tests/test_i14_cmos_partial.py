@@ -160,3 +160,28 @@ def test_a_store_swap_cut_short_is_completed(sim, tmp_path):
     shutil.copytree(store, aside)  # killed after the new store was in place: the old one is removed
     rep = ingest_section(sim.roots["BIAS"], store, **KW)
     assert not aside.exists() and "removed" in rep.leftovers["swap"][0]
+
+
+def test_an_ingest_into_a_store_another_writer_holds_is_refused_at_once(sim, tmp_path):
+    """One writer per store: while another process holds ``bias.zarr.lock`` (a live ingest or run), an
+    ingest into it is refused before anything is written, naming the holder; once it is gone, it ingests."""
+    from detflow.io.lock import OutputLock, OutputLocked
+
+    store = tmp_path / "stores" / "bias.zarr"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom detflow.io.lock import OutputLock\n"
+                               "OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)",
+                               str(store)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(Path(detflow.__file__).parents[1])))  # fmt: skip
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLocked, match=f"pid {holder.pid} on "):
+            ingest_section(sim.roots["BIAS"], store, **KW)
+        assert not store.exists() and not list(store.parent.glob("bias.zarr.partial-*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its stale lock is taken over and the ingest runs
+    rep = ingest_section(sim.roots["BIAS"], store, **KW)
+    assert rep.n_frames > 0 and not (tmp_path / "stores" / "bias.zarr.lock").exists()
+    assert OutputLock(store).acquire()  # released at the end of the ingest

@@ -50,6 +50,7 @@ helpers; the file-name grammar is apart, in :mod:`detflow.io.cmos_names`.)
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import math
@@ -79,6 +80,7 @@ from ..errors import DetflowInputError, OutputExistsError
 from ..instruments import cmos
 from ..schema import sanitize_attrs
 from . import cmos_names
+from .lock import OutputLock
 
 if TYPE_CHECKING:
     from astropy.io import fits
@@ -930,6 +932,17 @@ def _finish(plan: SectionPlan, out: Path, data_scale: float | None, fc: int, til
                          {**leftovers, "swap": recovered})  # fmt: skip
 
 
+@contextlib.contextmanager
+def _locked(outs: Iterable[Path]):
+    """Hold the output lock (:mod:`detflow.io.lock`) of every section store an ingest writes: a second
+    ingest (or run) into the same store is refused at once instead of sharing its partial store."""
+    with contextlib.ExitStack() as stack:
+        for out in outs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            stack.callback(OutputLock(out).acquire().release)
+        yield
+
+
 def ingest_section(section_root: str | Path, out_store: str | Path, *, caltype: str | None = None,
                    search_depth: int = cmos.SEARCH_DEPTH, data_scale: float | None = None, on_error: str = "raise",
                    frame_chunk: int = FRAME_CHUNK, tile: tuple[int, int] = TILE, overwrite: bool = False,
@@ -943,11 +956,12 @@ def ingest_section(section_root: str | Path, out_store: str | Path, *, caltype: 
     With ``index``, ``fits_index.csv`` next to the store is rewritten from every CMOS store there."""
     out = Path(out_store)
     frame_chunk, tile = _check_chunks(frame_chunk, tile)
-    recovered = recover_swap(out)
-    scale = _check_scale(data_scale, out, overwrite)
-    plan = plan_section(section_root, caltype=caltype, search_depth=search_depth, on_error=on_error,
-                        store=None if overwrite else out)  # fmt: skip
-    report = _finish(plan, out, scale, frame_chunk, tile, overwrite, recovered)
+    with _locked([out]):
+        recovered = recover_swap(out)
+        scale = _check_scale(data_scale, out, overwrite)
+        plan = plan_section(section_root, caltype=caltype, search_depth=search_depth, on_error=on_error,
+                            store=None if overwrite else out)  # fmt: skip
+        report = _finish(plan, out, scale, frame_chunk, tile, overwrite, recovered)
     if index and report.store is not None:
         write_fits_index(out.parent)
     return report
@@ -967,18 +981,19 @@ def ingest_tree(bias_root: str | Path | None, dark_root: str | Path | None, flat
     unknown = skip_set - set(cmos.CALTYPES)
     if unknown:
         raise DetflowInputError(None, "skip", "section names among bias, dark, flat", sorted(unknown))
-    roots = dict(zip(cmos.CALTYPES, (bias_root, dark_root, flat_root)))
-    plans: dict[str, tuple[SectionPlan, Path, float, list[str]]] = {}
-    for cal, root in roots.items():
-        if root is None or cal in skip_set:
-            continue
-        out = out_dir / f"{cal.lower()}.zarr"
-        recovered = recover_swap(out)
-        scale = _check_scale(data_scale, out, overwrite)
-        plans[cal] = (plan_section(root, caltype=cal, search_depth=search_depth, on_error=on_error,
-                                   store=None if overwrite else out), out, scale, recovered)  # fmt: skip
-    sections = {cal: _finish(plan, out, scale, frame_chunk, tile, overwrite, recovered)
-                for cal, (plan, out, scale, recovered) in plans.items()}  # fmt: skip
+    roots = {cal: root for cal, root in zip(cmos.CALTYPES, (bias_root, dark_root, flat_root))
+             if root is not None and cal not in skip_set}  # fmt: skip
+    outs = {cal: out_dir / f"{cal.lower()}.zarr" for cal in roots}
+    with _locked(outs.values()):
+        plans: dict[str, tuple[SectionPlan, Path, float, list[str]]] = {}
+        for cal, root in roots.items():
+            out = outs[cal]
+            recovered = recover_swap(out)
+            scale = _check_scale(data_scale, out, overwrite)
+            plans[cal] = (plan_section(root, caltype=cal, search_depth=search_depth, on_error=on_error,
+                                       store=None if overwrite else out), out, scale, recovered)  # fmt: skip
+        sections = {cal: _finish(plan, out, scale, frame_chunk, tile, overwrite, recovered)
+                    for cal, (plan, out, scale, recovered) in plans.items()}  # fmt: skip
     idx = write_fits_index(out_dir) if any(s.store for s in sections.values()) else None
     return IngestReport(sections, idx)
 
