@@ -571,6 +571,10 @@ def _local(prof: Profile):
         kwargs["env"] = _worker_env(prof)
     if prof.processes or "protocol" in kwargs:
         kwargs["host"] = prof.host  # (threads without a protocol: inproc://, no network at all)
+    # the embedded cluster's own log lines ("Compute Failed" at ERROR, with a task's traceback) would stand
+    # above the run's one-line error, which carries the task's exception: they show with detflow -v only
+    verbose = logging.getLogger("detflow").isEnabledFor(logging.INFO)
+    kwargs["silence_logs"] = logging.WARNING if verbose else logging.CRITICAL
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Port 8787 is already in use.*")
         cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=prof.processes,

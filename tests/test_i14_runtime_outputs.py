@@ -337,3 +337,4 @@ def test_read_only_and_full_file_systems_are_one_line_in_every_family(family, tm
     line = _error_line(res.stderr)
     assert f"{out}: write: expected free space on the output's file system, got ENOSPC" in line
     assert f"the partial store {out}.partial-" in line and f"`detflow clean {out}`" in line
+    assert "Compute Failed" not in res.stderr  # the embedded cluster's own log lines stay quiet (detflow -v shows them)
