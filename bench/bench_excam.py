@@ -654,8 +654,8 @@ def main(argv=None):
     if shutil.which("pgrep") and subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, check=False).stdout.strip():
         print("note: a pytest run is active on this machine: the figures below share the cores with it", flush=True)
 
+    from detflow.instruments.base import ClusterConfig
     from detflow.runtime.cluster import get_client
-    from detflow.runtime.config import ClusterConfig
 
     # a fresh checksum cache: the warm-up hashes the references (as a campaign's first frames do), the
     # timed run hashes its own inputs (every frame of a campaign is new)

@@ -135,8 +135,8 @@ def emccd_combine(client, args) -> dict:
 
 
 def one_shape(args, shape, jobs) -> dict:
+    from detflow.instruments.base import ClusterConfig
     from detflow.runtime.cluster import get_client
-    from detflow.runtime.config import ClusterConfig
 
     w, t = shape
     cfg = ClusterConfig(n_workers=w, threads_per_worker=t, dashboard_address="127.0.0.1:0")
@@ -209,7 +209,7 @@ def main(argv=None):
     if not args.skip_wfi:
         from detflow.instruments.roman_wfi import DEFAULT_RECIPE
         from detflow.io.caldir import sha256
-        from detflow.runtime.config import load_job
+        from detflow.runtime.job import load_job
         from detflow.sim.wfi import SimConfig, simulate
 
         simdir = args.out / f"wfi_sim_{args.nside}"

@@ -268,7 +268,7 @@ def noise_layer_stats(store: Path) -> dict[str, float]:
 
 def noise_bench(args, simdir: Path, client) -> dict:
     """``--noise N``: the full chain (SKYORDER 1) without, then with noise layers, on ``client``."""
-    from detflow.runtime.config import load_job
+    from detflow.runtime.job import load_job
     from detflow.sim.wfi import SimConfig, simulate
 
     gib = 2**30
@@ -441,7 +441,7 @@ def main(argv=None):
         ap.error("--noise takes N >= 1")
     code_version = git_version()
 
-    from detflow.runtime.config import load_job
+    from detflow.runtime.job import load_job
     from detflow.runtime.run import run
     from detflow.sim.wfi import SimConfig, simulate
 

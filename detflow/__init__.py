@@ -8,12 +8,11 @@ Python API (the CLI calls the same functions)::
     products = detflow.build("job.yaml")               # the lazy products, nothing computed
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import DetflowInputError  # noqa: E402
 from .io import open_l1  # noqa: E402
 from .io.store import open_store  # noqa: E402
-from .runtime.config import load_job  # noqa: E402
+from .runtime.job import load_job  # noqa: E402
 from .runtime.run import build, run  # noqa: E402
 
-__all__ = ["DetflowInputError", "build", "load_job", "open_l1", "open_store", "run", "__version__"]
+__all__ = ["DetflowInputError", "__version__", "build", "load_job", "open_l1", "open_store", "run"]

@@ -1,4 +1,6 @@
-"""The ``detflow`` command line: thin, it parses, validates and calls the runtime."""
+"""The ``detflow`` command line: thin, it parses, validates and calls the runtime. (Over 500 lines: one
+function per command with its options and help text, sharing the one-line error and exit-status handling
+defined here; none of it computes.)"""
 
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ def run(
     no_progress: bool = _NO_PROGRESS,
 ) -> None:
     """Run a job on an embedded LocalCluster (default) or an existing scheduler; write its store."""
-    from .runtime.config import load_job
+    from .runtime.job import load_job
     from .runtime.run import run as run_job
 
     try:
@@ -111,7 +113,7 @@ def _print_skipped(skipped: list[dict]) -> None:
 def validate(job: Path = typer.Argument(..., help="job YAML")) -> None:
     """Check a job (keys, inputs, reference files, outputs and exports) without running or writing anything."""
     from .runtime.cmos import plan_ingest, validate_cmos
-    from .runtime.config import load_job
+    from .runtime.job import load_job
     from .runtime.run import build, check_outputs, skipped_inputs
 
     plans = {}
@@ -147,7 +149,7 @@ def validate(job: Path = typer.Argument(..., help="job YAML")) -> None:
 @app.command()
 def steps(as_json: bool = _JSON) -> None:
     """List the registered steps with their parameters and defaults."""
-    from .steps.registry import all_steps
+    from .steps.catalog import all_steps
 
     reg = all_steps()
     if as_json:
@@ -301,8 +303,9 @@ def submit(
 ) -> None:
     """Submit a job to a running dask cluster and return at once with its id (it runs on after exit). Checks
     first what `run` checks: the inputs, the output (absent, or a detflow store and --overwrite), its lock."""
-    from .runtime.config import load_job
-    from .runtime.submit import record_path, submit as submit_job
+    from .runtime.job import load_job
+    from .runtime.submit import record_path
+    from .runtime.submit import submit as submit_job
 
     try:
         cfg = load_job(job)
@@ -359,7 +362,8 @@ def status(
 ) -> None:
     """A job's state (or every job's): from the scheduler, or from the record beside its output (checked
     against the scheduler it names: `lost` when that no longer runs the job, `unknown` when it does not answer)."""
-    from .runtime.submit import jobs as list_jobs, record_status
+    from .runtime.submit import jobs as list_jobs
+    from .runtime.submit import record_status
 
     if record is not None:
         try:
@@ -460,7 +464,7 @@ app.add_typer(cmos_app, name="cmos")
 
 
 def _run_cmos(job: dict, scheduler: Optional[str], no_progress: bool) -> None:
-    from .runtime.config import load_job
+    from .runtime.job import load_job
     from .runtime.run import run as run_job
 
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .io.quicklook import wfi_quicklook
-from .runtime.config import load_job
+from .runtime.job import load_job
 from .runtime.run import run
 from .sim.wfi import SimConfig, simulate
 

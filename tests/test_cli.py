@@ -72,10 +72,9 @@ def test_demo_writes_store_and_png(tmp_path):
 
 
 def test_fitsout_writes_pit_layout(small_wfi):
+    import asdf
     import yaml
     from astropy.io import fits
-
-    import asdf
 
     with asdf.open(small_wfi["caldir"]["mask"]) as af:
         mask = np.array(af["roman"]["dq"])

@@ -17,8 +17,8 @@ import yaml
 import detflow
 from detflow import cluster as dc
 from detflow.cluster import DetflowClusterError, connect, load_profile, resolve
+from detflow.instruments.base import ClusterConfig
 from detflow.runtime.cluster import get_client
-from detflow.runtime.config import ClusterConfig
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]

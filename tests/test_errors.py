@@ -14,7 +14,7 @@ import yaml
 from detflow import build, open_l1
 from detflow.errors import DetflowInputError, OutputExistsError
 from detflow.io.store import StoreWriter
-from detflow.runtime.config import load_job
+from detflow.runtime.job import load_job
 
 
 def _sha(p):
@@ -151,8 +151,9 @@ def test_inputs_never_modified(tiny_wfi):
 def test_damaged_exposure_fails_the_job_unless_on_error_skip(tmp_path):
     """A poison input in a multi-exposure WFI job: by default the job fails with that file's error and
     writes nothing; with ``on_error: skip`` it finishes without it and the store lists the file."""
-    import detflow
     from conftest import write_tiny_wfi
+
+    import detflow
 
     d = write_tiny_wfi(tmp_path / "three", nexp=3)
     bad = d["files"][1]

@@ -12,7 +12,7 @@ import pytest
 from astropy.io import fits
 
 from detflow.instruments import roman_excam
-from detflow.runtime.config import ExcamJob
+from detflow.instruments.roman_excam_job import ExcamJob
 from detflow.runtime.excam import build_excam
 from detflow.steps import excam as sx
 

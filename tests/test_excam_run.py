@@ -17,9 +17,10 @@ import detflow
 from detflow.cli import app
 from detflow.errors import DetflowInputError
 from detflow.instruments import roman_excam
+from detflow.instruments.roman_excam_job import ExcamJob
 from detflow.io.store import open_store
-from detflow.runtime.config import ExcamJob, load_job
 from detflow.runtime.excam import combine_tile, rejected_frames
+from detflow.runtime.job import load_job
 from detflow.schema import DQ
 from detflow.steps import excam as sx
 

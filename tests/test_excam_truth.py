@@ -97,10 +97,10 @@ def test_noise_maps_recover_fpn_cic_and_dark_current(darks):
     # the bias offset, from the prescan: the same as the steps applied one by one in memory to each
     # sub-stack's full frames (bias region full), their masked mean, the per-pixel fit and corgidrp's median
     from detflow.calib import emccd_noise_maps as nm
+    from detflow.instruments import roman_excam
+    from detflow.instruments.roman_excam_job import ExcamJob
     from detflow.io.excam_cal import open_excam_references
     from detflow.io.excam_l1 import open_excam_l1
-    from detflow.instruments import roman_excam
-    from detflow.runtime.config import ExcamJob
     from detflow.steps import excam as sx
     from detflow.steps.registry import apply_recipe
 

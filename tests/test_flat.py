@@ -50,7 +50,8 @@ def test_flat_map_matches_pit(tmp_path):
 
 def test_flat_recovers_incident_flux(tmp_path):
     import detflow
-    from detflow.runtime.config import WFIJob, load_job
+    from detflow.instruments.roman_wfi_job import WFIJob
+    from detflow.runtime.job import load_job
     from detflow.sim.wfi import SimConfig, simulate
 
     prod = simulate(tmp_path / "sim", SimConfig(nside=128, seed=6, pink_noise_dn=0.0, ipc_alpha=0.0,
@@ -75,7 +76,7 @@ def test_flat_recovers_incident_flux(tmp_path):
 
 def test_bias_correction_subtracts_last_resultants(tiny_wfi, tmp_path):
     import detflow
-    from detflow.runtime.config import load_job
+    from detflow.runtime.job import load_job
 
     a = 24  # active size of the 32x32 fixture; it has 6 resultants
     corr = np.arange(8 * a * a, dtype=np.float32).reshape(8, a, a) % 7  # 8 resultants: the last 6 are used

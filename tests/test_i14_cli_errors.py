@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from detflow.cli import app
 from detflow.errors import DetflowInputError
-from detflow.runtime.config import ExcamJob, load_job
+from detflow.instruments.roman_excam_job import ExcamJob
+from detflow.runtime.job import load_job
 
 PIT = {"IN": "l1.asdf", "OUT": "out.zarr", "CALDIR": {"dark": "dark.asdf"}}
 
@@ -86,7 +87,7 @@ def test_excam_job_without_pipeline_or_detector_keys_is_an_excam_job(tmp_path):
     path.write_text(yaml.safe_dump({"input": "l1", "output": "o.zarr", "flatfield_filepath": "flat.fits",
                                     "cosm_tail": 12}))  # fmt: skip
     job = load_job(path)
-    assert isinstance(job, ExcamJob) and job.cosm_tail == 12 and job.flatfield_filepath == tmp_path / "flat.fits"
+    assert isinstance(job, ExcamJob) and job.step_params()["excam_cosmics"]["cosm_tail"] == 12 and job.flatfield_filepath == tmp_path / "flat.fits"
     assert load_job({"input": "l1", "output": "o.zarr", "desmear": False}).pipeline == "roman_excam"
     assert load_job({"stores": "s", "ingest": {"bias": "b"}}).pipeline == "cmos"
 

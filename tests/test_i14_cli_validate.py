@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from detflow.cli import app
 from detflow.io.exporters import _excam_names, pit_fits_path
-from detflow.runtime.config import load_job
+from detflow.runtime.job import load_job
 from detflow.sim.cmos import CmosSimConfig, simulate_cmos_tree
 from detflow.sim.excam import ExcamSimConfig, simulate_excam
 

@@ -16,7 +16,8 @@ from astropy.wcs import WCS
 from photutils import centroids
 
 import detflow
-from detflow.runtime.config import WFIJob, load_job
+from detflow.instruments.roman_wfi_job import WFIJob
+from detflow.runtime.job import load_job
 from detflow.sim.wfi import SimConfig, simulate
 
 RA0, DEC0 = 150.1, 2.2

@@ -12,7 +12,7 @@ from conftest import write_tiny_wfi
 import detflow
 from detflow.errors import DetflowInputError
 from detflow.io.chunking import pixel_chunks
-from detflow.runtime.config import load_job
+from detflow.runtime.job import load_job
 
 
 def test_minus_one_is_the_whole_axis():

@@ -13,7 +13,7 @@ import detflow
 from detflow.errors import DetflowInputError
 from detflow.kernels import ramp as kramp
 from detflow.kernels.linearity import linearize_ramps
-from detflow.runtime.config import WFIJob
+from detflow.instruments.roman_wfi_job import WFIJob
 from detflow.schema import DQ
 
 stcal_fit = pytest.importorskip("stcal.ramp_fitting.ols_cas22_fit")

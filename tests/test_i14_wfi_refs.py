@@ -13,7 +13,7 @@ import yaml
 from conftest import write_tiny_wfi
 
 import detflow
-from detflow.runtime.config import WFIJob
+from detflow.instruments.roman_wfi_job import WFIJob
 from detflow.schema import DQ
 
 DNU = int(DQ.DO_NOT_USE)

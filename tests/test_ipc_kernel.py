@@ -159,7 +159,8 @@ def test_ipc_step_chunked_equals_eager_and_recovers_truth(tmp_path):
     import dask
 
     import detflow
-    from detflow.runtime.config import WFIJob, load_job
+    from detflow.instruments.roman_wfi_job import WFIJob
+    from detflow.runtime.job import load_job
     from detflow.schema import DQ
     from detflow.sim.wfi import SimConfig, simulate
 

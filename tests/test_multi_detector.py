@@ -9,7 +9,8 @@ import pytest
 
 import detflow
 from detflow.errors import DetflowInputError
-from detflow.runtime.config import WFIJob, load_job
+from detflow.instruments.roman_wfi_job import WFIJob
+from detflow.runtime.job import load_job
 from detflow.sim.wfi import SimConfig, simulate
 
 NAMES = ("mask", "saturation", "linearitylegendre", "dark", "gain", "read")

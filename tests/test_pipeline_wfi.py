@@ -11,7 +11,8 @@ from xarray.tests import raise_if_dask_computes
 
 import detflow
 from detflow.instruments import roman_wfi
-from detflow.runtime.config import WFIJob, load_job
+from detflow.instruments.roman_wfi_job import WFIJob
+from detflow.runtime.job import load_job
 from detflow.schema import DQ
 from detflow.sim.wfi import SimConfig, simulate
 

@@ -85,7 +85,8 @@ def test_refpix_removes_simulated_1f_noise(tmp_path):
     """On a simulated exposure with 1/f read noise, the row-correlated slope residual drops and the
     normalised residuals approach a unit Gaussian (the noise the variances do not model is removed)."""
     import detflow
-    from detflow.runtime.config import WFIJob, load_job
+    from detflow.instruments.roman_wfi_job import WFIJob
+    from detflow.runtime.job import load_job
     from detflow.schema import DQ
     from detflow.sim.wfi import SimConfig, simulate
 

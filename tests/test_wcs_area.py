@@ -61,7 +61,7 @@ def test_pit_fitswcs_reaches_the_flat(tiny_wfi, tmp_path):
     import dask
 
     import detflow
-    from detflow.runtime.config import load_job
+    from detflow.runtime.job import load_job
 
     n = 32
     (tmp_path / "wcs.txt").write_text(tan_header(n).tostring())

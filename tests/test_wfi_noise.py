@@ -14,7 +14,7 @@ from detflow.errors import DetflowInputError
 from detflow.kernels import noise as knoise
 from detflow.kernels import ramp as kramp
 from detflow.kernels import rng as krng
-from detflow.runtime.config import load_job
+from detflow.runtime.job import load_job
 from detflow.runtime.run import build, run
 from detflow.sim.wfi import SimConfig, simulate
 from detflow.steps.wfi_noise import LayerSpec, parse_layer

@@ -715,7 +715,7 @@ def _history(text: str) -> str:
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
 

@@ -12,7 +12,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 
-from .. import __version__
+from .._version import __version__
 from ..kernels.mask import grow_bits
 from ..schema import PIXEL_MASK_1, mask_sizes
 from .roman_dm import fits_to_gwcs, image_model, write_model

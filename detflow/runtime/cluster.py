@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from distributed import Client
 
 from ..cluster import WORKER_ENV, connect
-from .config import ClusterConfig
+from ..instruments.base import ClusterConfig
 
 __all__ = ["WORKER_ENV", "get_client"]
 

@@ -29,12 +29,14 @@ import xarray as xr
 from distributed import Client
 
 from .. import schema
+from .._version import __version__
 from ..calib import cmos as cm
 from ..errors import DetflowInputError
+from ..instruments.cmos_job import CmosJob
 from ..io import cmos_raw
 from ..io.store import check_output, open_store
 from .cluster import get_client
-from .config import CmosJob
+from .execute import check_outputs, compute, job_record_attrs, log_cluster, open_writer, regions_record, versions
 
 log = logging.getLogger("detflow")
 SECTIONS = ("bias", "dark", "flat")
@@ -206,11 +208,8 @@ def _ingest(job: CmosJob, c: Client, console) -> dict | None:
 def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
              console=None) -> xr.DataTree | None:  # fmt: skip
     """Run a CMOS job; return the model store as a DataTree (None for an ingest-only job)."""
-    from .run import check_outputs, compute, job_record_attrs, log_cluster, open_writer, regions_record, versions
-    from .. import __version__
-
     check_outputs(job)
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")
@@ -229,7 +228,7 @@ def run_cmos(job: CmosJob, client: Client | None = None, *, scheduler: str | Non
             writer.set_root_attrs({
                 "detflow_version": __version__, "pipeline": "cmos", "mode": job.mode, "products": list(products),
                 "job": job.model_dump(mode="json"), "versions": versions(), "started": started,
-                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "sections": {s: str(section_store(job, s)) for s in sections},
                 "ingest": ingest_report or {},
                 "regions": regions_record(writer),

@@ -29,13 +29,24 @@ from zarr.codecs import BloscCodec
 from .. import schema
 from ..errors import DetflowInputError
 from ..instruments import roman_excam
+from ..instruments.roman_excam_job import ExcamJob
 from ..io.excam_cal import open_excam_references, variables_of
 from ..io.excam_l1 import open_excam_l1
 from ..io.store import open_store
 from ..steps import excam as sx
+from ..steps.catalog import get_step  # noqa: F401  (registers the EXCAM steps)
 from ..steps.registry import apply_recipe
 from .cluster import get_client
-from .config import ExcamJob
+from .execute import (
+    check_outputs,
+    checksum_futures,
+    compute,
+    finish_store,
+    log_cluster,
+    log_skipped,
+    open_writer,  # fmt: skip
+    versions,
+)
 
 log = logging.getLogger("detflow")
 
@@ -160,8 +171,6 @@ def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset
     tile of each suffix and, for ``noise_maps``, each suffix's prescan sums (:func:`steps.excam.prescan_sums`). No
     computation. ``fused``: one task per chunk of frames for the whole chain
     (:func:`fuse_chain`), else one per step."""
-    from .run import log_skipped, versions
-
     params = job.step_params()
     products: dict[str, xr.Dataset] = {}
     prescans: dict[str, xr.Dataset] = {}
@@ -242,11 +251,9 @@ def _sharded(products: dict[str, xr.Dataset], tiles: dict[str, int], fs: int) ->
 def run_excam(job: ExcamJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
               console=None) -> xr.DataTree:  # fmt: skip
     """Run an EXCAM job and return the written store as a DataTree (complete or absent)."""
-    from .run import check_outputs, checksum_futures, compute, finish_store, log_cluster, open_writer
-
     check_outputs(job)
     products, tiles, prescans = build_excam(job)
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     with get_client(job.cluster, client, scheduler) as c:
         if console is not None and getattr(c, "dashboard_link", None):
             console.print(f"dask dashboard: {c.dashboard_link}")

@@ -29,37 +29,28 @@ while :func:`job_alive` says the job is queued or running.
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import functools
 import json
-import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from distributed import Client, Future, fire_and_forget
 
-from .. import __version__
+from .._version import __version__
 from ..cluster import DetflowClusterError, SchedulerUnreachable, connect
 from ..io.lock import OutputLock, release_job_lock, set_default_probe, writing_for
 from ..io.store import store_attrs
-from .config import load_job
+from .job import load_job
+from .jobctx import _CURRENT, META, JobCancelled, JobContext, write_record
+from .jobctx import now as _now
+from .run import build, check_outputs, run
 
-META = "detflow-jobs"
 TERMINAL = ("finished", "failed", "cancelled")
 LOST_DRIVER = ("gone", "erred", "forgotten")  # the scheduler's state of a driver task that no longer runs
 YOUNG = 60.0  # seconds: a job just submitted may not be on the scheduler (or its driver not yet) this long
-
-
-class JobCancelled(RuntimeError):
-    """The job's record asked the driver to stop."""
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def record_path(job) -> Path:
@@ -75,53 +66,10 @@ def driver_key(job_id: str) -> str:
     return f"detflow-driver-{job_id}"
 
 
-@dataclass
-class JobContext:
-    """The running job, seen from its driver: updates the record, answers "was I cancelled?"."""
-
-    client: Client
-    job_id: str
-    path: Path
-
-    def record(self) -> dict:
-        return self.client.get_metadata([META, self.job_id], default={}) or {}
-
-    def update(self, **fields) -> dict:
-        rec = self.record()
-        rec.update(fields, updated=_now())
-        self.client.set_metadata([META, self.job_id], rec)
-        write_record(self.path, rec)
-        return rec
-
-    def cancel_requested(self) -> bool:
-        return bool(self.record().get("cancel_requested"))
-
-
-_CURRENT: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("detflow_job", default=None)
-
-
-def current_job() -> JobContext | None:
-    """The submitted job this code runs for (None under ``detflow run``)."""
-    return _CURRENT.get()
-
-
-def write_record(path: Path, rec: dict) -> None:
-    """Write the record atomically (a reader never sees half a file)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps(rec, indent=1, default=str))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # the scheduler's copy is the live one; the file is the durable one when it can be written
-
-
 def _driver(job_json: dict, job_id: str, path: str) -> dict:
     """Runs on a worker: the whole job, through a worker client, with the record kept up to date and the
     output's lock (taken by ``submit`` under the job's id) adopted, and released when the job ends."""
     from distributed import get_client, get_worker, secede
-
-    from .run import run
 
     client = get_client()
     secede()  # do not hold a worker thread while the job's own tasks run
@@ -164,13 +112,11 @@ def submit(job, client: Client) -> str:
     first, as ``detflow run`` checks them: the output absent (or a detflow store and ``overwrite``), not
     locked by another run or job, writable; the inputs and references (``build``). The output's lock is
     then taken for the job."""
-    from .run import build, check_outputs
-
     cfg = load_job(job)
     probe = functools.partial(job_alive, client=client)
     check_outputs(cfg, probe=probe)
     build(cfg)  # every check a run makes before computing (inputs, references, shapes)
-    job_id = f"{cfg.pipeline}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    job_id = f"{cfg.pipeline}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     path = record_path(cfg)
     address = client.scheduler.address
     store = getattr(cfg, "store", None)
@@ -207,7 +153,7 @@ def _ask(client: Client, fn, *args, **kwargs):
 
 def _age(stamp: str | None) -> float:
     try:
-        return (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(stamp)).total_seconds()
+        return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(stamp)).total_seconds()
     except (TypeError, ValueError):
         return float("inf")
 

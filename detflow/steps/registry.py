@@ -8,8 +8,8 @@ its validated parameters, and returns a new dataset whose ``attrs["steps"]`` and
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pydantic
 import xarray as xr
@@ -68,8 +68,8 @@ def register_fusion(names: tuple[str, ...]):
 
 
 def apply_recipe(ds: xr.Dataset, refs, recipe: list[str], params: dict[str, dict], fuse: bool = True) -> xr.Dataset:
-    """Apply the steps of ``recipe`` in order, using a registered fusion wherever one matches."""
-    _load_all()
+    """Apply the steps of ``recipe`` in order, using a registered fusion wherever one matches (the step
+    modules named must have been imported: :mod:`detflow.steps.catalog` imports them all)."""
     i = 0
     while i < len(recipe):
         for names, func in FUSIONS.items() if fuse else ():
@@ -84,20 +84,10 @@ def apply_recipe(ds: xr.Dataset, refs, recipe: list[str], params: dict[str, dict
 
 
 def get_step(name: str) -> Step:
-    _load_all()
     try:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown step {name!r}; known steps: {', '.join(sorted(REGISTRY))}") from None
-
-
-def all_steps() -> dict[str, Step]:
-    _load_all()
-    return dict(REGISTRY)
-
-
-def _load_all() -> None:
-    from . import excam, wfi  # noqa: F401  (registers the EXCAM and WFI steps)
 
 
 def record(ds: xr.Dataset, name: str, status: str, params: StepParams | None, note: str = "") -> xr.Dataset:
@@ -107,7 +97,7 @@ def record(ds: xr.Dataset, name: str, status: str, params: StepParams | None, no
     steps.append(sanitize_attrs({"name": name, "status": status,
                                  "params": params.model_dump() if params is not None else {}}))  # fmt: skip
     history = list(out.attrs.get("history", []))
-    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     history.append(f"{when} {name}: {status}{' - ' + note if note else ''}")
     out.attrs["steps"] = steps
     out.attrs["history"] = history

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DetflowInputError
+from ..steps.wfi_noise import parse_layers
+from .base import resolve_path
 
 PIT_KEYS_TRANSLATED = {"IN", "OUT", "CALDIR", "RAMP_OPT_PARS", "JUMP_DETECT_PARS", "EXCLUDE_FIRST",
                        "SATURATION_BACKUP", "SKYORDER", "FITSWCS", "FITSOUT", "NOISE", "NOISE_PRECISION"}  # fmt: skip
@@ -122,8 +124,6 @@ def from_pit(raw: dict, source: str | None = None) -> dict:
                 errors.append(DetflowInputError(source, f"NOISE.{key}", "a value", "missing"))
         if "LAYER" in noise and "SEED" in noise:
             layers = noise["LAYER"] if isinstance(noise["LAYER"], list) else [noise["LAYER"]]
-            from ..steps.wfi_noise import parse_layers
-
             try:
                 parse_layers(layers, source)
             except DetflowInputError as exc:
@@ -148,13 +148,3 @@ def from_pit(raw: dict, source: str | None = None) -> dict:
         "steps": steps,
         "not_applied": not_applied,
     }
-
-
-def resolve_path(base: Path, value) -> Path:
-    p = Path(str(value)).expanduser()
-    return p if p.is_absolute() else (base / p)
-
-
-def resolve_str(base: Path, value):
-    """A path written in a job file, relative to its folder; other values (wrong types) as they are."""
-    return str(resolve_path(base, value)) if isinstance(value, (str, Path)) and str(value) else value

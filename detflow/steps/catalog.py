@@ -1,0 +1,19 @@
+"""Every family's steps, registered: importing this module imports each step module (whose ``@register``
+decorators fill :data:`detflow.steps.registry.REGISTRY`). The registry itself imports no step module, so a
+step module and the registry never import each other."""
+
+from __future__ import annotations
+
+from . import excam, wfi  # noqa: F401  (registers the EXCAM and WFI steps)
+from .registry import REGISTRY, Step, get_step
+
+__all__ = ["all_steps", "family_steps", "get_step"]
+
+
+def all_steps() -> dict[str, Step]:
+    return dict(REGISTRY)
+
+
+def family_steps(family: str) -> dict[str, Step]:
+    """The steps of one family (``roman_wfi``, ``roman_excam``...)."""
+    return {k: v for k, v in REGISTRY.items() if v.family == family}
