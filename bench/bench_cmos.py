@@ -369,7 +369,7 @@ def baseline(args, dark_store: Path, bias_model: Path, work: Path) -> dict:
     """The NumPy log-space lstsq fit in a child process, on the raw files of the ingested frames."""
     import zarr
 
-    from detflow.calib.cmos import _group, _round, _temp_keys
+    from detflow.calib.cmos.frames import _group, _round, _temp_keys
     from detflow.io.cmos_raw import open_cmos_section
 
     g = zarr.open_group(str(dark_store), path="l1", mode="r")

@@ -19,6 +19,7 @@ from scipy.stats import norm
 from detflow.calib import cmos_analysis as ca
 from detflow.errors import DetflowInputError, OutputExistsError
 from detflow.io.cmos_raw import ingest_tree, open_cmos_section
+from detflow.reports import cmos as rc
 from detflow.sim.cmos import CmosSimConfig, FlatDefect, expected_dn, flat_loss, simulate_cmos_tree
 
 PATCH = FlatDefect(y=40, x=22, radius=4, depth=0.12, first_epoch=2, radius_growth=1.5, depth_growth=0.08)
@@ -266,7 +267,7 @@ def test_maps_lazy_and_independent_of_chunking(campaign, degradation):
 
 # ---- reports ----------------------------------------------------------------------------------------------------
 def test_reports_write_documented_columns(tmp_path, structures, degradation):
-    files = ca.write_degradation_report(degradation, tmp_path / "deg")
+    files = rc.write_degradation_report(degradation, tmp_path / "deg")
     cols = {"degradation_frames": ca.DEGRADATION_FRAME_COLUMNS, "degradation_pixels": ca.PIXEL_COLUMNS,
             "degradation_saturated": ca.SATURATED_COLUMNS, "degradation_groups": ca.GROUP_COLUMNS}  # fmt: skip
     for name, want in cols.items():
@@ -277,9 +278,9 @@ def test_reports_write_documented_columns(tmp_path, structures, degradation):
         p = files[f"degradation_{name}"]
         assert p.suffix == ".png" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(OutputExistsError):
-        ca.write_degradation_report(degradation, tmp_path / "deg")
-    ca.write_degradation_report(degradation, tmp_path / "deg", overwrite=True)
-    files = ca.write_structure_report(structures, tmp_path / "st")
+        rc.write_degradation_report(degradation, tmp_path / "deg")
+    rc.write_degradation_report(degradation, tmp_path / "deg", overwrite=True)
+    files = rc.write_structure_report(structures, tmp_path / "st")
     assert tuple(pd.read_csv(files["frame_stats_bias"]).columns) == ca.FRAME_STATS_COLUMNS
     assert tuple(pd.read_csv(files["trends"]).columns) == ca.TREND_COLUMNS
     assert tuple(pd.read_csv(files["structures"]).columns) == ca.STRUCTURE_COLUMNS

@@ -145,11 +145,11 @@ def test_data_scale_applied_by_open_cmos_section(ingested):
 
 
 def test_dask_tasks_cover_whole_zarr_chunks():
-    assert cmos_raw._frame_blocks(0, 20, 8) == [(0, 8), (8, 16), (16, 20)]
-    assert cmos_raw._frame_blocks(13, 12, 8) == [(0, 3), (3, 11), (11, 12)]  # fills the partial chunk first
-    geom = cmos_raw._Geometry(64, 64, 16, "x")
+    assert cmos_raw.writer._frame_blocks(0, 20, 8) == [(0, 8), (8, 16), (16, 20)]
+    assert cmos_raw.writer._frame_blocks(13, 12, 8) == [(0, 3), (3, 11), (11, 12)]  # fills the partial chunk first
+    geom = cmos_raw.plan._Geometry(64, 64, 16, "x")
     frames = [{c: 0 for c in COORDS} | {"path": f"/p{i}"} for i in range(11)]
-    ds = cmos_raw._dataset(frames, geom, 5, 8, (32, 32))
+    ds = cmos_raw.writer._dataset(frames, geom, 5, 8, (32, 32))
     assert ds["data"].chunks[0] == (3, 8) and ds["data"].chunks[2] == (64,)
     assert ds["frame"].values.tolist() == list(range(5, 16))
 
@@ -430,7 +430,7 @@ def test_failed_append_leaves_the_previous_store(tmp_path, monkeypatch):
     files = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
     _restore(full.roots["BIAS"], tree, ["T10"])
     calls = {"n": 0}
-    real = cmos_raw._read_rows
+    real = cmos_raw.writer._read_rows
 
     def flaky(*args):
         calls["n"] += 1
@@ -438,13 +438,13 @@ def test_failed_append_leaves_the_previous_store(tmp_path, monkeypatch):
             raise OSError("disk gone")
         return real(*args)
 
-    monkeypatch.setattr(cmos_raw, "_read_rows", flaky)
+    monkeypatch.setattr(cmos_raw.writer, "_read_rows", flaky)
     with dask.config.set(scheduler="synchronous"), pytest.raises(OSError, match="disk gone"):
         ingest_section(tree, store)
     assert calls["n"] >= 2
     xr.testing.assert_identical(_load(store), before)
     assert {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()} == files
     assert [p.name for p in store.parent.iterdir()] == ["bias.zarr", "fits_index.csv"]  # no partial left
-    monkeypatch.setattr(cmos_raw, "_read_rows", real)
+    monkeypatch.setattr(cmos_raw.writer, "_read_rows", real)
     rep = ingest_section(tree, store)
     assert rep.n_frames == len(full.frames_of("BIAS")) and len(rep.ingested) == 6

@@ -13,6 +13,7 @@ from xarray.tests import raise_if_dask_computes
 
 from detflow.calib import cmos
 from detflow.errors import DetflowInputError
+from detflow.reports import cmos as rc
 
 NY, NX = 48, 40
 CHUNKS = {"y": (20, 17, 11), "x": (15, 25)}  # uneven pixel tiles
@@ -471,7 +472,7 @@ def test_evaluation(ds, models):
     flat_ev = cmos.evaluate_model(models["flat"], ds["flat_test"], bias=models["bias_d"], dark=models["dark"])
     flat_ev = flat_ev.compute()
     assert flat_ev["group_mae"].item() < 0.01 and flat_ev["group_mape"].item() < 1.0
-    fig = cmos.plot_evaluation(dark_ev)
+    fig = rc.plot_evaluation(dark_ev)
     assert len(fig.axes) >= 3
     fig.savefig(io.BytesIO(), format="png")
 
@@ -532,13 +533,13 @@ def test_grouped_combine_numba_path_equals_the_numpy_path():
     good = xr.DataArray(rng.random(30) > 0.1, dims="frame")
     groups = [np.arange(0, 11), np.arange(11, 30)]
     for method in ("median", "mean"):
-        lazy = cmos._grouped_combine(da_.chunk({"y": 7, "x": 5}), groups, "g", good.chunk(), method)
-        eager = cmos._grouped_combine(da_, groups, "g", good, method)
+        lazy = cmos.combine._grouped_combine(da_.chunk({"y": 7, "x": 5}), groups, "g", good.chunk(), method)
+        eager = cmos.combine._grouped_combine(da_, groups, "g", good, method)
         with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
             __import__("warnings").simplefilter("ignore")
             for gi, idx in enumerate(groups):
                 s = np.where(good.values[idx][:, None, None], arr[idx], np.nan)
-                v, e, n = cmos._combine_np(np.moveaxis(s, 0, -1), method, 3.0, 5, "median", "std")
+                v, e, n = cmos.combine._combine_np(np.moveaxis(s, 0, -1), method, 3.0, 5, "median", "std")
                 for k, ref in (("value", v), ("err", e), ("nused", n)):
                     np.testing.assert_allclose(lazy[k].values[gi], ref, rtol=1e-12, equal_nan=True)
                     np.testing.assert_allclose(eager[k].values[gi], ref, rtol=1e-12, equal_nan=True)
@@ -549,7 +550,7 @@ def test_independent_copy_shares_no_task_and_gives_the_same_values():
     (so the per-pixel chain does not wait on shared reads)."""
     arr = xr.DataArray(da.random.default_rng(0).random((6, 8, 8), chunks=(6, 4, 4)), dims=("frame", "y", "x"))
     chain = arr.isel(frame=slice(None)) * 2 + 1
-    twin = cmos._independent(chain)
+    twin = cmos.frames._independent(chain)
     assert not set(dict(twin.data.__dask_graph__())) & set(dict(chain.data.__dask_graph__()))
     np.testing.assert_array_equal(twin.values, chain.values)
     both = (chain.sum("frame") + twin.mean(("y", "x")).sum()).compute()  # fuses and computes together

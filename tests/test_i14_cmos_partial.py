@@ -27,13 +27,13 @@ KILL = """
 import os, signal, sys
 import dask
 from detflow.io import cmos_raw
-real, calls = cmos_raw._read_rows, [0]
+real, calls = cmos_raw.writer._read_rows, [0]
 def read_then_die(*args):
     calls[0] += 1
     if calls[0] == 2:  # mid-way: the template and the first block are written
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args)
-cmos_raw._read_rows = read_then_die
+cmos_raw.writer._read_rows = read_then_die
 with dask.config.set(scheduler="synchronous"):
     cmos_raw.ingest_section(sys.argv[1], sys.argv[2], data_scale=16, frame_chunk=4, tile=(32, 32))
 """
@@ -128,23 +128,23 @@ def test_another_ingests_partial_is_named_not_removed(sim, tmp_path, caplog):
 
 def test_failed_ingest_removes_its_partial_or_says_where_it_is(sim, tmp_path, monkeypatch, caplog):
     store = tmp_path / "out" / "bias.zarr"
-    real_read, real_rmtree = cmos_raw._read_rows, shutil.rmtree
+    real_read, real_rmtree = cmos_raw.writer._read_rows, shutil.rmtree
 
     def failing(*args):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(cmos_raw, "_read_rows", failing)
+    monkeypatch.setattr(cmos_raw.writer, "_read_rows", failing)
     with dask.config.set(scheduler="synchronous"), pytest.raises(OSError, match="No space"):
         ingest_section(sim.roots["BIAS"], store, **KW)
     assert list(store.parent.iterdir()) == []  # removed
-    monkeypatch.setattr(cmos_raw.shutil, "rmtree", lambda *a, **k: None)  # and when it cannot be removed:
+    monkeypatch.setattr(cmos_raw.writer.shutil, "rmtree", lambda *a, **k: None)  # and when it cannot be removed:
     with dask.config.set(scheduler="synchronous"), pytest.raises(OSError) as e:
         ingest_section(sim.roots["BIAS"], store, **KW)
     (left,) = _partials(store.parent)
     assert any(str(left) in n and "detflow clean" in n for n in e.value.__notes__)
     assert any(str(left) in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
-    monkeypatch.setattr(cmos_raw.shutil, "rmtree", real_rmtree)
-    monkeypatch.setattr(cmos_raw, "_read_rows", real_read)
+    monkeypatch.setattr(cmos_raw.writer.shutil, "rmtree", real_rmtree)
+    monkeypatch.setattr(cmos_raw.writer, "_read_rows", real_read)
     rep = ingest_section(sim.roots["BIAS"], store, **KW)
     assert rep.leftovers["removed"] == [str(left)] and _partials(store.parent) == []
 

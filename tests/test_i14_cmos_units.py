@@ -62,9 +62,9 @@ def test_plain_xarray_reads_dn_also_after_an_append(tmp_path):
     raw = open_cmos_section(store, scaled=False)["data"].values[:, 0]
     np.testing.assert_array_equal(ds["data"].values, (raw / np.float32(16)).astype(np.float32))
     assert ds["data"].attrs["units"] == "DN" and ds.attrs["data_scale"] == 16
-    dn, scale = ca._dn(xr.open_zarr(store, group="l1"), "flat")  # a plain-xarray dataset: already DN
+    dn, scale = ca.frames._dn(xr.open_zarr(store, group="l1"), "flat")  # a plain-xarray dataset: already DN
     np.testing.assert_array_equal(dn.values, ds["data"].values)
-    dn, scale = ca._dn(open_cmos_section(store, scaled=False), "flat")  # the integers, unpacked
+    dn, scale = ca.frames._dn(open_cmos_section(store, scaled=False), "flat")  # the integers, unpacked
     np.testing.assert_array_equal(dn.values, ds["data"].values)
     assert scale == 16 and "scale_factor" not in dn.attrs  # DN: no packing attribute left on it
     # the coordinates decoded as before (no _FillValue left in their attributes: products built on them are

@@ -8,9 +8,9 @@
    ``full`` every ``holdout_every``-th frame of each (temperature, exposure, filter) group is kept out
    of the fits and the models are evaluated on those frames (``bias_eval``...); synthetic frames at
    the asked temperatures and exposure times go to ``synthetic``.
-3. Analyses (``structure``, ``degradation``) and the reports: the evaluation tables and plots, the
-   rejected frames, the ingest report, as CSV/PNG/JSON in ``report_dir``; written from the store, never
-   recomputed.
+3. Analyses (``structure``, ``degradation``, :mod:`detflow.calib.cmos_analysis`) and the reports
+   (:mod:`detflow.reports.cmos`): the evaluation tables and plots, the rejected frames, the ingest report, as
+   CSV/PNG/JSON in ``report_dir``; written from the store, never recomputed.
 
 The model store is written under a temporary name and renamed into place when complete.
 """
@@ -31,10 +31,13 @@ from distributed import Client
 from .. import schema
 from .._version import __version__
 from ..calib import cmos as cm
+from ..calib import cmos_analysis as ca
+from ..calib.cmos.frames import _temp_keys
 from ..errors import DetflowInputError
 from ..instruments.cmos_job import CmosJob
 from ..io import cmos_raw
 from ..io.store import check_output, open_store
+from ..reports import cmos as rc
 from .cluster import get_client
 from .execute import check_outputs, compute, job_record_attrs, log_cluster, open_writer, regions_record, versions
 
@@ -89,7 +92,7 @@ def holdout_mask(ds: xr.Dataset, every: int) -> np.ndarray:
     n = ds.sizes[schema.FRAME]
     if every <= 0:
         return np.zeros(n, dtype=bool)
-    temp = cm._temp_keys(ds, np.asarray(ds["temp"].values, np.float64), 1.0)  # the models' grouping, to 1 C
+    temp = _temp_keys(ds, np.asarray(ds["temp"].values, np.float64), 1.0)  # the models' grouping, to 1 C
     texp = np.asarray(ds["exptime"].values, np.float64) if "exptime" in ds.coords else np.zeros(n)
     filt = [str(f) for f in ds["filter"].values] if "filter" in ds.coords else ["none"] * n
     keys = pd.DataFrame({"t": np.nan_to_num(temp, nan=-1e9), "e": np.nan_to_num(texp, nan=-1.0), "f": filt})
@@ -245,8 +248,6 @@ def run_analyses(job: CmosJob, sections: dict[str, xr.Dataset]) -> dict:
     their results by name (tables and computed maps; the per-frame cubes stay lazy)."""
     if not job.analyses:
         return {}
-    from ..calib import cmos_analysis as ca
-
     out = {}
     if "structure" in job.analyses:
         out["structure"] = ca.structure_analysis(bias=sections.get("bias"), dark=sections.get("dark"),
@@ -279,25 +280,17 @@ def write_reports(job: CmosJob, ingest_report: dict | None, analyses: dict | Non
     written: list[Path] = []
     for m in SECTIONS:
         if f"{m}_eval" in tree.children:
-            ev = tree[f"{m}_eval"].to_dataset().compute()
-            table = out_dir / f"{m}_evaluation.csv"
-            cm.summary_table(ev).to_csv(table, index=False)
-            fig = cm.plot_evaluation(ev, title=f"{m} model on held-out frames")
-            png = out_dir / f"{m}_evaluation.png"
-            fig.savefig(png, dpi=90)
-            written += [table, png]
+            written += rc.write_evaluation_report(tree[f"{m}_eval"].to_dataset().compute(), out_dir, m)
     rejected = rejected_frames(tree)
     if rejected:
         path = out_dir / "rejected_frames.csv"
         pd.DataFrame(rejected).to_csv(path, index=False)
         written.append(path)
     if analyses:
-        from ..calib import cmos_analysis as ca
-
         if "structure" in analyses:
-            written += list(ca.write_structure_report(analyses["structure"], out_dir, overwrite=True).values())
+            written += list(rc.write_structure_report(analyses["structure"], out_dir, overwrite=True).values())
         if "degradation" in analyses:
-            written += list(ca.write_degradation_report(analyses["degradation"], out_dir, overwrite=True).values())
+            written += list(rc.write_degradation_report(analyses["degradation"], out_dir, overwrite=True).values())
     if ingest_report:
         path = out_dir / "ingest_report.json"
         path.write_text(json.dumps(ingest_report, indent=1, default=str))

@@ -1,0 +1,1 @@
+"""Reports: figures and tables drawn from computed results and stores; they compute nothing."""
