@@ -152,14 +152,34 @@ def test_two_resultants_give_the_cds_slope_of_stcal(tmp_path, fuse):
     assert "CDS" in l2.attrs["history"][-1]
 
 
-def test_two_resultants_with_exclude_first_say_no_slope(tmp_path, caplog):
+def test_two_resultants_with_exclude_first_pit_says_no_slope(tmp_path, caplog):
     t, path, _ = _short_exposure(tmp_path, [[1], [2, 3]])
-    job = WFIJob(pipeline="roman_wfi", input=str(path), output=str(tmp_path / "o.zarr"), caldir=t["caldir"])
+    job = WFIJob(pipeline="roman_wfi", input=str(path), output=str(tmp_path / "o.zarr"), caldir=t["caldir"],
+                 steps={"ramp_fit": {"pit_compat": True}})  # fmt: skip
     with caplog.at_level("WARNING", logger="detflow"), dask.config.set(scheduler="sync"):
         l2 = detflow.build(job)["l2"].compute()
     assert np.all(np.isnan(l2["data"].values)) and np.all(l2["dq"].values & DNU)
     assert "no slope can be formed" in l2.attrs["history"][-1]
     assert "exclude_first" in caplog.text
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_two_resultants_with_exclude_first_give_one_resultant_slopes(tmp_path, caplog, fuse):
+    """Issue 19: the excluded first resultant is the zero point of a one-resultant slope, flagged
+    UNRELIABLE_SLOPE (not DO_NOT_USE), with the variance of that two-point difference."""
+    t, path, data = _short_exposure(tmp_path, [[1], [2, 3]])
+    job = WFIJob(pipeline="roman_wfi", input=str(path), output=str(tmp_path / "o.zarr"), caldir=t["caldir"],
+                 fuse=fuse)  # fmt: skip
+    with caplog.at_level("WARNING", logger="detflow"), dask.config.set(scheduler="sync"):
+        l2 = detflow.build(job)["l2"].compute().isel(frame=0)
+    act = (slice(4, -4), slice(4, -4))
+    raw = np.round(data).astype(np.uint16).astype(np.float64)[(slice(None), *act)]
+    dt = 2.5 * FT - 1 * FT  # tbar of [2, 3] minus tbar of [1]
+    np.testing.assert_allclose(l2["data"].values, (raw[1] - raw[0]) / dt, rtol=1e-4, atol=1e-3)
+    assert np.all(l2["dq"].values & DQ.UNRELIABLE_SLOPE) and not np.any(l2["dq"].values & DNU)
+    rn = 3.0  # the tiny caldir's read noise (DN)
+    np.testing.assert_allclose(l2["var_rnoise"].values, rn**2 * (1 + 1 / 2) / dt**2, rtol=1e-4)
+    assert "one-resultant slopes" in l2.attrs["history"][-1] and "UNRELIABLE_SLOPE" in caplog.text
 
 
 def test_one_resultant_is_a_clear_error(tmp_path):

@@ -99,8 +99,7 @@ def from_pit(raw: dict, source: str | None = None) -> dict:
             if value is not None:
                 ramp[k] = value
     exclude_first = _flag(errors, source, "EXCLUDE_FIRST", raw.get("EXCLUDE_FIRST"), True)
-    if ramp:
-        steps["ramp_fit"] = ramp
+    steps["ramp_fit"] = ramp | {"pit_compat": True}  # a PIT configuration asks for the PIT's ramp numerics
     if raw.get("SKYORDER") is not None:
         order = _number(errors, source, "SKYORDER", raw["SKYORDER"], int, "an integer (the sky polynomial order)")
         if order is not None:

@@ -137,6 +137,7 @@ def export_wfi_asdf(store: str | Path, path: str | Path, frame: int = 0) -> Path
         "weights": l2["ramp_weights"].values.astype(np.float32) if "ramp_weights" in l2.coords else None,
         "ramp_opt_pars": {k: steps.get("ramp_fit", {}).get(k) for k in ("slope", "gain", "sigma_read")},
         "exclude_first": steps.get("ramp_fit", {}).get("exclude_first"),
+        "ramp_fit": {k: steps.get("ramp_fit", {}).get(k) for k in ("pit_compat", "one_resultant", "jump_detection")},
         "config": attrs.get("job", {}),
         "log": attrs.get("history", []),
         "l1_meta": l1_meta,

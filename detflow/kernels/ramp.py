@@ -1,4 +1,6 @@
-"""Up-the-ramp slope fitting with jump detection, for resultants of non-destructive reads.
+"""Up-the-ramp slope fitting with jump detection, for resultants of non-destructive reads: the PIT's fit
+(``ramp_fit: {pit_compat: true}``; the default fit is :mod:`detflow.kernels.ramp_gls`, which shares the
+read-pattern functions and tables here).
 
 Numerics (Casertano et al. 2022, PASP 134 014001; Sharma & Casertano 2024, PASP 136 054504), as in the
 Roman PIT ``gen_cal_image`` with its later upstream fixes:
@@ -112,8 +114,9 @@ class RampTables:
     nframes: np.ndarray  # (n,)
 
 
-def ramp_tables(read_pattern, frame_time: float, u: float, start: int = 1) -> RampTables:
-    """Tabulate weights and variance coefficients for every truncation of one read pattern."""
+def ramp_tables(read_pattern, frame_time: float, u: float, start: int = 1, two_point: bool = True) -> RampTables:
+    """Tabulate weights and variance coefficients for every truncation of one read pattern (a truncated
+    ramp: the PIT's two-point slope, or with ``two_point=False`` the optimal weights of its resultants)."""
     tbar, tau, nf = resultant_times(read_pattern, frame_time)
     n = len(read_pattern)
     weights = np.zeros((n + 1, n))
@@ -123,8 +126,9 @@ def ramp_tables(read_pattern, frame_time: float, u: float, start: int = 1) -> Ra
     dr = np.full((n + 1, n, 2), np.nan)
     inv_n = 1.0 / nf
     for L in range(start + 2, n + 1):
-        if L == n:
-            k = optimal_weights(tbar, tau, nf, u, start)
+        if L == n or not two_point:
+            k = optimal_weights(tbar[:L], tau[:L], nf[:L], u, start)
+            k = np.concatenate([k, np.zeros(n - L)])
         else:
             k = np.zeros(n)
             k[L - 1] = 1.0 / (tbar[L - 1] - tbar[start])

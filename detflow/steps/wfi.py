@@ -24,6 +24,7 @@ from ..kernels import linearity as klin
 from ..kernels import mask as kmask
 from ..kernels import pixel_area as kpix
 from ..kernels import ramp as kramp
+from ..kernels import ramp_gls as kgls
 from ..kernels import saturation as ksat
 from ..kernels import sky as ksky
 from ..schema import DQ, FRAME, READ, X, Y
@@ -502,13 +503,24 @@ class RampFitParams(StepParams):
     SthreshB: float = Field(4.5, description="jump threshold (sigma) at slope IthreshB")
     IthreshA: float = Field(1.0, gt=0, description="slope (DN/s) of the first threshold point")
     IthreshB: float = Field(1000.0, gt=0, description="slope (DN/s) of the second threshold point")
+    one_resultant: Literal["first_resultant", "zero", "off"] = Field(
+        "first_resultant", description="a ramp with one usable resultant: slope from the first resultant "
+        "(left out by exclude_first), from zero signal at t = 0 (bias-subtracted ramps), or none; flagged "
+        "UNRELIABLE_SLOPE")  # fmt: skip
+    pit_compat: bool = Field(False, description="the PIT's numerics bit for bit: fixed weights, a ramp ends at "
+                             "its first do-not-use resultant, two-point slopes of truncated ramps, jumps "
+                             "flagged but kept in the slope, no one-resultant slopes")  # fmt: skip
+
+
+_ONE = {"first_resultant": kgls.ONE_FIRST, "zero": kgls.ONE_ZERO, "off": kgls.ONE_OFF}
 
 
 def ramp_tables_for(ds: xr.Dataset, p: RampFitParams) -> dict[str, xr.DataArray]:
-    """The :class:`~detflow.kernels.ramp.RampTables` of every frame, as DataArrays over ``frame``."""
+    """The :class:`~detflow.kernels.ramp.RampTables` of every frame, as DataArrays over ``frame``
+    (the weights of a truncated ramp: the PIT's two-point slope with ``pit_compat``, else optimal)."""
     u = p.slope / p.gain / p.sigma_read**2
     start = 1 if p.exclude_first else 0
-    tabs = [kramp.ramp_tables(rp, float(ft), u, start)
+    tabs = [kramp.ramp_tables(rp, float(ft), u, start, two_point=p.pit_compat)
             for rp, ft in zip(_read_patterns(ds), ds["frame_time"].values)]  # fmt: skip
 
     npair = max(1, max(len(t.pair_i) for t in tabs))  # no pairs (two usable resultants): one unused entry
@@ -532,17 +544,18 @@ def ramp_tables_for(ds: xr.Dataset, p: RampFitParams) -> dict[str, xr.DataArray]
     }
 
 
-def _ramp_block(data, gdq, pdq, gain, rn, *tables):
+def _ramp_block(data, gdq, pdq, gain, rn, *tables, ncore):
     nf = _nframes((data, 1), (gdq, 1), (pdq, 0))
     ny, nx, n = np.broadcast_shapes(data.shape[-3:], gdq.shape[-3:])
-    ncore = [2] + [1] * (len(tables) - 1)  # weights (trunc, read); the rest one core dim
     outs = [np.empty((nf, ny, nx), dtype=t) for t in (np.float32, np.float32, np.float32, np.uint32)]
     tile = (ny, nx)
+    pit = ncore[0] == 2  # the PIT tables start with the weights (trunc, read)
+    extra = () if pit else (np.zeros((0, 0, 0), np.uint32),)
     for f in range(nf):
-        kramp.fit_ramps(
+        (kramp.fit_ramps if pit else kgls.fit_ramps)(
             _tile(data, f, (ny, nx, n)), _tile(gdq, f, (ny, nx, n)), _tile(pdq, f, tile), _tile(gain, f, tile),
             _tile(rn, f, tile), *(_frame(t, f, nc)[0, 0] for t, nc in zip(tables, ncore)),
-            *(o[f] for o in outs))  # fmt: skip
+            *(o[f] for o in outs), *extra)  # fmt: skip
     return tuple(outs)
 
 
@@ -550,11 +563,31 @@ _TABLE_CORE_DIMS = [["trunc", READ], ["trunc"], ["trunc"], ["trunc1"], ["pair"],
                     ["pair"]]  # fmt: skip
 
 
+def _ramp_inputs(ds: xr.Dataset, p: RampFitParams, t: dict) -> tuple[list, list[list[str]]]:
+    """The kernel's per-frame inputs after the pixel arrays, and their core dims."""
+    if p.pit_compat:
+        return [*t.values(), _ramp_param_array(p)], [*_TABLE_CORE_DIMS, ["param"]]
+    nfr = xr.DataArray(ds["read_nframes"].values.astype(np.float64), dims=(FRAME, READ))
+    par = kgls.gls_params(1 if p.exclude_first else 0, p.jump_detection, p.SthreshA, p.SthreshB, p.IthreshA,
+                          p.IthreshB, _ONE[p.one_resultant], p.slope / p.gain / p.sigma_read**2, p.gain,
+                          p.sigma_read)  # fmt: skip
+    flags = kgls.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.JUMP_DET, DQ.REFERENCE_PIXEL, DQ.NO_GAIN_VALUE,
+                          DQ.UNRELIABLE_ERROR, DQ.UNRELIABLE_SLOPE)  # fmt: skip
+    times = [xr.DataArray(ds[k].values.astype(np.float64), dims=(FRAME, READ)) for k in ("tbar", "tau")]
+    args = [*times, nfr, xr.DataArray(par, dims="param"), xr.DataArray(flags, dims="flag")]
+    return args, [[READ], [READ], [READ], ["param"], ["flag"]]
+
+
 def ramp_note(ds: xr.Dataset, p: RampFitParams) -> str:
     """What the ramp fit can do with these resultants, for its record (and a warning when it is nothing)."""
     usable = ds.sizes[READ] - (1 if p.exclude_first else 0)
     if usable >= 2:
         return "CDS (two-point) slopes: two usable resultants" if usable == 2 else ""
+    if usable == 1 and not p.pit_compat and (p.one_resultant == "zero" or (p.exclude_first and
+                                                                           p.one_resultant == "first_resultant")):
+        msg = f"one-resultant slopes ({p.one_resultant} as zero point), every pixel UNRELIABLE_SLOPE"
+        log.warning("ramp_fit: %s", msg)
+        return msg
     msg = (f"no slope can be formed: {ds.sizes[READ]} resultants with exclude_first leave {usable} usable; every "
            "pixel is DO_NOT_USE with NaN slope (exclude_first: false gives the CDS slope)")  # fmt: skip
     log.warning("ramp_fit: %s", msg)
@@ -584,19 +617,21 @@ def _l2_dataset(ds, t, slope, vr, vp, dq) -> xr.Dataset:
     keep = [c for c in ("source_file", "frame_time") if c in ds.coords]
     out = out.assign_coords({c: ds[c] for c in keep})
     return out.assign_coords(ramp_weights=t["weights"].isel(trunc=-1).assign_attrs(
-        long_name="slope weights of a full ramp", units="1 / s"))  # fmt: skip
+        long_name="slope weights of a full ramp at the RAMP_OPT_PARS signal", units="1 / s"))  # fmt: skip
 
 
 @register("ramp_fit", RampFitParams, FAMILY)
 def ramp_fit(ds: xr.Dataset, refs: xr.Dataset, p: RampFitParams) -> xr.Dataset:
-    """Optimal-weight slopes (Casertano 2022) with jump flags (Sharma & Casertano 2024); returns L2."""
+    """Slopes from every good resultant, split at jumps (see :mod:`detflow.kernels.ramp_gls`), or the
+    PIT's fixed-weight fit with jump flags (``pit_compat``, :mod:`detflow.kernels.ramp`); returns L2."""
     t = ramp_tables_for(ds, p)
+    extra, core = _ramp_inputs(ds, p, t)
     slope, vr, vp, dq = xr.apply_ufunc(
         _ramp_block,
         ds["data"].astype(np.float32, copy=False), ds["groupdq"], ds["pixeldq"],
         refs["gain_data"].astype(np.float32, copy=False), refs["read_data"].astype(np.float32, copy=False),
-        *t.values(), _ramp_param_array(p),
-        input_core_dims=[[READ], [READ], [], [], [], *_TABLE_CORE_DIMS, ["param"]],
+        *extra, kwargs={"ncore": [len(c) for c in core]},
+        input_core_dims=[[READ], [READ], [], [], [], *core],
         output_core_dims=[[], [], [], []],
         dask="parallelized", output_dtypes=[np.float32, np.float32, np.float32, np.uint32],
     )  # fmt: skip
@@ -747,17 +782,18 @@ def sky(ds: xr.Dataset, refs: xr.Dataset, p: SkyParams) -> xr.Dataset:
 
 
 # ---- linearity + dark + ramp fit fused ------------------------------------------------------------
-def _chain_block(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt, dark, tbar, pdq, gain, rn, *tables, sticky):
+def _chain_block(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt, dark, tbar, pdq, gain, rn, *tables, sticky, ncore):
     nf = _nframes((raw, 1), (gdq, 1), (pdq, 0))
     ny, nx, n = np.broadcast_shapes(raw.shape[-3:], gdq.shape[-3:])
     outs = [np.empty((nf, ny, nx), dtype=t) for t in (np.float32, np.float32, np.float32, np.uint32)]
     tile = (ny, nx)
-    ncore = [2] + [1] * (len(tables) - 1)
+    pit = ncore[0] == 2
     for f in range(nf):
-        kramp.linearize_dark_fit(
+        tb = _frame(tbar, f, 1)[0, 0]
+        (kramp.linearize_dark_fit if pit else kgls.linearize_dark_fit)(
             _tile(raw, f, (ny, nx, n)), _tile(coefs, f, (ny, nx, coefs.shape[-1])), _tile(smin, f, tile),
             _tile(smax, f, tile), _tile(sref, f, tile), _tile(lin_dq, f, tile), _tile(gdq, f, (ny, nx, n)),
-            bool(_frame(exempt, f).flat[0]), bool(sticky), _tile(dark, f, tile), _frame(tbar, f, 1)[0, 0],
+            bool(_frame(exempt, f).flat[0]), bool(sticky), _tile(dark, f, tile), *((tb,) if pit else ()),
             _tile(pdq, f, tile), _tile(gain, f, tile), _tile(rn, f, tile),
             *(_frame(t, f, nc)[0, 0] for t, nc in zip(tables, ncore)), *(o[f] for o in outs))  # fmt: skip
     return tuple(outs)
@@ -772,15 +808,16 @@ def linearity_dark_ramp(ds: xr.Dataset, refs: xr.Dataset, lin: LinearityParams, 
     materialised, which halves the memory traffic of the pipeline.
     """
     t = ramp_tables_for(ds, ramp)
+    extra, core = _ramp_inputs(ds, ramp, t)
     coefs, smin, smax, sref, lin_dq, exempt = _linearity_inputs(ds, refs, lin)
     slope, vr, vp, dq = xr.apply_ufunc(
         _chain_block,
         ds["data"].astype(np.float32, copy=False), coefs, smin, smax, sref, lin_dq, ds["groupdq"], exempt,
         _dark_map(ds, refs), ds["tbar"], ds["pixeldq"], refs["gain_data"].astype(np.float32, copy=False),
-        refs["read_data"].astype(np.float32, copy=False), *t.values(), _ramp_param_array(ramp),
-        kwargs={"sticky": lin.pit_sticky_no_lin_corr},
+        refs["read_data"].astype(np.float32, copy=False), *extra,
+        kwargs={"sticky": lin.pit_sticky_no_lin_corr, "ncore": [len(c) for c in core]},
         input_core_dims=[[READ], ["linearitylegendre_k"], [], [], [], [], [READ], [], [], [READ], [], [], [],
-                         *_TABLE_CORE_DIMS, ["param"]],
+                         *core],
         output_core_dims=[[], [], [], []],
         dask="parallelized", output_dtypes=[np.float32, np.float32, np.float32, np.uint32],
     )  # fmt: skip

@@ -30,7 +30,9 @@ What is shared instead of recomputed (all exact):
   inputs, so their tasks have the same keys and dask computes them once;
 * ``P``, ``O``: no re-run at all. For a fixed truncation the slope is a linear function of the
   resultants (``slope = sum_i K_i R_i``), so the slope noise is the weights applied to the resampled
-  resultant perturbations, with the main run's truncation and weights.
+  resultant perturbations, with the main run's truncation and weights. The weights are those of
+  the ramp truncated by saturation at the RAMP_OPT_PARS signal (``ramp_fit.pit_compat``: the PIT's);
+  the default fit's per-pixel weights, skipped resultants and jump splits are not followed.
 """
 
 from __future__ import annotations
