@@ -108,8 +108,8 @@ def wfi_batch(client, args, warm_job, batch_job) -> dict:
 
 
 def emccd_combine(client, args) -> dict:
+    from detflow.instruments.roman_excam_plan import combine_tile
     from detflow.io.store import StoreWriter
-    from detflow.runtime.excam import combine_tile
     from detflow.steps.excam import combine
 
     n, rows = args.combine_frames, args.combine_rows

@@ -11,9 +11,9 @@ from conftest import write_tiny_wfi
 
 import detflow
 from detflow.errors import DetflowInputError
+from detflow.instruments.roman_wfi_job import WFIJob
 from detflow.kernels import ramp as kramp
 from detflow.kernels.linearity import linearize_ramps
-from detflow.instruments.roman_wfi_job import WFIJob
 from detflow.schema import DQ
 
 stcal_fit = pytest.importorskip("stcal.ramp_fitting.ols_cas22_fit")

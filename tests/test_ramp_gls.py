@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from detflow.runtime.pit import from_pit
 
 from detflow.kernels import ramp as kramp
 from detflow.kernels import ramp_gls as kgls
-from detflow.runtime.pit import from_pit
 from detflow.schema import DQ
 
 ols_cas22 = pytest.importorskip("stcal.ramp_fitting.ols_cas22")
