@@ -43,7 +43,7 @@ from pathlib import Path
 from distributed import Client, Future, fire_and_forget
 
 from .. import __version__
-from ..cluster import DetflowClusterError, SchedulerUnreachable, connect
+from .cluster import DetflowClusterError, SchedulerUnreachable, connect
 from ..io.lock import OutputLock, release_job_lock, set_default_probe, writing_for
 from ..io.store import store_attrs
 from .config import load_job
