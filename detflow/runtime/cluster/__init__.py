@@ -42,7 +42,7 @@ in parallel and no tile is ever copied between processes (measured on the 4096x4
 
 Modules: :mod:`.models` (the profile models), :mod:`.profiles` (finding and layering them),
 :mod:`.tls`, :mod:`.backends` (local, SLURM, Kubernetes, gateway), :mod:`.factory` (``connect``),
-:mod:`.versions`, :mod:`.warmup` (the worker side).
+:mod:`.versions`, :mod:`.worker` (the worker side: environment, warm-up, preload).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from .profiles import (
 )
 from .tls import security_for
 from .versions import STRICT_PACKAGES, WARN_PACKAGES, check_versions, cluster_versions
-from .warmup import WARMUP_LEVELS, WarmupPlugin, dask_setup, set_worker_env, warm_worker, warmup, warmup_status
+from .worker import WARMUP_LEVELS, WarmupPlugin, dask_setup, set_worker_env, warm_worker, warmup, warmup_status
 
 __all__ = ["BACKENDS", "ENV_PREFIX", "KINDS", "PRELOAD", "STRICT_PACKAGES", "WARMUP_LEVELS", "WARN_PACKAGES",
            "WORKER_ENV", "AdaptConfig", "ClusterHandle", "DetflowClusterError", "GatewayOptions", "KubernetesOptions",

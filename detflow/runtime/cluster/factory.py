@@ -17,7 +17,7 @@ from .models import Profile
 from .profiles import resolve
 from .tls import security_for
 from .versions import check_versions as _check_versions
-from .warmup import WarmupPlugin
+from .worker import WarmupPlugin
 
 
 class ClusterHandle:

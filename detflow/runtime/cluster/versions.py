@@ -38,11 +38,14 @@ def _make_probe():
     return probe
 
 
+def detflow_version() -> str | None:
+    """The version of the detflow this process runs (its ``__version__``; installed metadata if it has none)."""
+    return _make_probe()(False)["detflow"]
+
+
 def cluster_versions(client: Client) -> dict[str, dict[str, str | None]]:
     """``{"client": {...}, "scheduler": {...}, <worker address>: {...}}`` for detflow and the packages in
     :data:`STRICT_PACKAGES` and :data:`WARN_PACKAGES` (None: not installed there)."""
-    import detflow
-
     probe = _make_probe()
     extra = [p for p in WARN_PACKAGES if p not in ("numpy",)]
     info = client.get_versions(check=False, packages=extra)
@@ -52,7 +55,7 @@ def cluster_versions(client: Client) -> dict[str, dict[str, str | None]]:
         packages = (d or {}).get("packages") or {}
         return {p: packages.get(p) for p in pkgs}
 
-    table = {"client": {"detflow": getattr(detflow, "__version__", None), **pick(info.get("client"))}}
+    table = {"client": {"detflow": detflow_version(), **pick(info.get("client"))}}
     table["scheduler"] = {**client.run_on_scheduler(probe, False), **pick(info.get("scheduler"))}
     workers = client.run(probe) if info.get("workers") else {}
     for addr, d in sorted((info.get("workers") or {}).items()):

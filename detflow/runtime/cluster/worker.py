@@ -8,14 +8,17 @@ import asyncio
 import importlib
 import logging
 import os
-import tempfile
+import pkgutil
+import sys
 import time
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 from distributed import Client, WorkerPlugin
 
+from ... import kernels
 from .base import WORKER_ENV
+from .versions import detflow_version
 
 logger = logging.getLogger(__name__)
 worker_logger = logging.getLogger("distributed.detflow")  # in a worker: shown with distributed's own log lines
@@ -30,8 +33,6 @@ def set_worker_env() -> dict[str, str]:
         if k not in os.environ:
             os.environ[k] = v
             done[k] = v
-    import sys
-
     numba = sys.modules.get("numba")
     if numba is not None and numba.config.NUMBA_NUM_THREADS != 1 and os.environ.get("NUMBA_NUM_THREADS") == "1":
         logger.warning("numba was imported with NUMBA_NUM_THREADS=%s before detflow set it to 1: set it in the "
@@ -39,60 +40,34 @@ def set_worker_env() -> dict[str, str]:
     return done
 
 
-def _tiny_wfi(root: Path, n: int = 32) -> dict:
-    """A tiny Roman WFI exposure and reference files (uint16 L1, float32 references: the dtypes of real
-    data), enough for the default recipe to compile its kernels."""
-    import asdf
-    import numpy as np
+def _wfi_signatures() -> dict[tuple[str, str], list[tuple]]:
+    """The argument types the WFI default recipe passes its kernels (steps/wfi.py: tiles are read-only
+    views, outputs and per-frame tables writable; float32 data, uint32 DQ): ``{(module, kernel): [types]}``.
+    Compiling these is what running the recipe compiles (tests/test_cluster_warmup.py checks it)."""
+    import numba
 
-    from ...schema import DQ
+    def a(dtype, ndim, layout="C", ro=False):
+        return numba.types.Array(numba.from_dtype(np.dtype(dtype)), ndim, layout, readonly=ro)
 
-    rp = [[0], [1], [2, 3], [4, 5, 6, 7]]
-    rng = np.random.default_rng(0)
-    bias = 1000.0
-    tb = np.array([(g[0] + (len(g) - 1) / 2) * 3.04 for g in rp])
-    slope = rng.uniform(0, 50, (n, n))
-    data = (bias + slope[None] * tb[:, None, None] + rng.normal(0, 3, (len(rp), n, n))).astype(np.uint16)
-    meta = {"exposure": {"read_pattern": rp, "frame_time": 3.04},
-            "guide_star": {"window_xstart": -1, "window_xstop": -1, "window_ystart": -1, "window_ystop": -1}}  # fmt: skip
-    l1 = root / "l1.asdf"
-    amp33 = (bias + rng.normal(0, 3, (len(rp), n, 1))).astype(np.uint16)
-    asdf.AsdfFile({"roman": {"data": data, "amp33": amp33, "meta": meta}}).write_to(l1)
-    dq = np.zeros((n, n), np.uint32)
-    for s in (np.s_[:4], np.s_[-4:], np.s_[:, :4], np.s_[:, -4:]):
-        dq[s] |= np.uint32(DQ.REFERENCE_PIXEL)
-    smin = np.full((n, n), bias - 100, np.float32)
-    smax = np.full((n, n), 60000, np.float32)
-    c = np.zeros((3, n, n), np.float32)
-    c[1] = (smax - smin) / 2
-    c[0] = smin + (smax - smin) / 2 - bias
-    refs = {
-        "mask": {"dq": dq},
-        "saturation": {"data": np.full((n, n), 50000, np.float32), "dq": np.zeros((n, n), np.uint32)},
-        "linearitylegendre": {
-            "data": c,
-            "Smin": smin,
-            "Smax": smax,
-            "Sref": np.full((n, n), bias, np.float32),
-            "dq": dq.copy(),
-        },
-        "dark": {"dark_slope": np.zeros((n, n), np.float32), "data": np.full((len(rp), n, n), bias, np.float32)},
-        "gain": {"data": np.full((n, n), 1.8, np.float32)},
-        "read": {"data": np.full((n, n), 3.0, np.float32)},
-    }
-    caldir = {}
-    for name, tree in refs.items():
-        p = root / f"{name}.asdf"
-        asdf.AsdfFile({"roman": tree}).write_to(p)
-        caldir[name] = str(p)
-    return {"pipeline": "roman_wfi", "input": str(l1), "output": str(root / "warmup.zarr"), "caldir": caldir}
+    f4, f8, u4, i8, i2, b1 = "float32", "float64", "uint32", "int64", "int16", "bool"
+    boolean, int64, float64 = numba.types.boolean, numba.types.int64, numba.types.float64
+    tables = (a(f8, 2),) + (a(f8, 1),) * 2 + (a(i8, 1),) * 3 + (a(f8, 1),) * 4  # ramp tables and parameters
+    fit_out = (a(f4, 2),) * 3 + (a(u4, 2),)
+    return {
+        ("ramp", "linearize_dark_fit"): [(a(f4, 3, ro=True), a(f4, 3, ro=True), *(a(f4, 2, ro=True),) * 3,
+                                          a(u4, 2, ro=True), a(u4, 3, ro=True), boolean, boolean, a(f4, 2, ro=True),
+                                          a(f8, 1), a(u4, 2, ro=True), a(f4, 2, ro=True), a(f4, 2, ro=True), *tables,
+                                          *fit_out)],
+        ("saturation", "first_crossing"): [(a(f4, 3), a(f4, 2), a(i2, 2))],
+        ("saturation", "min_filter"): [(a(i2, 2), int64, a(i2, 2))],
+        ("saturation", "dilution_candidates"): [(a(f4, 3), a(u4, 3), a(f4, 2), a(b1, 2), a(i2, 2, "A"), a(f8, 1),
+                                                 a(i2, 2))],
+        ("saturation", "apply_saturation"): [(a(f4, 3), a(u4, 3), a(f4, 2), a(i2, 2, "A"), a(i2, 2), int64, float64,
+                                              float64, int64, a(b1, 1), int64, a(u4, 3))],
+    }  # fmt: skip
 
 
 def _kernel_modules() -> list:
-    import pkgutil
-
-    from ... import kernels
-
     mods = []
     for info in pkgutil.iter_modules(kernels.__path__):
         if not info.name.startswith("_"):
@@ -101,19 +76,17 @@ def _kernel_modules() -> list:
 
 
 def warmup(level: str = "wfi") -> dict:
-    """Import detflow's kernel modules and (``level="wfi"``) compile the WFI kernels by running the
-    default recipe on a tiny exposure, synchronously in this process. Errors are recorded, not raised:
-    a failed warm-up only means the first tasks compile. Returns what was done."""
-    import dask
+    """Import detflow's kernel modules and (``level="wfi"``) compile the kernels of the WFI default recipe
+    for the argument types it passes them (:func:`_wfi_signatures`), in this process: no pipeline is
+    built, nothing runs. Errors are recorded, not raised: a failed warm-up only means the first tasks
+    compile. Returns what was done."""
     import numba
     from numba.core.dispatcher import Dispatcher
-
-    import detflow
 
     t0 = time.perf_counter()
     info: dict[str, Any] = {"level": level, "errors": [], "pid": os.getpid(),
                             "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
-                            "detflow": detflow.__version__}  # fmt: skip
+                            "detflow": detflow_version()}  # fmt: skip
     mods = []
     if level != "off":
         try:
@@ -121,11 +94,11 @@ def warmup(level: str = "wfi") -> dict:
         except Exception as exc:  # noqa: BLE001
             info["errors"].append(f"import: {type(exc).__name__}: {exc}")
     if level == "wfi":
+        by_name = {m.__name__.rsplit(".", 1)[-1]: m for m in mods}
         try:
-            with tempfile.TemporaryDirectory(prefix="detflow-warmup-") as tmp:
-                job = _tiny_wfi(Path(tmp))
-                products = detflow.build(job)
-                dask.compute(*products.values(), scheduler="sync")
+            for (module, kernel), signatures in _wfi_signatures().items():
+                for sig in signatures:
+                    getattr(by_name[module], kernel).compile(sig)
         except Exception as exc:  # noqa: BLE001
             info["errors"].append(f"wfi: {type(exc).__name__}: {exc}")
     compiled = {}
