@@ -302,6 +302,22 @@ def test_version_mismatch_is_one_clear_error(processes, monkeypatch):
         dc.check_versions(c, strict=False)
 
 
+def test_version_rule_which_nodes_count():
+    """distributed's rule (its error_message) decides: the scheduler counts for dask and distributed, not for
+    numpy and friends; its detflow counts when it has one."""
+    from detflow.runtime.cluster.versions import _mismatch
+
+    row = {"detflow": "1.0", "dask": "2026.1", "numpy": "2.0"}
+    table = {"client": dict(row), "scheduler": {**row, "detflow": None, "numpy": "1.0"}, "tcp://w:1": dict(row)}
+    assert [_mismatch(p, table) for p in row] == [None, None, None]
+    table["scheduler"]["dask"] = "2025.1"
+    assert _mismatch("dask", table) == {"client": "2026.1", "scheduler": "2025.1", "tcp://w:1": "2026.1"}
+    table["scheduler"]["detflow"] = "0.9"
+    assert _mismatch("detflow", table) == {"client": "1.0", "scheduler": "0.9", "tcp://w:1": "1.0"}
+    table["tcp://w:1"]["numpy"] = None  # not installed on a worker
+    assert _mismatch("numpy", table) == {"client": "2.0", "tcp://w:1": None}
+
+
 # ---- deploy files ------------------------------------------------------------------------------------------
 def test_kubernetes_manifests_set_worker_env_preload_and_limits():
     docs = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 from distributed import Client
+from distributed.versions import error_message, scheduler_relevant_packages
 
 from .base import DetflowClusterError
 
@@ -68,18 +69,15 @@ def check_versions(client: Client, *, strict: bool = True) -> dict[str, dict[str
 
     detflow, dask or distributed differing anywhere raises :class:`DetflowClusterError` listing what
     differs where (``strict=False``: a warning instead); numpy, numba, zarr or xarray differing between
-    the client and the workers warns. detflow missing on the scheduler is fine (it runs no detflow
-    code). Returns the table of versions."""
+    the client and the workers warns. What differs is decided by distributed's own check
+    (``distributed.versions.error_message``: the scheduler counts for dask and distributed); a scheduler's
+    detflow counts when it has one (missing there is fine: it runs no detflow code). Returns the table."""
     table = cluster_versions(client)
     where = client.scheduler.address if client.scheduler else "cluster"
     errors, warns = [], []
     for pkg in STRICT_PACKAGES + WARN_PACKAGES:
-        seen = {name: row.get(pkg) for name, row in table.items()}
-        if pkg == "detflow" and seen.get("scheduler") is None:
-            seen.pop("scheduler", None)
-        if pkg in WARN_PACKAGES:
-            seen.pop("scheduler", None)
-        if len(set(seen.values())) > 1:
+        seen = _mismatch(pkg, table)
+        if seen:
             (errors if pkg in STRICT_PACKAGES else warns).append(f"{pkg}: " + _describe(seen))
     if warns:
         warnings.warn(f"{where}: versions differ (results may differ slightly): " + "; ".join(warns),
@@ -91,6 +89,18 @@ def check_versions(client: Client, *, strict: bool = True) -> dict[str, dict[str
                                       "the scheduler and every worker", msg)  # fmt: skip
         warnings.warn(f"{where}: versions: {msg}", stacklevel=2)
     return table
+
+
+def _mismatch(pkg: str, table: dict[str, dict[str, str | None]]) -> dict[str, str | None] | None:
+    """``{node: version}`` of the nodes compared for ``pkg`` when distributed's check finds they differ."""
+    rows = {name: {"packages": {pkg: row.get(pkg)}} for name, row in table.items()}
+    client_row, scheduler_row = rows.pop("client"), rows.pop("scheduler")
+    if pkg == "detflow" and table["scheduler"].get(pkg) is not None:
+        rows = {"scheduler": scheduler_row, **rows}  # (error_message compares a scheduler for its own packages)
+    if not error_message(scheduler_row, rows, client_row)["warning"]:
+        return None
+    compared = ["client"] + ["scheduler"] * (pkg in scheduler_relevant_packages) + list(rows)
+    return {name: table[name].get(pkg) for name in dict.fromkeys(compared)}
 
 
 def _describe(seen: dict[str, str | None]) -> str:
