@@ -62,7 +62,7 @@ class _DamagedInputs(_Model):
 class ClusterConfig(_Model):
     """A job's ``cluster:`` block. Without ``profile`` (and ``$DETFLOW_PROFILE``): an embedded LocalCluster.
     With one (``cluster: {profile: slurm}``), the profile's settings, the keys set here on top (only those
-    written in the job: defaults do not override the profile). See :mod:`detflow.cluster`."""
+    written in the job: defaults do not override the profile). See :mod:`detflow.runtime.cluster`."""
 
     profile: str | None = Field(None, description="cluster profile: a name (local, slurm, kubernetes, gateway, "
                                 "address, or NAME.yaml on $DETFLOW_PROFILE_PATH / ~/.config/detflow/profiles) "
