@@ -145,7 +145,7 @@ def one_shape(args, shape, jobs) -> dict:
     with get_client(cfg) as client:
         client.wait_for_workers(w, timeout=120)
         res["cluster_start_s"] = time.perf_counter() - t0
-        from detflow.cluster import warmup
+        from detflow.runtime.cluster import warmup
 
         t0 = time.perf_counter()
         client.run(warmup, "wfi")  # every worker compiles the WFI kernels (a tiny job, in-process)
