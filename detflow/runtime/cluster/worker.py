@@ -58,6 +58,11 @@ def _wfi_signatures() -> dict[tuple[str, str], list[tuple]]:
                                           a(u4, 2, ro=True), a(u4, 3, ro=True), boolean, boolean, a(f4, 2, ro=True),
                                           a(f8, 1), a(u4, 2, ro=True), a(f4, 2, ro=True), a(f4, 2, ro=True), *tables,
                                           *fit_out)],
+        # the default ramp fit (kernels/ramp_gls.py): tables tbar, tau, nframes, params, flags
+        ("ramp_gls", "linearize_dark_fit"): [(a(f4, 3, ro=True), a(f4, 3, ro=True), *(a(f4, 2, ro=True),) * 3,
+                                              a(u4, 2, ro=True), a(u4, 3, ro=True), boolean, boolean,
+                                              a(f4, 2, ro=True), a(u4, 2, ro=True), a(f4, 2, ro=True), a(f4, 2, ro=True),
+                                              *(a(f8, 1),) * 4, a(u4, 1), *fit_out)],
         ("saturation", "first_crossing"): [(a(f4, 3), a(f4, 2), a(i2, 2))],
         ("saturation", "min_filter"): [(a(i2, 2), int64, a(i2, 2))],
         ("saturation", "dilution_candidates"): [(a(f4, 3), a(u4, 3), a(f4, 2), a(b1, 2), a(i2, 2, "A"), a(f8, 1),
