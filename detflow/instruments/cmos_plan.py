@@ -17,19 +17,17 @@ The plan computes nothing:
   (computed before the plan) to ``structure`` and ``degradation``;
 - each group's inputs: the section stores (and the ``model_store``) it is computed from, recorded with
   their checksums by the executor (a store's: :func:`detflow.io.caldir.sha256` of a directory);
-- the root's ``mode``, ``sections`` and ``ingest`` report;
-- exports, the reports (:mod:`detflow.reports.cmos`): the evaluation tables and plots, the rejected
-  frames, the analyses' tables and plots, the ingest report, as CSV/PNG/JSON in ``report_dir``; written
-  from the committed store and the analyses' results, never recomputed.
+- the root's ``mode``, ``sections`` and ``ingest`` report.
+
+The reports (:func:`detflow.reports.cmos.write_run_reports`, written from the committed store and the
+analyses' results) are the plan's export, added by the runtime: instruments import no reports.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from .. import schema
@@ -37,7 +35,6 @@ from ..calib import cmos as cm
 from ..errors import DetflowInputError
 from ..io import cmos_raw
 from ..io.store import open_store
-from ..reports import cmos as rc
 from .base import Instrument, Plan
 from .cmos_job import CmosJob
 
@@ -201,67 +198,16 @@ def analysis_products(job: CmosJob, results: dict) -> dict[str, xr.Dataset]:
 def plan_cmos(job: CmosJob, ingest: dict | None = None, analyses: dict | None = None) -> Plan:
     """The job's plan: the lazy model groups and the analyses' maps (``analyses``: their results, computed
     before the plan by the runtime; without them, as for ``detflow validate``, the plan has the model
-    groups only), the root's record (``ingest``: the ingest report of this run), the reports as exports.
-    A job without ``output`` (ingest only) plans nothing."""
+    groups only) and the root's record (``ingest``: the ingest report of this run). A job without ``output``
+    (ingest only) plans nothing."""
     if job.output is None:
         return Plan({}, "detflow cmos: nothing to compute (ingest only)")
     need = needed_models(job.models) if job.mode != "synthesize" else []
     products = build_cmos(job, open_sections(job, need))[0] if job.models else {}
     products.update(analysis_products(job, analyses or {}))
     sections = sections_needed(job)
-
-    def reports(store: Path) -> list[str]:
-        written = write_reports(job, store, ingest, analyses)
-        return [f"{len(written)} report files in {job.reports}"]
-
     attrs = {"mode": job.mode, "sections": {s: str(section_store(job, s)) for s in sections}, "ingest": ingest or {}}
-    return Plan(products, "detflow cmos: models", exports=[reports], attrs=attrs)
-
-
-def write_reports(job: CmosJob, store: Path, ingest: dict | None = None, analyses: dict | None = None) -> list[Path]:
-    """The tables and plots of a finished model store, read back from it: evaluation summaries (CSV and
-    PNG), the frames the models left out (CSV), the analyses' tables and plots (from their results), the
-    ingest report. The plots are plain ``matplotlib.figure.Figure`` objects, so the caller's pyplot backend
-    is left alone (a notebook that runs a job keeps its inline plots)."""
-    out_dir = job.reports
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tree = open_store(store)
-    written: list[Path] = []
-    for m in SECTIONS:
-        if f"{m}_eval" in tree.children:
-            written += rc.write_evaluation_report(tree[f"{m}_eval"].to_dataset().load(), out_dir, m)
-    rejected = rejected_frames(tree)
-    if rejected:
-        path = out_dir / "rejected_frames.csv"
-        pd.DataFrame(rejected).to_csv(path, index=False)
-        written.append(path)
-    if analyses:
-        if "structure" in analyses:
-            written += list(rc.write_structure_report(analyses["structure"], out_dir, overwrite=True).values())
-        if "degradation" in analyses:
-            written += list(rc.write_degradation_report(analyses["degradation"], out_dir, overwrite=True).values())
-    if ingest:
-        path = out_dir / "ingest_report.json"
-        path.write_text(json.dumps(ingest, indent=1, default=str))
-        written.append(path)
-    return written
-
-
-def rejected_frames(tree: xr.DataTree) -> list[dict]:
-    """Frames the dark and flat models left out, with why: from the model store."""
-    out = []
-    for m in ("dark", "flat"):
-        group = MODEL_GROUPS[m]
-        if group not in tree.children or "rejected" not in tree[group].data_vars:
-            continue
-        node = tree[group]
-        flags = node["rejected"].values
-        paths = node["path"].values if "path" in node.coords else np.arange(flags.size)
-        for p, f in zip(paths, flags):
-            if int(f):
-                out.append({"model": m, "path": str(p),
-                            "reasons": " ".join(k for k, bit in cm.REJECT.items() if int(f) & bit)})  # fmt: skip
-    return out
+    return Plan(products, "detflow cmos: models", attrs=attrs)
 
 
 INSTRUMENT = Instrument(

@@ -8,7 +8,9 @@ on the job's cluster before the executor), and its checks without running (``det
    here, on the job's cluster; their maps become store groups of the plan, their tables reports.
 
 Then the executor runs the plan (:func:`detflow.instruments.cmos_plan.plan_cmos`): the models, written
-into the model store with their inputs' checksums, and the reports written from the committed store.
+into the model store with their inputs' checksums, and its export, added here (instruments import no
+reports): the reports (:func:`detflow.reports.cmos.write_run_reports`), from the committed store and the
+analyses' results.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import dask
 import xarray as xr
@@ -26,7 +29,8 @@ from ..instruments.base import Plan
 from ..instruments.cmos_job import CmosJob
 from ..instruments.cmos_plan import SECTIONS, needed_models, open_sections, plan_cmos, section_store, sections_needed
 from ..io import cmos_raw
-from ..io.store import check_output
+from ..io.store import check_output, open_store
+from ..reports import cmos as rc
 
 log = logging.getLogger("detflow")
 
@@ -42,7 +46,19 @@ def prepare_cmos(job: CmosJob, c: Client, console=None) -> Callable[[CmosJob], P
         sections = open_sections(job, sections_needed(job))
         with dask.config.set(scheduler=c.get):
             analyses = run_analyses(job, sections)
-    return functools.partial(plan_cmos, ingest=report, analyses=analyses)
+    return functools.partial(_plan, ingest=report, analyses=analyses)
+
+
+def _plan(job: CmosJob, ingest: dict | None, analyses: dict) -> Plan:
+    """The job's plan with the reports as its export (from the committed store and the analyses' results)."""
+    plan = plan_cmos(job, ingest=ingest, analyses=analyses)
+
+    def reports(store: Path) -> list[str]:
+        written = rc.write_run_reports(open_store(store), job.reports, ingest, analyses)
+        return [f"{len(written)} report files in {job.reports}"]
+
+    plan.exports.append(reports)
+    return plan
 
 
 def _ingest(job: CmosJob, c: Client, console) -> dict | None:
