@@ -23,13 +23,18 @@ def tree_digest(root: Path) -> str:
     lines = []
     for p in sorted(root.rglob("*")):
         if p.is_file():
-            lines.append(f"{p.relative_to(root).as_posix()} {p.stat().st_size} {hashlib.sha256(p.read_bytes()).hexdigest()}\n")
+            lines.append(
+                f"{p.relative_to(root).as_posix()} {p.stat().st_size} {hashlib.sha256(p.read_bytes()).hexdigest()}\n"
+            )
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc, Client(lc) as c:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc,
+        Client(lc) as c,
+    ):
         yield c
 
 

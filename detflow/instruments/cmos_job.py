@@ -110,4 +110,3 @@ class CmosJob(Job):
         if self.report_dir is not None:
             return self.report_dir
         return None if self.output is None else self.output.with_name(self.output.stem + "_report")
-
