@@ -35,9 +35,7 @@ DEBTS = {
     "cycles": {
         ("detflow.sim.wfi", "detflow.sim.wfi_sky"),
     },
-    "layers": {
-        ("detflow.io.exporters", "detflow.steps.excam"),  # the II&T export names: instrument knowledge
-    },
+    "layers": set(),
     "long": {"detflow/sim/excam.py", "detflow/sim/wfi.py", "detflow/steps/excam.py", "detflow/steps/wfi.py"},
 }
 
