@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from detflow.runtime.pit import from_pit
 
 from detflow.instruments.roman_wfi_pit import from_pit
 from detflow.kernels import linearity as klin
