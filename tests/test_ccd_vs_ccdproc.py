@@ -30,7 +30,10 @@ ATOL = 1e-9  # ADU: float64 rounding (frames of ~1000 ADU)
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc, Client(lc) as c:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc,
+        Client(lc) as c,
+    ):
         yield c
 
 
@@ -94,7 +97,9 @@ def _ccdproc_night(files, cfg: CcdSimConfig, method: str, model: str, combine: s
         return ccdproc.subtract_dark(ccd, out["dark"], data_exposure=ccd.header["EXPTIME"] * u.s,
                                      dark_exposure=cfg.dark_time * u.s, scale=True)  # fmt: skip
 
-    out["flat"] = _combine([dark(ccdproc.subtract_bias(basic(c), out["bias"])) for c in _read(files, "FLAT")], combine, dev)
+    out["flat"] = _combine(
+        [dark(ccdproc.subtract_bias(basic(c), out["bias"])) for c in _read(files, "FLAT")], combine, dev
+    )
     out["science"] = [ccdproc.flat_correct(dark(ccdproc.subtract_bias(basic(c), out["bias"])), out["flat"])
                       for c in _read(files, "LIGHT")]  # fmt: skip
     out["combined"] = _combine(out["science"], combine, dev)

@@ -51,13 +51,13 @@ def parse_section(text: str, shape: tuple[int, int] | None = None) -> tuple[slic
             continue
         a, b = int(m.group(2)), int(m.group(3))
         if not 1 <= a <= b:
-            raise ValueError(f"{axis} range {a}:{b} of {text!r}: 1-based and increasing")
+            raise ValueError(f"a FITS section of 1-based increasing ranges, got {axis} {a}:{b} in {text!r}")
         out.append(slice(a - 1, b))
     cols, rows = out
     if shape is not None:
         for s, n, axis in ((rows, shape[0], "y"), (cols, shape[1], "x")):
             if s.stop is not None and s.stop > n:
-                raise ValueError(f"{axis} range of {text!r} ends at {s.stop}, beyond the frame's {n} pixels")
+                raise ValueError(f"a section inside the frame ({n} pixels along {axis}), got {text!r}")
     return rows, cols
 
 

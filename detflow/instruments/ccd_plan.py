@@ -160,7 +160,7 @@ def plan_ccd(job: CcdJob) -> Plan:
     try:
         lazy = chain(frames, None, params)
     except ValueError as exc:  # a section outside the frame, an overscan not spanning the rows...
-        raise DetflowInputError(job.source, "overscan/trim", "sections that fit the frames", str(exc)) from None
+        raise DetflowInputError(job.source, "overscan/trim", str(exc)) from None
     small = dict(frames.attrs, inputs=[{"path": i["path"]} for i in frames.attrs["inputs"]])
     product = fuse_frames(frames, None, params, chain, lazy, attrs=small)["ccd"]
     product.attrs.update(job=job.model_dump(mode="json"), versions=versions(),

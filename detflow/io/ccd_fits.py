@@ -98,7 +98,7 @@ def read_ccd_header(path: str | Path, hdu: int | str | None = None) -> dict:
             try:
                 ccd.parse_section(str(value), shape)
             except ValueError as exc:
-                raise DetflowInputError(path, key, "a FITS section inside the frame", str(exc)) from None
+                raise DetflowInputError(path, key, str(exc)) from None
         meta[key.lower()] = "" if value is None else str(value).strip()
     return meta
 

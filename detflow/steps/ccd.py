@@ -102,7 +102,7 @@ def ccd_overscan(ds: xr.Dataset, refs: xr.Dataset | None, p: OverscanParams) -> 
     rows, cols = parse_section(section, (ds.sizes[Y], ds.sizes[X]))
     region = ds["data"].isel({Y: rows, X: cols})
     if region.sizes[Y] != ds.sizes[Y]:
-        raise ValueError(f"overscan {section}: rows of the whole frame (1:{ds.sizes[Y]}), got {region.sizes[Y]}")
+        raise ValueError(f"an overscan section of every row (1:{ds.sizes[Y]}), got {section}")
     level = region.median(X) if p.method == "median" else region.mean(X)
     if p.model == "constant":
         level = level.mean(Y).broadcast_like(level)
