@@ -96,7 +96,7 @@ def test_fused_chain_equals_the_step_graph(frames, maps, tmp_path, per_task, cal
     assert [k for k in range(7) if rejected[k] & sx.REJECT["OVEREXP"]] == [6]
     assert [k for k in range(7) if rejected[k] & sx.REJECT["header_range"]] == [3]
     dq = fused[("l2a", "dq")]
-    hit = [bool((dq[k, CY, CX - 2 : CX + 2] & int(sx.CORGI_TO_DQ[128])).all()) for k in range(7)]
+    hit = [bool((dq[k, CY, CX - 2 : CX + 2] & int(roman_excam.CORGI_TO_DQ[128])).all()) for k in range(7)]
     assert hit == [True, True, False, True, True, False, True]
 
 

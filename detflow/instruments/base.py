@@ -6,6 +6,11 @@ keywords, recipes; imported by readers and steps), ``instruments/<name>_job.py``
 spellings of its jobs, e.g. the PIT ``gen_cal_image`` YAML or the II&T ``config_file.yaml``).
 :mod:`detflow.instruments.registry` lists the instruments; the runtime reads jobs through it.
 
+Why the job model and the plans live here and not in ``runtime/`` (as DESIGN.md first drew it): an
+instrument's job keys and its plan are instrument knowledge, and a new detector must be addable without
+touching the engine. The runtime imports instruments (to read jobs and execute plans); instruments never
+import the runtime, so an instrument module cannot reach the cluster: a plan builds lazy graphs only.
+
 The job model is pydantic with ``extra="forbid"``: an unknown key is an error naming the key and file.
 The keys every job has are declared once here (:class:`Job`, and :class:`FramesJob` for the pipelines
 that calibrate frames); an instrument declares only its own.

@@ -6,6 +6,9 @@ then leave the workers' threads idle a third of the time. Fused, a block of fram
 the whole chain (the *same* step functions, on an in-memory dataset of those frames) plus one small task
 per output variable.
 
+It lives with the steps, not in the runtime: it builds a graph (computes nothing, opens no file) and a
+plan (instrument layer, which never imports the runtime) calls it.
+
 :func:`fuse_frames` takes the chain's lazy products (built by calling the chain on the lazy input: they
 give the structure, coordinates and step records) and replaces the data of every per-frame variable by
 the fused tasks' output. Equal bit for bit to the unfused graph (``tests/test_excam_fused.py``,

@@ -42,7 +42,8 @@ def set_worker_env() -> dict[str, str]:
 
 def _wfi_signatures() -> dict[tuple[str, str], list[tuple]]:
     """The argument types the WFI default recipe passes its kernels (steps/wfi.py: tiles are read-only
-    views, outputs and per-frame tables writable; float32 data, uint32 DQ): ``{(module, kernel): [types]}``.
+    views, outputs and per-frame tables writable; float32 data, uint32 DQ and DQ-value vectors):
+    ``{(module, kernel): [types]}``.
     Compiling these is what running the recipe compiles (tests/test_cluster_warmup.py checks it)."""
     import numba
 
@@ -55,20 +56,20 @@ def _wfi_signatures() -> dict[tuple[str, str], list[tuple]]:
     fit_out = (a(f4, 2),) * 3 + (a(u4, 2),)
     return {
         ("ramp", "linearize_dark_fit"): [(a(f4, 3, ro=True), a(f4, 3, ro=True), *(a(f4, 2, ro=True),) * 3,
-                                          a(u4, 2, ro=True), a(u4, 3, ro=True), boolean, boolean, a(f4, 2, ro=True),
-                                          a(f8, 1), a(u4, 2, ro=True), a(f4, 2, ro=True), a(f4, 2, ro=True), *tables,
-                                          *fit_out)],
+                                          a(u4, 2, ro=True), a(u4, 3, ro=True), boolean, boolean, a(u4, 1),
+                                          a(f4, 2, ro=True), a(f8, 1), a(u4, 2, ro=True), a(f4, 2, ro=True),
+                                          a(f4, 2, ro=True), *tables, a(u4, 1), *fit_out)],
         # the default ramp fit (kernels/ramp_gls.py): tables tbar, tau, nframes, params, flags
         ("ramp_gls", "linearize_dark_fit"): [(a(f4, 3, ro=True), a(f4, 3, ro=True), *(a(f4, 2, ro=True),) * 3,
-                                              a(u4, 2, ro=True), a(u4, 3, ro=True), boolean, boolean,
+                                              a(u4, 2, ro=True), a(u4, 3, ro=True), boolean, boolean, a(u4, 1),
                                               a(f4, 2, ro=True), a(u4, 2, ro=True), a(f4, 2, ro=True), a(f4, 2, ro=True),
                                               *(a(f8, 1),) * 4, a(u4, 1), *fit_out)],
         ("saturation", "first_crossing"): [(a(f4, 3), a(f4, 2), a(i2, 2))],
         ("saturation", "min_filter"): [(a(i2, 2), int64, a(i2, 2))],
         ("saturation", "dilution_candidates"): [(a(f4, 3), a(u4, 3), a(f4, 2), a(b1, 2), a(i2, 2, "A"), a(f8, 1),
-                                                 a(i2, 2))],
+                                                 a(u4, 1), a(i2, 2))],
         ("saturation", "apply_saturation"): [(a(f4, 3), a(u4, 3), a(f4, 2), a(i2, 2, "A"), a(i2, 2), int64, float64,
-                                              float64, int64, a(b1, 1), int64, a(u4, 3))],
+                                              float64, int64, a(b1, 1), int64, a(u4, 1), a(u4, 3))],
     }  # fmt: skip
 
 
