@@ -15,10 +15,10 @@ from distributed import Client, LocalCluster
 from typer.testing import CliRunner
 
 import detflow
+from detflow.calib.cmos import holdout_mask
 from detflow.cli import app
 from detflow.errors import DetflowInputError
 from detflow.io.store import open_store
-from detflow.runtime.cmos import holdout_mask
 from detflow.sim.cmos import CmosSimConfig, simulate_cmos_tree
 
 CFG = CmosSimConfig(n_bias=5, n_dark=5, n_flat=5, temps=(-10.0, 0.0, 10.0, 25.0), seed=3)

@@ -229,6 +229,7 @@ class Plan:
     reduces: list[Reduce] = field(default_factory=list)
     exports: list[Callable[[Path], list[Path]]] = field(default_factory=list)  # (store) -> files written
     record_group: str | None = None  # the group whose steps and history the root records (default: the first)
+    attrs: dict[str, Any] = field(default_factory=dict)  # more root attributes: the instrument's record of the run
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 import pydantic
 from pydantic import Field
 
-from .base import Instrument, Job, Model, OnError
+from .base import Job, Model, OnError
 
 
 class CmosIngestConfig(Model):
@@ -110,11 +110,3 @@ class CmosJob(Job):
         if self.report_dir is not None:
             return self.report_dir
         return None if self.output is None else self.output.with_name(self.output.stem + "_report")
-
-
-INSTRUMENT = Instrument(
-    name="cmos",
-    job=CmosJob,
-    summary="CMOS characterisation: raw test-section trees -> bias/dark/flat models",
-    needs="stores, and ingest or output",
-)

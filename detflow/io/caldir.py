@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import dask.array as da
@@ -64,13 +65,20 @@ def _checksum_cache_dir() -> Path | None:
 def sha256(path: str | Path, blocksize: int = 2**22) -> str:
     """SHA-256 of a file, remembered per (real path, size, mtime) so that reference files shared by
     thousands of exposures are hashed once. ``DETFLOW_CHECKSUM_CACHE=off`` disables the cache (or
-    names another directory); a changed file has a new size or mtime and is hashed again."""
+    names another directory); a changed file has a new size or mtime and is hashed again.
+
+    A directory (a zarr store, e.g. a CMOS section store) has the SHA-256 of its content: of one line
+    ``<relative path> <size> <sha256 of the file>`` per file, in path order (the same content under
+    another folder name has the same digest); remembered per (real path, every file's path, size and
+    mtime)."""
     path = Path(path)
     st = path.stat()
+    files = _tree(path) if stat.S_ISDIR(st.st_mode) else None
     cache = _checksum_cache_dir()
     entry = None
     if cache is not None:
-        key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+        stamp = f"{st.st_size}|{st.st_mtime_ns}" if files is None else "|".join(f"{r}|{s}|{m}" for r, s, m, _ in files)
+        key = hashlib.sha256(f"{path.resolve()}|{stamp}".encode()).hexdigest()
         entry = cache / key
         try:
             value = entry.read_text().strip()
@@ -79,9 +87,13 @@ def sha256(path: str | Path, blocksize: int = 2**22) -> str:
         except OSError:
             pass
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(blocksize), b""):
-            h.update(block)
+    if files is None:
+        _hash_file(h, path, blocksize)
+    else:
+        for rel, size, _, full in files:
+            one = hashlib.sha256()
+            _hash_file(one, full, blocksize)
+            h.update(f"{rel} {size} {one.hexdigest()}\n".encode())
     digest = h.hexdigest()
     if entry is not None:
         try:
@@ -92,6 +104,22 @@ def sha256(path: str | Path, blocksize: int = 2**22) -> str:
         except OSError:
             pass
     return digest
+
+
+def _hash_file(h, path: Path, blocksize: int) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(blocksize), b""):
+            h.update(block)
+
+
+def _tree(root: Path) -> list[tuple[str, int, int, Path]]:
+    """Every file under ``root``: ``(relative posix path, size, mtime_ns, path)``, in path order."""
+    out = []
+    for p in root.rglob("*"):
+        st = p.stat()
+        if stat.S_ISREG(st.st_mode):
+            out.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns, p))
+    return sorted(out)
 
 
 def _axis_chunks(c, n: int) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ The figures are plain ``matplotlib.figure.Figure`` objects (no pyplot), so a cal
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import uuid
@@ -20,7 +21,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..calib.cmos import summary_table
+from ..calib.cmos import REJECT, summary_table
 from ..calib.cmos_analysis import CLASSES, DegradationResult, StructureResult, frame_temperature
 from ..errors import OutputExistsError
 
@@ -236,3 +237,49 @@ def write_evaluation_report(ev: xr.Dataset, outdir: str | Path, name: str) -> li
     png = outdir / f"{name}_evaluation.png"
     plot_evaluation(ev, title=f"{name} model on held-out frames").savefig(png, dpi=90)
     return [table, png]
+
+
+# ---- a run's reports -----------------------------------------------------------------------------------------
+def write_run_reports(tree: xr.DataTree, out_dir: str | Path, ingest: dict | None = None,
+                      analyses: dict | None = None) -> list[Path]:  # fmt: skip
+    """The tables and plots of a finished model store (``tree``, read back from it): evaluation summaries
+    (CSV and PNG), the frames the models left out (CSV), the analyses' tables and plots (from their
+    results), the ingest report (JSON), in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for m in ("bias", "dark", "flat"):
+        if f"{m}_eval" in tree.children:
+            written += write_evaluation_report(tree[f"{m}_eval"].to_dataset().load(), out_dir, m)
+    rejected = rejected_frames(tree)
+    if rejected:
+        path = out_dir / "rejected_frames.csv"
+        pd.DataFrame(rejected).to_csv(path, index=False)
+        written.append(path)
+    if analyses:
+        if "structure" in analyses:
+            written += list(write_structure_report(analyses["structure"], out_dir, overwrite=True).values())
+        if "degradation" in analyses:
+            written += list(write_degradation_report(analyses["degradation"], out_dir, overwrite=True).values())
+    if ingest:
+        path = out_dir / "ingest_report.json"
+        path.write_text(json.dumps(ingest, indent=1, default=str))
+        written.append(path)
+    return written
+
+
+def rejected_frames(tree: xr.DataTree) -> list[dict]:
+    """Frames the dark and flat models left out (``<model>_model/rejected``), with why."""
+    out = []
+    for m in ("dark", "flat"):
+        group = f"{m}_model"
+        if group not in tree.children or "rejected" not in tree[group].data_vars:
+            continue
+        node = tree[group]
+        flags = node["rejected"].values
+        paths = node["path"].values if "path" in node.coords else np.arange(flags.size)
+        for p, f in zip(paths, flags):
+            if int(f):
+                out.append({"model": m, "path": str(p),
+                            "reasons": " ".join(k for k, bit in REJECT.items() if int(f) & bit)})  # fmt: skip
+    return out

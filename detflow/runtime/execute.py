@@ -115,9 +115,10 @@ def open_writer(job, products: dict[str, xr.Dataset], extra_inputs=()) -> StoreW
 
 
 def finish_store(writer: StoreWriter, c: Client, sums: dict, job, products: dict[str, xr.Dataset],
-                 groups: list[str], record: xr.Dataset, started: str) -> None:  # fmt: skip
+                 groups: list[str], record: xr.Dataset, started: str, attrs: dict | None = None) -> None:  # fmt: skip
     """Provenance and commit: each group of ``products`` gets its inputs and reference files with
-    checksums, the root all of them, the job, versions, times, and ``record``'s steps and history."""
+    checksums, the root all of them, the job, versions, times, and ``record``'s steps and history (and
+    ``attrs``, the instrument's own record of the run)."""
     sums = dict(zip(sums, c.gather(list(sums.values()))))
     writer.check_checksums(sums)  # a resumed store: the inputs' content is the content it was started from
     skipped = skipped_inputs(products)  # damaged inputs left out (the poison frames of a data set)
@@ -142,6 +143,7 @@ def finish_store(writer: StoreWriter, c: Client, sums: dict, job, products: dict
         "history": record.attrs.get("history", []),
         "regions": regions_record(writer),
         "skipped_inputs": skipped,
+        **(attrs or {}),
         **job_record_attrs(),
     })  # fmt: skip
     if current_job() is not None:

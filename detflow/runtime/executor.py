@@ -54,8 +54,8 @@ def execute(job: Job, plan_of: Callable[[Job], Plan], client: Client | None = No
                 if new:
                     compute(c, writer.add_all(new), progress, console, stage.description)
                     groups += list(new)
-            record = plan.products[plan.record_group or next(iter(plan.products))]
-            finish_store(writer, c, sums, job, plan.products, groups, record, started)
+            record = plan.products.get(plan.record_group or next(iter(plan.products), ""), xr.Dataset())
+            finish_store(writer, c, sums, job, plan.products, groups, record, started, plan.attrs)
     for export in plan.exports:
         for path in export(job.store):
             log.info("export: %s", path)

@@ -46,9 +46,9 @@ Models and fit choices
   (weights normalised to mean 1); ``chi2_red`` for the dark fits = ``sum r^2 / sigma^2 / (n - p)``.
 * ``fit_failed`` (uint8): 0 fitted, else :data:`detflow.kernels.cmos.STATUS` (1 too few points, 2 too
   few positive rates for the log start, 3 singular design, 4 not converged / non-finite).
-* :func:`evaluate_model`: model vs held-out frames, per-pixel MAE and MAPE maps, per-frame and per
-  (temperature, exposure) group summaries; :func:`summary_table` (the plot:
-  :func:`detflow.reports.cmos.plot_evaluation`).
+* :func:`holdout_mask`: the frames kept out of the fits; :func:`evaluate_model`: model vs held-out frames,
+  per-pixel MAE and MAPE maps, per-frame and per (temperature, exposure) group summaries;
+  :func:`summary_table` (the plot: :func:`detflow.reports.cmos.plot_evaluation`).
 
 Modules: :mod:`.frames` (inputs, grouping, chunking, flag tables), :mod:`.combine` (combines, map statistics,
 per-pixel linear least squares), :mod:`.bias`, :mod:`.dark`, :mod:`.flat`, :mod:`.evaluate`.
@@ -57,12 +57,13 @@ per-pixel linear least squares), :mod:`.bias`, :mod:`.dark`, :mod:`.flat`, :mod:
 from .bias import build_bias_model, synthesize_bias
 from .combine import STATS, combine_frames, wls_pixels
 from .dark import build_dark_model, noise_model_sigma, synthesize_dark
-from .evaluate import evaluate_model, summary_table
+from .evaluate import evaluate_model, holdout_mask, summary_table
 from .flat import build_flat_model, empirical_vignetting, radial_vignetting, synthesize_flat
 from .frames import FIT_FLAGS, REJECT, REJECT_ATTRS, Method
 
 __all__ = [
     "FIT_FLAGS", "REJECT", "REJECT_ATTRS", "STATS", "Method", "build_bias_model", "build_dark_model",
-    "build_flat_model", "combine_frames", "empirical_vignetting", "evaluate_model", "noise_model_sigma",
-    "radial_vignetting", "summary_table", "synthesize_bias", "synthesize_dark", "synthesize_flat", "wls_pixels",
+    "build_flat_model", "combine_frames", "empirical_vignetting", "evaluate_model", "holdout_mask",
+    "noise_model_sigma", "radial_vignetting", "summary_table", "synthesize_bias", "synthesize_dark", "synthesize_flat",
+    "wls_pixels",
 ]  # fmt: skip

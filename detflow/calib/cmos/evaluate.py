@@ -1,4 +1,5 @@
-"""Evaluation of a CMOS model on frames it was not fitted to (:func:`evaluate_model`) and its summary table."""
+"""Evaluation of a CMOS model on frames it was not fitted to: the held-out frames (:func:`holdout_mask`), the
+model against them (:func:`evaluate_model`) and its summary table."""
 
 from __future__ import annotations
 
@@ -17,6 +18,23 @@ from .frames import F8, _chunk, _frames, _group, _independent, _round, _source, 
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
+def holdout_mask(ds: xr.Dataset, every: int) -> np.ndarray:
+    """True for the held-out frames: every ``every``-th frame (the last of each run of ``every``) of each
+    (set-point temperature, exposure time, filter) group, in frame order. The set point is ``filetemp``
+    (the ``T<temp>`` of the folder or file name) where known, else the logged temperature rounded to
+    1 deg C: the logged temperature jitters about the set point. Groups with fewer than ``every``
+    frames keep all their frames for the fit."""
+    n = ds.sizes[FRAME]
+    if every <= 0:
+        return np.zeros(n, dtype=bool)
+    temp = _temp_keys(ds, np.asarray(ds["temp"].values, np.float64), 1.0)  # the models' grouping, to 1 C
+    texp = np.asarray(ds["exptime"].values, np.float64) if "exptime" in ds.coords else np.zeros(n)
+    filt = [str(f) for f in ds["filter"].values] if "filter" in ds.coords else ["none"] * n
+    keys = pd.DataFrame({"t": np.nan_to_num(temp, nan=-1e9), "e": np.nan_to_num(texp, nan=-1.0), "f": filt})
+    rank = keys.groupby(["t", "e", "f"], sort=False).cumcount().to_numpy()
+    return (rank % every) == (every - 1)
+
+
 def evaluate_model(model: xr.Dataset, ds: xr.Dataset, *, bias: xr.Dataset | None = None,
                    dark: xr.Dataset | None = None, bias_mode: Literal["master", "model"] = "master",
                    dark_kind: Literal["2d", "1d"] = "2d", temp_step: float = 0.1,
