@@ -22,7 +22,7 @@ import yaml
 from distributed import Client, LocalCluster
 
 import detflow
-import detflow.io.store as store_module
+import detflow.io.store.writer as store_module
 from detflow.errors import DetflowInputError, OutputExistsError
 from detflow.io.store import open_store
 

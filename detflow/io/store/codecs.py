@@ -10,9 +10,9 @@ Here a dask block that is one or more whole shards is encoded with the numcodecs
 zarr's own codecs wrap (they release the GIL), into the zarr v3 sharding layout: the encoded inner
 chunks, then (or before them, with ``index_location: start``) the index of (offset, nbytes) uint64
 pairs, little endian, followed by its crc32c. The shard file is written under a temporary name and
-renamed, as zarr's LocalStore does. The result is byte for byte what zarr writes for a shard with no
+renamed (:func:`~detflow.io.store.atomic.atomic_write`), as zarr's LocalStore does. The result is byte for byte what zarr writes for a shard with no
 chunk equal to the fill value (zarr leaves such chunks out; here they are written, which readers
-cannot tell apart), and ``tests/test_shards.py`` checks it.
+cannot tell apart), and ``tests/test_store_codecs.py`` checks it.
 
 Anything else goes through zarr: arrays that are not sharded, codecs other than bytes + blosc/zstd
 inside the shard and bytes + crc32c on the index, chunk grids that are not regular, and blocks that
@@ -22,8 +22,6 @@ are not whole shards.
 from __future__ import annotations
 
 import inspect
-import os
-import uuid
 from pathlib import Path
 
 import google_crc32c
@@ -31,6 +29,8 @@ import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+
+from .atomic import atomic_write
 
 try:  # the order zarr lays inner chunks out in (any order is valid: the index says where each is)
     from zarr.core.indexing import morton_order_iter as _chunk_order
@@ -140,10 +140,4 @@ def write_region(root: str | Path, path: str, region: tuple[slice, ...], block: 
         key = arr.metadata.encode_chunk_key(tuple(a // s for a, s in zip(lo, enc.shard)))
         target = base / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-        try:
-            with open(tmp, "wb") as f:
-                f.writelines(enc.encode(piece, tuple(lo)))
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(target, enc.encode(piece, tuple(lo)))

@@ -1,4 +1,4 @@
-"""Whole-shard writes (detflow.io.shards): the bytes zarr itself writes, read back by zarr, and zarr's own
+"""Whole-shard writes (detflow.io.store.codecs): the bytes zarr itself writes, read back by zarr, and zarr's own
 path for everything the encoder does not handle."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, TransposeCodec, ZstdCodec
 
-from detflow.io.shards import MISSING, ShardEncoder, write_region
+from detflow.io.store.codecs import MISSING, ShardEncoder, write_region
 
 COMPRESSORS = {
     "lz4-shuffle": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
