@@ -10,7 +10,7 @@
 - :mod:`.read`: :func:`open_store`, :func:`store_summary`.
 """
 
-from .atomic import TEMP_GLOB, atomic_path, atomic_write
+from .atomic import TEMP_GLOB, atomic_path, atomic_write, temp_leftovers
 from .commit import commit_store, consolidate, recover_swap, swap_into_place
 from .output import STORE_MARKS, WRITE_ERRNOS, OutputWriteError, check_output, is_detflow_store, store_attrs
 from .read import open_store, store_summary
@@ -20,4 +20,4 @@ from .writer import StoreWriter, regular_chunks
 __all__ = ["REGIONS", "STORE_MARKS", "TEMP_GLOB", "WRITE_ERRNOS", "OutputWriteError", "StoreWriter", "atomic_path",
            "atomic_write", "check_output", "commit_store", "consolidate", "file_identity", "is_detflow_store",
            "open_store", "product_inputs", "recover_swap", "regular_chunks", "store_attrs", "store_summary",
-           "swap_into_place"]  # fmt: skip
+           "swap_into_place", "temp_leftovers"]  # fmt: skip

@@ -15,6 +15,7 @@ crash of the process); most callers do not need it and do not pay for it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,12 @@ def temp_path(path: str | Path) -> Path:
     """A fresh temporary sibling of ``path``: ``.<name>.<8 hex>.partial``."""
     path = Path(path)
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+
+
+def temp_leftovers(path: str | Path) -> list[Path]:
+    """The temporary files of ``path`` a killed writer left (:func:`temp_path` names)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.partial")) if path.parent.is_dir() else []
 
 
 def _fsync(path: Path, directory: bool = False) -> None:
