@@ -15,9 +15,10 @@ from .commit import commit_store, consolidate, recover_swap, swap_into_place
 from .output import STORE_MARKS, WRITE_ERRNOS, OutputWriteError, check_output, is_detflow_store, store_attrs
 from .read import open_store, store_summary
 from .resume import REGIONS, file_identity, product_inputs
+from .tables import TABLE_ATTR, event_table, is_table, open_table, read_table
 from .writer import StoreWriter, regular_chunks
 
-__all__ = ["REGIONS", "STORE_MARKS", "TEMP_GLOB", "WRITE_ERRNOS", "OutputWriteError", "StoreWriter", "atomic_path",
-           "atomic_write", "check_output", "commit_store", "consolidate", "file_identity", "is_detflow_store",
-           "open_store", "product_inputs", "recover_swap", "regular_chunks", "store_attrs", "store_summary",
-           "swap_into_place", "temp_leftovers"]  # fmt: skip
+__all__ = ["REGIONS", "STORE_MARKS", "TABLE_ATTR", "TEMP_GLOB", "WRITE_ERRNOS", "OutputWriteError", "StoreWriter",
+           "atomic_path", "atomic_write", "check_output", "commit_store", "consolidate", "event_table", "file_identity",
+           "is_detflow_store", "is_table", "open_store", "open_table", "product_inputs", "read_table", "recover_swap",
+           "regular_chunks", "store_attrs", "store_summary", "swap_into_place", "temp_leftovers"]  # fmt: skip

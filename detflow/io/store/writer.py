@@ -31,6 +31,7 @@ from .codecs import write_region
 from .commit import commit_store
 from .output import WRITE_ERRNOS, check_output, replaceable, write_error
 from .resume import REGIONS, ResumeMarks, block_name, file_identity, identity_change, mark_done
+from .tables import check_table
 
 log = logging.getLogger("detflow")
 
@@ -237,6 +238,12 @@ class StoreWriter:
         if not parts:
             return da.zeros((), dtype=np.int64)
         return da.concatenate(parts).sum()  # the number of regions written
+
+    def add_table(self, name: str, table: xr.Dataset) -> da.Array:
+        """Write the event table ``table`` (:func:`~detflow.io.store.tables.event_table`) as group ``name``:
+        its template now, and the returned lazy write of its chunks of rows (as :meth:`add_all`)."""
+        check_table(name, table)
+        return self.add_all({name: table})
 
     def _discard(self, name: str, ds: xr.Dataset) -> None:
         """Remove the arrays of group ``name`` that a writer killed while writing its template left (the
