@@ -38,6 +38,26 @@ except ImportError:  # pragma: no cover - a zarr without it
     _chunk_order = np.ndindex
 
 MISSING = np.uint64(2**64 - 1)  # the index entry of a chunk not stored
+
+# The fast codec: blosc lz4 over bit planes. On raw 12-bit counts in 16 bits it encodes ~2.4x faster than
+# zarr's default zstd and compresses better (3.5x against 3.3x: the low and high bit planes are constant);
+# on electrons with shot noise zstd gains only 8-20 % for 2-3x the time. Elsewhere zarr's default (zstd).
+FAST_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
+def frame_shards(variables, frames: int, tile: int, ny: int, nx: int, compressors: list | None = None) -> dict:
+    """The shard policy of per-frame (frame, y, x) variables: a shard per ``frames`` frames holding whole
+    frames, of inner chunks ``(frames, tile, tile)`` (``tile``: the tile a reducing stage reads), as an
+    encoding ``{variable: {...}}``; ``compressors`` (e.g. ``[FAST_CODEC]``) inside the shard.
+
+    Why: a task reading a tile of every frame pays zarr's per-chunk cost (0.1-0.5 ms to encode or to
+    locate and decode an inner chunk) ``n_frames / frames * (ny / tile) * (nx / tile)`` times per variable;
+    the tile shrinks as the frame count grows, so frames per shard keep it small. A write task writes whole
+    shards (encoded in its own thread: :func:`write_region`)."""
+    enc = {"chunks": (frames, tile, tile), "shards": (frames, ny, nx)}
+    if compressors is not None:
+        enc["compressors"] = list(compressors)
+    return {v: dict(enc) for v in variables}
 _BLOSC_TYPESIZE = "typesize" in inspect.signature(numcodecs.Blosc.__init__).parameters
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
