@@ -20,7 +20,7 @@ median combine of 25,000 1024x1024 frames under 4 GB, flat as the number of fram
    peak RSS. Ratio of frames/s, and corgidrp's L2b data compared with detflow's (the same work done).
 2. **combine** (``--combine-frames 1000,5000,25000``): the L2b stack is synthesized inside the tasks
    (25,000 float32 frames are 100 GB: no disk here holds them): a dask array (frame, y, x) chunked
-   (all frames, t, t), ``t = detflow.runtime.excam.combine_tile(n, 1024, 1024, 256)`` (what a run
+   (all frames, t, t), ``t = detflow.instruments.roman_excam_plan.combine_tile(n, 1024, 1024, 256)`` (what a run
    uses), each block generated from a counter-based hash of (frame, pixel) (so frame k is the same in
    every run and tiling): electrons ``lam + sqrt(2 lam + 1) z`` over a scene, ``z`` an Irwin-Hall(4)
    deviate, ``err`` its sigma, ``dq`` JUMP_DET on ~1/1024 of the pixel-frames and HOT (data NaN) on
@@ -530,8 +530,8 @@ def _combine_once(client, n: int, store: Path, write: bool = True, rows: int = N
     """Generation-only pass, then the timed combine of ``n`` synthesized frames into ``store``. With
     ``rows`` < 1024 only the first rows of the image are combined (same tile, same tasks, fewer of them)
     and the times are scaled to the whole image (``measured_s`` keeps the measured one)."""
+    from detflow.instruments.roman_excam_plan import combine_tile
     from detflow.io.store import StoreWriter
-    from detflow.runtime.excam import combine_tile
     from detflow.steps.excam import combine
 
     tile = combine_tile(n, NPIX, NPIX, task_mb)

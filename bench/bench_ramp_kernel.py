@@ -46,9 +46,11 @@ def throughput(npix=4096 * 512) -> dict[str, float]:
               t.pair_read)  # fmt: skip
     flags = kgls.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.JUMP_DET, DQ.REFERENCE_PIXEL, DQ.NO_GAIN_VALUE,
                           DQ.UNRELIABLE_ERROR, DQ.UNRELIABLE_SLOPE)  # fmt: skip
+    pit_flags = kramp.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.JUMP_DET, DQ.REFERENCE_PIXEL, DQ.NO_GAIN_VALUE,
+                               DQ.UNRELIABLE_ERROR)  # fmt: skip
     res = {}
     for detect in (True, False):
-        pit = (R, gdq, *maps, *tables, kramp.ramp_params(1, detect=detect), *outs)
+        pit = (R, gdq, *maps, *tables, kramp.ramp_params(1, detect=detect), pit_flags, *outs)
         gls = (R, gdq, *maps, tb, tau, nf.astype(float), kgls.gls_params(1, detect), flags, *outs,
                np.zeros((0, 0, 0), np.uint32))  # fmt: skip
         tag = "jumps" if detect else "no_jumps"

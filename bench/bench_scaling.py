@@ -108,8 +108,8 @@ def wfi_batch(client, args, warm_job, batch_job) -> dict:
 
 
 def emccd_combine(client, args) -> dict:
+    from detflow.instruments.roman_excam_plan import combine_tile
     from detflow.io.store import StoreWriter
-    from detflow.runtime.excam import combine_tile
     from detflow.steps.excam import combine
 
     n, rows = args.combine_frames, args.combine_rows
@@ -145,7 +145,7 @@ def one_shape(args, shape, jobs) -> dict:
     with get_client(cfg) as client:
         client.wait_for_workers(w, timeout=120)
         res["cluster_start_s"] = time.perf_counter() - t0
-        from detflow.cluster import warmup
+        from detflow.runtime.cluster import warmup
 
         t0 = time.perf_counter()
         client.run(warmup, "wfi")  # every worker compiles the WFI kernels (a tiny job, in-process)

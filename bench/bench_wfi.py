@@ -140,6 +140,7 @@ def memory_bandwidth(nbytes=2**30, repeats=3) -> float:
 def kernel_throughput(nread=8, npix=4096 * 512, detect=True) -> float:
     """Pixel-resultants per second of the ramp-fit kernel on one core (numba, no dask)."""
     from detflow.kernels import ramp as kramp
+    from detflow.schema import DQ
 
     rp = [[1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19, 20, 21, 22, 23],
           [24, 25, 26, 27, 28, 29, 30, 31], [32, 33, 34, 35, 36, 37, 38, 39]][:nread]  # fmt: skip
@@ -153,7 +154,8 @@ def kernel_throughput(nread=8, npix=4096 * 512, detect=True) -> float:
     t = kramp.ramp_tables(rp, 3.04, 0.4 / 1.8 / 6.5**2, 1)
     outs = [np.empty((ny, nx), d) for d in (np.float32, np.float32, np.float32, np.uint32)]
     args = (R, gdq, *maps, t.weights, t.coef_poisson, t.coef_read, t.pair_start, t.pair_i, t.pair_j, t.pair_inv_dt, t.pair_poisson, t.pair_read,
-            kramp.ramp_params(1, detect=detect), *outs)  # fmt: skip
+            kramp.ramp_params(1, detect=detect), kramp.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.JUMP_DET,
+            DQ.REFERENCE_PIXEL, DQ.NO_GAIN_VALUE, DQ.UNRELIABLE_ERROR), *outs)  # fmt: skip
     best = 1e9
     for _ in range(4):  # the first call compiles
         t0 = time.perf_counter()

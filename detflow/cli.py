@@ -278,7 +278,7 @@ def _cluster_client(scheduler: Optional[str], scheduler_file: Optional[Path], pr
 
     import dask
 
-    from .cluster import connect
+    from .runtime.cluster import connect
 
     if not (scheduler or scheduler_file or profile or os.environ.get("DETFLOW_SCHEDULER_ADDRESS")):
         _fail(DetflowInputError(None, "cluster", "--scheduler ADDRESS, --scheduler-file F or --profile NAME (or "

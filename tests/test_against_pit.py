@@ -78,7 +78,9 @@ def test_ramp_fit_and_jumps_match_pit(tmp_path):
     s, vr, vp = (np.empty((N, N), np.float32) for _ in range(3))
     dq = np.empty((N, N), np.uint32)
     kramp.fit_ramps(np.moveaxis(data, 0, -1), np.moveaxis(rdq, 0, -1), pdq, gain, rn, t.weights, t.coef_poisson,
-                    t.coef_read, t.pair_start, t.pair_i, t.pair_j, t.pair_inv_dt, t.pair_poisson, t.pair_read, kramp.ramp_params(1), s, vr, vp, dq)  # fmt: skip
+                    t.coef_read, t.pair_start, t.pair_i, t.pair_j, t.pair_inv_dt, t.pair_poisson, t.pair_read, kramp.ramp_params(1),
+                    kramp.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.JUMP_DET, DQ.REFERENCE_PIXEL, DQ.NO_GAIN_VALUE,
+                                   DQ.UNRELIABLE_ERROR), s, vr, vp, dq)  # fmt: skip
     ours_pdq = pdq | dq
     # Intended difference: the PIT refits a saturated ramp only when >= 3 resultants remain before
     # saturation (at index 3 or later with the first excluded); compare the pixels it refits or leaves whole.
@@ -116,7 +118,7 @@ def test_linearity_matches_pit(tmp_path):
 
     def lin(sticky):
         out, dq = np.empty((N, N, n), np.float32), np.empty((N, N), np.uint32)
-        klin.linearize_ramps(*args, sticky, out, dq)
+        klin.linearize_ramps(*args, sticky, klin.dq_flags(DQ.NO_LIN_CORR, DQ.REFERENCE_PIXEL, DQ.SATURATED), out, dq)
         return out, dq
 
     # bit-compatibility option: the PIT stops correcting a pixel after its first extrapolated resultant

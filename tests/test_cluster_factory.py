@@ -1,4 +1,4 @@
-"""The cluster factory (``detflow.cluster``): profiles, overrides, validation, the kinds of cluster it
+"""The cluster factory (``detflow.runtime.cluster``): profiles, overrides, validation, the kinds of cluster it
 connects to (a LocalCluster, a real ``dask scheduler`` / ``dask worker --preload detflow.cluster`` pair
 started as processes, TLS), the worker warm-up and the version check."""
 
@@ -15,10 +15,9 @@ import pytest
 import yaml
 
 import detflow
-from detflow import cluster as dc
-from detflow.cluster import DetflowClusterError, connect, load_profile, resolve
 from detflow.instruments.base import ClusterConfig
-from detflow.runtime.cluster import get_client
+from detflow.runtime import cluster as dc
+from detflow.runtime.cluster import DetflowClusterError, backends, connect, get_client, load_profile, resolve
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +39,8 @@ def _clean_env(monkeypatch, tmp_path):
 def test_packaged_profiles_are_the_deploy_files_and_valid():
     files = {p.stem: p.read_text() for p in (DEPLOY / "profiles").glob("*.yaml")}
     assert set(files) == {"local", "address", "slurm", "kubernetes", "gateway"}
-    assert dc.packaged_profiles() == files, "regenerate: python -m detflow._profiles deploy/profiles > detflow/_profiles.py"
+    assert dc.packaged_profiles() == files, ("regenerate: python -m detflow.runtime.cluster._profiles deploy/profiles > "
+                                                    "detflow/runtime/cluster/_profiles.py")
     kinds = {name: load_profile(name).kind for name in files}
     assert kinds == {n: n for n in files}
     slurm = load_profile("slurm")
@@ -301,6 +301,22 @@ def test_version_mismatch_is_one_clear_error(processes, monkeypatch):
         dc.check_versions(c, strict=False)
 
 
+def test_version_rule_which_nodes_count():
+    """distributed's rule (its error_message) decides: the scheduler counts for dask and distributed, not for
+    numpy and friends; its detflow counts when it has one."""
+    from detflow.runtime.cluster.versions import _mismatch
+
+    row = {"detflow": "1.0", "dask": "2026.1", "numpy": "2.0"}
+    table = {"client": dict(row), "scheduler": {**row, "detflow": None, "numpy": "1.0"}, "tcp://w:1": dict(row)}
+    assert [_mismatch(p, table) for p in row] == [None, None, None]
+    table["scheduler"]["dask"] = "2025.1"
+    assert _mismatch("dask", table) == {"client": "2026.1", "scheduler": "2025.1", "tcp://w:1": "2026.1"}
+    table["scheduler"]["detflow"] = "0.9"
+    assert _mismatch("detflow", table) == {"client": "1.0", "scheduler": "0.9", "tcp://w:1": "1.0"}
+    table["tcp://w:1"]["numpy"] = None  # not installed on a worker
+    assert _mismatch("numpy", table) == {"client": "2.0", "tcp://w:1": None}
+
+
 # ---- deploy files ------------------------------------------------------------------------------------------
 def test_kubernetes_manifests_set_worker_env_preload_and_limits():
     docs = {}
@@ -354,7 +370,7 @@ def test_slurm_profile_job_script(monkeypatch, tmp_path):
         prof = resolve("slurm", slurm={"queue": "debug", "job_script_prologue": None,
                                        "shared_temp_directory": str(creds)}, check_versions=False)  # fmt: skip
         assert prof.security.temporary  # the packaged profile's default
-        cluster, owns = dc._slurm(prof)
+        cluster, owns = backends._slurm(prof)
         try:
             script = cluster.job_script()
             assert cluster.scheduler.address.startswith("tls://")
@@ -388,7 +404,7 @@ def test_kubernetes_profile_cluster_spec(monkeypatch):
             seen.update(kwargs)
 
     monkeypatch.setattr(op, "KubeCluster", FakeKubeCluster)
-    dc._kubernetes(resolve("kubernetes"))
+    backends._kubernetes(resolve("kubernetes"))
     spec = seen["custom_cluster_spec"]["spec"]
     (worker,) = spec["worker"]["spec"]["containers"]
     (sched,) = spec["scheduler"]["spec"]["containers"]
@@ -425,12 +441,12 @@ def test_gateway_profile_new_and_existing_cluster(monkeypatch):
 
     monkeypatch.setattr(gw, "Gateway", FakeGateway)
     prof = resolve("gateway", gateway={"cluster_options": {"worker_memory": 8}})
-    cluster, owns = dc._gateway(prof)
-    dc._scale(cluster, prof)
+    cluster, owns = backends._gateway(prof)
+    backends._scale(cluster, prof)
     assert owns and calls[0][1]["address"] == "https://gateway.example.org"
     assert calls[1:] == [("new_cluster", True, {"worker_memory": 8}), ("scale", 2)]
     calls.clear()
     prof = resolve("gateway", gateway={"cluster_name": "abc"}, adapt={"maximum": 5})
-    cluster, owns = dc._gateway(prof)
-    dc._scale(cluster, prof)
+    cluster, owns = backends._gateway(prof)
+    backends._scale(cluster, prof)
     assert calls[1:] == [("connect", "abc", False), ("adapt", 0, 5)]  # closing it only disconnects

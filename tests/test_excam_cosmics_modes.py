@@ -58,7 +58,7 @@ def _ours(files, **kw) -> tuple[np.ndarray, np.ndarray]:
     d = get_step("excam_bias")(d, None, {"outlier_nsigma": 5.0})
     d = get_step("excam_cosmics")(d, None, dict(CR, fwc_em_e=FWC_EM, fwc_pp_e=FWC_PP, eperdn=KGAIN, **kw))
     d = d.compute(scheduler="sync")
-    return sx.corgi_bits(d["dq"].values), d["data"].values
+    return roman_excam.corgi_bits(d["dq"].values), d["data"].values
 
 
 @pytest.fixture(scope="module")

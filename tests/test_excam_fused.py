@@ -1,4 +1,4 @@
-"""The EXCAM chain fused into one task per chunk of frames (detflow.runtime.excam.fuse_chain) equals the
+"""The EXCAM chain fused into one task per chunk of frames (detflow.steps.fusion.fuse_frames) equals the
 step-by-step graph bit for bit, with frame-dependent headers (IWA, frame selection) in uneven chunks."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from astropy.io import fits
 
 from detflow.instruments import roman_excam
 from detflow.instruments.roman_excam_job import ExcamJob
-from detflow.runtime.excam import build_excam
+from detflow.instruments.roman_excam_plan import build_excam
 from detflow.steps import excam as sx
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -96,7 +96,7 @@ def test_fused_chain_equals_the_step_graph(frames, maps, tmp_path, per_task, cal
     assert [k for k in range(7) if rejected[k] & sx.REJECT["OVEREXP"]] == [6]
     assert [k for k in range(7) if rejected[k] & sx.REJECT["header_range"]] == [3]
     dq = fused[("l2a", "dq")]
-    hit = [bool((dq[k, CY, CX - 2 : CX + 2] & int(sx.CORGI_TO_DQ[128])).all()) for k in range(7)]
+    hit = [bool((dq[k, CY, CX - 2 : CX + 2] & int(roman_excam.CORGI_TO_DQ[128])).all()) for k in range(7)]
     assert hit == [True, True, False, True, True, False, True]
 
 
@@ -118,5 +118,5 @@ def test_fused_graph_has_one_chain_task_per_chunk(frames, tmp_path):
     products = build_excam(job, fused=True)[0]
     graph = dict(products["l2b"]["data"].data.__dask_graph__())
     names = [k[0] if isinstance(k, tuple) else k for k in graph]
-    assert sum("chain_block" in n for n in names) == 3  # 7 frames in 3 + 3 + 1
+    assert sum("run_block" in n for n in names) == 3  # 7 frames in 3 + 3 + 1
     assert not any("_bias_block" in n or "_desmear_block" in n for n in names)  # no step-by-step task left

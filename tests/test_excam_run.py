@@ -18,8 +18,8 @@ from detflow.cli import app
 from detflow.errors import DetflowInputError
 from detflow.instruments import roman_excam
 from detflow.instruments.roman_excam_job import ExcamJob
+from detflow.instruments.roman_excam_plan import combine_tile, rejected_frames
 from detflow.io.store import open_store
-from detflow.runtime.excam import combine_tile, rejected_frames
 from detflow.runtime.job import load_job
 from detflow.schema import DQ
 from detflow.steps import excam as sx

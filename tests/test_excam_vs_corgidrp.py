@@ -174,7 +174,7 @@ def test_bias_matches(both):
 
 def test_cosmic_ray_and_saturation_flags_match_bit_for_bit(both):
     theirs, ours, _ = both
-    dq = sx.corgi_bits(ours["cosmics"]["dq"].values)
+    dq = roman_excam.corgi_bits(ours["cosmics"]["dq"].values)
     assert (theirs["cosmics"] & 128).sum() > 6 * 2 * 20  # the plateaus were found at all
     np.testing.assert_array_equal(dq, theirs["cosmics"].astype(np.uint8))
 
@@ -213,7 +213,7 @@ def test_flat_matches(both):
     ok = np.isfinite(data)
     np.testing.assert_allclose(ours["flat"]["data"].values[ok], data[ok], rtol=0, atol=1e-7)  # their float32 dark
     assert np.isnan(ours["flat"]["data"].values[:, 10, 10]).all()  # theirs: inf or nan where flat == 0
-    np.testing.assert_array_equal(sx.corgi_bits(ours["flat"]["dq"].values), dq.astype(np.uint8))
+    np.testing.assert_array_equal(roman_excam.corgi_bits(ours["flat"]["dq"].values), dq.astype(np.uint8))
 
 
 def test_bad_pixels_match(both):
@@ -226,7 +226,7 @@ def test_bad_pixels_match(both):
     # corgidrp ORs its bit 2 into every pixel it sets to NaN; we keep the flags that caused it
     np.testing.assert_array_equal((ours_dq != 0), dq != 0)
     nan_bit = np.where(ours_dq != 0, 2, 0).astype(np.uint8)
-    np.testing.assert_array_equal(sx.corgi_bits(ours_dq) | nan_bit, dq.astype(np.uint8))
+    np.testing.assert_array_equal(roman_excam.corgi_bits(ours_dq) | nan_bit, dq.astype(np.uint8))
 
 
 def test_combines_match(both, corgi_env):
@@ -241,4 +241,4 @@ def test_combines_match(both, corgi_env):
         got = ours_c.compute()
         np.testing.assert_allclose(got["data"].values, c_data, rtol=1e-6, atol=1e-5, equal_nan=True)
         np.testing.assert_allclose(got["err"].values, c_err[0], rtol=1e-6, equal_nan=True)
-        np.testing.assert_array_equal(sx.corgi_bits(got["dq"].values) != 0, c_dq != 0)
+        np.testing.assert_array_equal(roman_excam.corgi_bits(got["dq"].values) != 0, c_dq != 0)

@@ -57,7 +57,7 @@ def _ours(files, **kw) -> np.ndarray:
     d = open_excam_l1(files)
     d = get_step("excam_bias")(d, None, {"outlier_nsigma": 5.0, "region": "full"})
     d = get_step("excam_cosmics")(d, None, dict(CR, fwc_em_e=FWC_EM, fwc_pp_e=FWC_PP, eperdn=KGAIN, **kw))
-    return sx.corgi_bits(d.compute(scheduler="sync")["dq"].values)
+    return roman_excam.corgi_bits(d.compute(scheduler="sync")["dq"].values)
 
 
 def test_full_frame_tail_that_runs_on_matches_corgidrp_bit_for_bit(corgidrp_home, wrapped):

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from detflow.cluster import connect
+from detflow.runtime.cluster import connect
 
 
 def _fails(x):

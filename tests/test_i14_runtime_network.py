@@ -19,7 +19,7 @@ import psutil
 import pytest
 from distributed import Client
 
-from detflow.cluster import DetflowClusterError, connect
+from detflow.runtime.cluster import DetflowClusterError, connect
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "deploy" / "slurm" / "detflow-cluster.sbatch"

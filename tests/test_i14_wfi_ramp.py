@@ -11,9 +11,9 @@ from conftest import write_tiny_wfi
 
 import detflow
 from detflow.errors import DetflowInputError
-from detflow.kernels import ramp as kramp
-from detflow.kernels.linearity import linearize_ramps
 from detflow.instruments.roman_wfi_job import WFIJob
+from detflow.kernels import linearity as klin
+from detflow.kernels import ramp as kramp
 from detflow.schema import DQ
 
 stcal_fit = pytest.importorskip("stcal.ramp_fitting.ols_cas22_fit")
@@ -21,6 +21,9 @@ stcal_fit = pytest.importorskip("stcal.ramp_fitting.ols_cas22_fit")
 FT = 3.04
 RP = [[1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17]]
 DNU = int(DQ.DO_NOT_USE)
+PIT_FLAGS = kramp.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.JUMP_DET, DQ.REFERENCE_PIXEL, DQ.NO_GAIN_VALUE,
+                           DQ.UNRELIABLE_ERROR)  # fmt: skip
+LIN_FLAGS = klin.dq_flags(DQ.NO_LIN_CORR, DQ.REFERENCE_PIXEL, DQ.SATURATED)
 
 
 def run_kernel(R, gdq, gain, rn, rp, u=0.01, start=0, detect=True):
@@ -32,7 +35,7 @@ def run_kernel(R, gdq, gain, rn, rp, u=0.01, start=0, detect=True):
         R.T.astype(np.float32)[None], gdq.T.astype(np.uint32)[None], np.zeros((1, npix), np.uint32),
         np.asarray(gain, np.float32)[None], np.asarray(rn, np.float32)[None], t.weights, t.coef_poisson, t.coef_read,
         t.pair_start, t.pair_i, t.pair_j, t.pair_inv_dt, t.pair_poisson, t.pair_read,
-        kramp.ramp_params(start, detect=detect), *outs)  # fmt: skip
+        kramp.ramp_params(start, detect=detect), PIT_FLAGS, *outs)  # fmt: skip
     return np.stack([o[0] for o in outs[:3]]), outs[3][0]
 
 
@@ -109,8 +112,8 @@ def test_linearity_model_with_nan_is_no_lin_corr():
     coefs[0, 4, 2] = np.nan  # with a NaN Sref, the direct correction uses 0
     out = np.empty((1, npix, n), np.float32)
     dq = np.empty((1, npix), np.uint32)
-    linearize_ramps(raw, coefs, smin, smax, sref, np.zeros((1, npix), np.uint32), np.zeros((1, npix, n), np.uint32),
-                    False, False, out, dq)  # fmt: skip
+    klin.linearize_ramps(raw, coefs, smin, smax, sref, np.zeros((1, npix), np.uint32),
+                         np.zeros((1, npix, n), np.uint32), False, False, LIN_FLAGS, out, dq)  # fmt: skip
     assert dq[0, 0] == 0 and np.all(np.isfinite(out[0, 0]))
     for p in (1, 2, 3):
         assert dq[0, p] == DQ.NO_LIN_CORR

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.polynomial import legendre
 
-from detflow.kernels.linearity import linearize_ramps
+from detflow.kernels.linearity import dq_flags, linearize_ramps
 from detflow.schema import DQ
+
+LIN_FLAGS = dq_flags(DQ.NO_LIN_CORR, DQ.REFERENCE_PIXEL, DQ.SATURATED)
 
 
 def reference(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first):
@@ -51,7 +53,7 @@ def test_linearize_matches_reference():
         out, dq = np.empty((1, npix, n), np.float32), np.empty((1, npix), np.uint32)
         f32 = [a.astype(np.float32)[None] for a in (smin, smax, sref)]
         linearize_ramps(raw.T.astype(np.float32)[None], coefs.T.astype(np.float32)[None], *f32, lin_dq[None],
-                        gdq.T.copy()[None], exempt, False, out, dq)  # fmt: skip
+                        gdq.T.copy()[None], exempt, False, LIN_FLAGS, out, dq)  # fmt: skip
         np.testing.assert_allclose(out[0].T, ref, rtol=2e-6, atol=0.02)
         np.testing.assert_array_equal(dq[0], ref_dq)
         assert np.count_nonzero(dq & DQ.NO_LIN_CORR) > 100

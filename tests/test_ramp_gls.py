@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from detflow.instruments.roman_wfi_pit import from_pit
+from detflow.kernels import linearity as klin
 from detflow.kernels import ramp as kramp
 from detflow.kernels import ramp_gls as kgls
-from detflow.runtime.pit import from_pit
 from detflow.schema import DQ
 
 ols_cas22 = pytest.importorskip("stcal.ramp_fitting.ols_cas22")
@@ -238,8 +239,6 @@ def test_unusable_gain_read_noise_and_reference_pixels():
 
 def test_fused_kernel_is_the_chain():
     """linearize_dark_fit = linearity, then dark subtraction in float32, then fit_ramps."""
-    from detflow.kernels.linearity import linearize_ramps
-
     rng = np.random.default_rng(3)
     rp, R, gdq, _, _ = roman_sim(rng, 400, 0.0, 300.0, 6.5)
     ny, nx, n = 20, 20, len(rp)
@@ -254,10 +253,11 @@ def test_fused_kernel_is_the_chain():
     tbar, tau, nf = kramp.resultant_times(rp, RT)
     p = kgls.gls_params(start=1)
     fused = [np.empty((ny, nx), t) for t in (np.float32, np.float32, np.float32, np.uint32)]
-    kgls.linearize_dark_fit(raw, coefs, smin, smax, sref, lin_dq, g, True, False, dark, pdq, gain, rn, tbar, tau,
-                            nf.astype(float), p, FLAGS, *fused)  # fmt: skip
+    lflag_values = klin.dq_flags(DQ.NO_LIN_CORR, DQ.REFERENCE_PIXEL, DQ.SATURATED)
+    kgls.linearize_dark_fit(raw, coefs, smin, smax, sref, lin_dq, g, True, False, lflag_values, dark, pdq, gain, rn,
+                            tbar, tau, nf.astype(float), p, FLAGS, *fused)  # fmt: skip
     lin, lflags = np.empty((ny, nx, n), np.float32), np.empty((ny, nx), np.uint32)
-    linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, g, True, False, lin, lflags)
+    klin.linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, g, True, False, lflag_values, lin, lflags)
     lin = lin - tbar.astype(np.float32)[None, None] * dark[..., None]
     chain = [np.empty((ny, nx), t) for t in (np.float32, np.float32, np.float32, np.uint32)]
     kgls.fit_ramps(lin, g, pdq | lflags, gain, rn, tbar, tau, nf.astype(float), p, FLAGS, *chain,

@@ -10,6 +10,8 @@ from detflow.schema import DQ
 
 RP = [[0], [1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19, 20, 21, 22, 23]]
 FT = 3.04
+PIT_FLAGS = kramp.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.JUMP_DET, DQ.REFERENCE_PIXEL, DQ.NO_GAIN_VALUE,
+                           DQ.UNRELIABLE_ERROR)  # fmt: skip
 
 
 def reference_fit(R, gdq, pdq, gain, rn, rp, ft, u, start, sa=5.5, sb=4.5, ia=1.0, ib=1000.0):
@@ -89,7 +91,7 @@ def run_kernel(R, gdq, pdq, gain, rn, rp, ft, u, start, detect=True):
     kramp.fit_ramps(
         R.T.astype(np.float32)[None], gdq.T.astype(np.uint32)[None], pdq.astype(np.uint32)[None],
         gain.astype(np.float32)[None], rn.astype(np.float32)[None], t.weights, t.coef_poisson, t.coef_read,
-        t.pair_start, t.pair_i, t.pair_j, t.pair_inv_dt, t.pair_poisson, t.pair_read, params, *outs)  # fmt: skip
+        t.pair_start, t.pair_i, t.pair_j, t.pair_inv_dt, t.pair_poisson, t.pair_read, params, PIT_FLAGS, *outs)  # fmt: skip
     return np.stack([o[0] for o in outs[:3]]), outs[3][0]
 
 

@@ -6,6 +6,11 @@ keywords, recipes; imported by readers and steps), ``instruments/<name>_job.py``
 spellings of its jobs, e.g. the PIT ``gen_cal_image`` YAML or the II&T ``config_file.yaml``).
 :mod:`detflow.instruments.registry` lists the instruments; the runtime reads jobs through it.
 
+Why the job model and the plans live here and not in ``runtime/`` (as DESIGN.md first drew it): an
+instrument's job keys and its plan are instrument knowledge, and a new detector must be addable without
+touching the engine. The runtime imports instruments (to read jobs and execute plans); instruments never
+import the runtime, so an instrument module cannot reach the cluster: a plan builds lazy graphs only.
+
 The job model is pydantic with ``extra="forbid"``: an unknown key is an error naming the key and file.
 The keys every job has are declared once here (:class:`Job`, and :class:`FramesJob` for the pipelines
 that calibrate frames); an instrument declares only its own.
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pydantic
+import xarray as xr
 from pydantic import Field
 
 from ..steps.catalog import all_steps, family_steps
@@ -195,12 +201,44 @@ class Spelling:
     needs: str = ""  # the keys a job of this spelling needs, as a user reads them
 
 
+# read(group, chunks) -> the lazy dataset of a group an earlier stage wrote into the store being written
+ReadGroup = Callable[[str, dict | None], xr.Dataset]
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """A stage that reduces across frames (combines, per-pixel fits, noise maps...), run after the groups it
+    reads are written: ``build(read, side)`` returns its lazy groups (no computation), reading its inputs
+    from the store tile by tile with ``read``; ``side`` holds the results of :attr:`Plan.side`. An empty
+    result writes nothing."""
+
+    description: str
+    build: Callable[[ReadGroup, dict], dict[str, xr.Dataset]]
+
+
+@dataclass
+class Plan:
+    """What a job computes, built without computing anything (``Instrument.plan(job)``), for the executor
+    (:mod:`detflow.runtime.executor`): the per-frame stage's lazy groups, written in one graph; small lazy
+    side results computed with them; the reduce stages in order; the exports made from the committed store."""
+
+    products: dict[str, xr.Dataset]
+    description: str
+    encodings: dict[str, dict] | None = None  # group -> variable -> zarr encoding (chunks, shards, codecs)
+    side: dict[str, Any] = field(default_factory=dict)
+    reduces: list[Reduce] = field(default_factory=list)
+    exports: list[Callable[[Path], list[Path]]] = field(default_factory=list)  # (store) -> files written
+    record_group: str | None = None  # the group whose steps and history the root records (default: the first)
+
+
 @dataclass(frozen=True)
 class Instrument:
-    """One detector family as the engine sees it: ``name`` is the job's ``pipeline`` value."""
+    """One detector family as the engine sees it: ``name`` is the job's ``pipeline`` value; ``plan`` builds
+    a job's :class:`Plan` (None: the family still has its own driver in the runtime)."""
 
     name: str
     job: type[Job]
     summary: str
     needs: str  # the keys a job needs, as a user reads them (for a job that names no pipeline)
     spellings: tuple[Spelling, ...] = field(default_factory=tuple)
+    plan: Callable[[Job], Plan] | None = None

@@ -1,10 +1,11 @@
-"""The instruments the engine knows, by their ``pipeline`` name. Adding a detector adds its line here (and
-its two modules beside this one): no engine file changes."""
+"""The instruments the engine knows, by their ``pipeline`` name: each module listed here holds an
+``INSTRUMENT`` record (``<name>_plan.py``: the job model, its foreign spellings and the plan the executor
+runs). Adding a detector adds its modules beside this one and its name here: no engine file changes."""
 
 from __future__ import annotations
 
-from . import cmos_job, roman_excam_job, roman_wfi_job
+from . import ccd_plan, cmos_job, roman_excam_plan, roman_wfi_plan
 from .base import Instrument
 
-INSTRUMENTS: dict[str, Instrument] = {m.INSTRUMENT.name: m.INSTRUMENT for m in (roman_wfi_job, roman_excam_job,
-                                                                                 cmos_job)}  # fmt: skip
+INSTRUMENTS: dict[str, Instrument] = {m.INSTRUMENT.name: m.INSTRUMENT for m in (roman_wfi_plan, roman_excam_plan,
+                                                                                 cmos_job, ccd_plan)}  # fmt: skip

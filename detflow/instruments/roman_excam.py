@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from ..schema import DQ
+
 ROW_READ_TIME = 223.5e-6  # s, parallel transfer time per row (desmear)
 N_EM_STAGES = 604  # gain register cells, for the excess-noise factor
 DATA_LEVEL = "L1"
@@ -139,3 +143,25 @@ def iwa_radius_pix(band: str, radius_lambda_d: float, platescale: float = PLATES
     """An IWA radius in lambda/D at the filter's central wavelength, in whole pixels."""
     arcsec = radius_lambda_d * cfam_center_nm(band) * 1e-9 / TELESCOPE_DIAMETER_M * 206265.0
     return int(round(arcsec / platescale))
+
+
+# ---- corgidrp DQ bits (the II&T/corgidrp bpmap files) <-> ours ---------------------------------------
+CORGI_TO_DQ = {1: DQ.DO_NOT_USE, 2: DQ.HOT, 4: DQ.NO_FLAT_FIELD, 32: DQ.SATURATED, 64: DQ.NONLINEAR, 128: DQ.JUMP_DET}
+"""corgidrp DQ bit -> ours (1:1, so the export maps back exactly)."""
+
+
+def corgi_bits(dq: np.ndarray) -> np.ndarray:
+    """Our DQ as corgidrp's bit meanings (uint8): what the II&T/corgidrp bpmap files hold."""
+    out = np.zeros(np.shape(dq), dtype=np.uint8)
+    for bit, flag in CORGI_TO_DQ.items():
+        out |= np.where((np.asarray(dq) & int(flag)) != 0, np.uint8(bit), np.uint8(0))
+    return out
+
+
+def from_corgi_bits(bits) -> int:
+    """corgidrp DQ bits (an int) as our DQ bits."""
+    out = 0
+    for bit, flag in CORGI_TO_DQ.items():
+        if int(bits) & bit:
+            out |= int(flag)
+    return out

@@ -16,7 +16,7 @@ import pydantic
 from pydantic import Field
 
 from ..io.exporters import _excam_names, check_excam_exports
-from .base import FramesJob, Instrument, Model
+from .base import FramesJob, Model
 
 EXCAM_CAL_KEYS = ("non_linearity_filepath", "dark_current_map", "fixed_pattern_noise", "EXCAM_clock_induced_charge",
                   "flatfield_filepath", "badpix_filepath", "master_dark_filepath")  # fmt: skip
@@ -127,11 +127,3 @@ class ExcamJob(FramesJob):
             return []
         check_excam_exports(self)
         return [Path(self.export_dir) / name for name in _excam_names(self)]
-
-
-INSTRUMENT = Instrument(
-    name="roman_excam",
-    job=ExcamJob,
-    summary="Roman Coronagraph EXCAM (EMCCD): L1 -> L2a -> L2b and combines",
-    needs="input, output and the II&T keys: eperdn, fwc_em_e, the calibration paths...",
-)

@@ -16,8 +16,7 @@ from ..io.exporters import pit_fits_path
 from ..steps.catalog import family_steps
 from ..steps.wfi_noise import parse_layers
 from . import roman_wfi
-from .base import FramesJob, Instrument, Model, Spelling, check_steps
-from .roman_wfi_pit import PIT_KEYS, from_pit
+from .base import FramesJob, Model, check_steps
 
 
 class NoiseConfig(Model):
@@ -113,12 +112,3 @@ class WFIJob(FramesJob):
         noise = [self.noise.out] if self.noise is not None and self.noise.out is not None else []
         files = ([self.output] if self.output != self.store else []) + noise
         return files + ([pit_fits_path(self.output)] + [pit_fits_path(n) for n in noise] if self.fits_out else [])
-
-
-INSTRUMENT = Instrument(
-    name="roman_wfi",
-    job=WFIJob,
-    summary="Roman WFI up-the-ramp HxRG: L1 ramps -> L2 slopes",
-    needs="input, output, caldir",
-    spellings=(Spelling("PIT gen_cal_image", frozenset(PIT_KEYS), from_pit, needs="IN, OUT, CALDIR"),),
-)

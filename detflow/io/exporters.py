@@ -13,6 +13,7 @@ from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 
 from .._version import __version__
+from ..instruments.roman_excam import corgi_bits
 from ..kernels.mask import grow_bits
 from ..schema import PIXEL_MASK_1, mask_sizes
 from .roman_dm import fits_to_gwcs, image_model, write_model
@@ -302,8 +303,6 @@ def export_excam_fits(store: str | Path, outdir: str | Path, prefix: str | None 
     combines keep). bpmaps hold corgidrp's DQ bits (1 bad, 2 hot, 4 no flat, 32 saturated, 64 nonlinear,
     128 cosmic ray; 0 good). With ``png`` also quicklooks. Each file is written under a temporary name
     and renamed."""
-    from ..steps.excam import corgi_bits
-
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     tree = open_store(store)

@@ -17,8 +17,8 @@ import xarray as xr
 
 from .. import schema
 from ..errors import DetflowInputError
-from .asdf_lazy import lazy_array, node_get, open_asdf, to_plain, tree_get
 from ..instruments.roman_wfi import NBORDER
+from .asdf_lazy import lazy_array, node_get, open_asdf, to_plain, tree_get
 from .chunking import pixel_tiles
 
 

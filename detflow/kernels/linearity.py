@@ -8,6 +8,8 @@ reference pixels get ``S - Sref``. A model that cannot be evaluated (a non-finit
 or ``Smax``, or ``Smax <= Smin``) is treated as flagged and gets NO_LIN_CORR, as stcal does with NaN
 coefficients; a non-finite ``Sref`` is taken as 0 (it only offsets the ramp) with NO_LIN_CORR. The
 first resultant can be exempted (clipped to the model range and never flagged) when it is the reset read.
+
+The DQ values come in ``flags`` (:func:`dq_flags`, :data:`F_NOLIN` ... indices); nothing here imports the package.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import math
 import numba
 import numpy as np
 
-from ..schema import DQ
 from ._config import CACHE
 
-_NOLIN = np.uint32(DQ.NO_LIN_CORR)
-_REF = np.uint32(DQ.REFERENCE_PIXEL)
-_SAT = np.uint32(DQ.SATURATED)
+# index of each DQ value in the ``flags`` vector
+F_NOLIN, F_REF, F_SAT = range(3)
+
+
+def dq_flags(no_lin_corr, reference_pixel, saturated) -> np.ndarray:
+    """The ``flags`` vector of :func:`linearize_ramps` from the DQ bit values."""
+    return np.array([no_lin_corr, reference_pixel, saturated], dtype=np.uint32)
 
 
 # Bonnet recurrence P_{l+1} = A_l z P_l - B_l P_{l-1}, with the divisions done once here
@@ -61,7 +66,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan/ninf: NaN an
 
 
 @numba.njit(nogil=True, cache=CACHE, fastmath=FASTMATH)
-def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, out, dq_out):
+def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, flags, out, dq_out):
     """Linearise the resultants of a tile: ``raw`` (ny, nx, n) DN_raw to ``out`` DN_lin above ``Sref``.
 
     ``coefs`` (ny, nx, c); ``smin``, ``smax``, ``sref``, ``lin_dq`` (ny, nx); ``gdq`` (ny, nx, n) the group
@@ -69,8 +74,9 @@ def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit
     is ``lin_dq`` plus NO_LIN_CORR where an unsaturated resultant fell outside the model range
     (checked on reference pixels too, as the PIT does). ``pit_sticky`` reproduces ``gen_cal_image``
     1.0 bit for bit: once a resultant was flagged, every later resultant of the pixel gets
-    ``S - Sref`` instead of the model (a kink in the ramp; off by default).
+    ``S - Sref`` instead of the model (a kink in the ramp; off by default). ``flags`` from :func:`dq_flags`.
     """
+    nolin, ref_bit, sat = flags[F_NOLIN], flags[F_REF], flags[F_SAT]
     ny, nx, n = raw.shape
     nc = coefs.shape[2]
     # per-pixel scratch, allocated once: the resultants of one pixel are evaluated together so the
@@ -82,7 +88,7 @@ def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit
     phi = np.empty(n)
     for y in range(ny):
         for x in range(nx):
-            flags = lin_dq[y, x]
+            pflags = lin_dq[y, x]
             lo = float(smin[y, x])
             hi = float(smax[y, x])
             ref = float(sref[y, x])
@@ -92,11 +98,11 @@ def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit
                 usable = usable and math.isfinite(c[k])
             if not math.isfinite(ref):
                 ref = 0.0
-                flags |= _NOLIN
+                pflags |= nolin
             if not usable:
-                flags |= _NOLIN
+                pflags |= nolin
                 lo, hi = 0.0, 1.0  # a harmless model range: the pixel gets S - Sref below
-            direct = (flags & (_NOLIN | _REF)) != 0
+            direct = (pflags & (nolin | ref_bit)) != 0
             scale = 2.0 / (hi - lo)
             c0 = float(c[0])
             for g in range(n):
@@ -123,8 +129,8 @@ def linearize_ramps(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit
                 if ex:
                     phi[g], _ = legendre_linearize(zg, c)
                 s = float(raw[y, x, g])
-                uncorrected = direct or (pit_sticky and (flags & _NOLIN) != 0)
+                uncorrected = direct or (pit_sticky and (pflags & nolin) != 0)
                 out[y, x, g] = s - ref if uncorrected else phi[g]
-                if ex and not (g == 0 and exempt_first) and (gdq[y, x, g] & _SAT) == 0:
-                    flags |= _NOLIN
-            dq_out[y, x] = flags
+                if ex and not (g == 0 and exempt_first) and (gdq[y, x, g] & sat) == 0:
+                    pflags |= nolin
+            dq_out[y, x] = pflags

@@ -27,6 +27,9 @@ Roman PIT ``gen_cal_image`` with its later upstream fixes:
 Everything that depends only on the read pattern (weights of every truncation, variance coefficients of
 every difference) is tabulated once per exposure by :func:`ramp_tables`; the per-pixel kernel
 :func:`fit_ramp` only does O(n) work per pixel.
+
+The DQ values come in ``flags`` (:func:`dq_flags`, :data:`F_SAT` ... indices, the first six of
+:func:`detflow.kernels.ramp_gls.dq_flags`); nothing here imports the package.
 """
 
 from __future__ import annotations
@@ -37,16 +40,11 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from ..schema import DQ
 from ._config import CACHE
 from .linearity import FASTMATH, linearize_ramps
 
-_SAT = np.uint32(DQ.SATURATED)
-_DNU = np.uint32(DQ.DO_NOT_USE)
-_JUMP = np.uint32(DQ.JUMP_DET)
-_REF = np.uint32(DQ.REFERENCE_PIXEL)
-_NGV = np.uint32(DQ.NO_GAIN_VALUE)
-_UERR = np.uint32(DQ.UNRELIABLE_ERROR)
+# index of each DQ value in the ``flags`` vector
+F_SAT, F_DNU, F_JUMP, F_REF, F_NGV, F_UERR = range(6)
 
 # index of each parameter in the ``params`` vector handed to the kernel
 P_START, P_STHRESH_A, P_STHRESH_B, P_ITHRESH_A, P_ITHRESH_B, P_DETECT = range(6)
@@ -165,6 +163,11 @@ def ramp_tables(read_pattern, frame_time: float, u: float, start: int = 1, two_p
                       np.array(pdt), np.array(pp), np.array(pr), tbar, tau, nf.astype(np.float64))  # fmt: skip
 
 
+def dq_flags(sat, dnu, jump, ref, no_gain, unreliable_error) -> np.ndarray:
+    """The ``flags`` vector of :func:`fit_ramps` from the DQ bit values."""
+    return np.array([sat, dnu, jump, ref, no_gain, unreliable_error], dtype=np.uint32)
+
+
 def ramp_params(start=1, sthresh_a=5.5, sthresh_b=4.5, ithresh_a=1.0, ithresh_b=1000.0, detect=True):
     p = np.zeros(6)
     p[P_START], p[P_STHRESH_A], p[P_STHRESH_B] = start, sthresh_a, sthresh_b
@@ -174,18 +177,22 @@ def ramp_params(start=1, sthresh_a=5.5, sthresh_b=4.5, ithresh_a=1.0, ithresh_b=
 
 @numba.njit(nogil=True, cache=CACHE, fastmath=FASTMATH)
 def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson, coef_read, pair_start, pair_i,
-              pair_j, pair_inv_dt, pair_poisson, pair_read, params, slope, var_rnoise, var_poisson, dq_out):  # fmt: skip
+              pair_j, pair_inv_dt, pair_poisson, pair_read, params, flags, slope, var_rnoise, var_poisson,
+              dq_out):  # fmt: skip
     """Fit every pixel ramp of a tile.
 
     Inputs: ``resultants`` (ny, nx, n) linearised, dark-subtracted DN (any strides); ``gdq`` (ny, nx, n)
     group flags after saturation; ``pixeldq``, ``gain`` (e/DN), ``read_noise`` (DN per single read),
-    each (ny, nx); the :class:`RampTables` arrays of the exposure; ``params`` from :func:`ramp_params`.
+    each (ny, nx); the :class:`RampTables` arrays of the exposure; ``params`` from :func:`ramp_params`,
+    ``flags`` from :func:`dq_flags`.
     Outputs (ny, nx), filled in place: slope (DN/s), var_rnoise, var_poisson (DN^2/s^2), and the flags
     to OR into the pixel DQ: the OR of the used resultants' flags (without DO_NOT_USE), SATURATED if any
     resultant saturated, JUMP_DET if a jump was found, DO_NOT_USE if fewer than two usable resultants
     remain (a non-finite resultant is unusable; then also the flags of the resultant that ended the
     ramp) or the gain or read noise is unusable (see the module notes). Reference pixels get a slope and no flags.
     """
+    f_sat, f_dnu, f_jump, f_ref = flags[F_SAT], flags[F_DNU], flags[F_JUMP], flags[F_REF]
+    f_ngv, f_uerr = flags[F_NGV], flags[F_UERR]
     ny, nx, n = resultants.shape
     start = int(params[P_START])
     detect = params[P_DETECT] != 0.0
@@ -201,31 +208,31 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson,
             last = n
             anysat = np.uint32(0)
             for g in range(n):
-                anysat |= gdq[y, x, g] & _SAT
+                anysat |= gdq[y, x, g] & f_sat
             for g in range(start, n):
-                if gdq[y, x, g] & (_SAT | _DNU) or not math.isfinite(resultants[y, x, g]):
+                if gdq[y, x, g] & (f_sat | f_dnu) or not math.isfinite(resultants[y, x, g]):
                     last = g
                     break
-            flags = np.uint32(0)
+            pflags = np.uint32(0)
             for g in range(last):
-                flags |= gdq[y, x, g]
-            flags = (flags & ~_DNU) | anysat
+                pflags |= gdq[y, x, g]
+            pflags = (pflags & ~f_dnu) | anysat
             g_raw = float(gain[y, x])
             rn_raw = float(read_noise[y, x])
             good_gain = g_raw > 0.0 and g_raw < math.inf  # False for NaN
             good_rn = rn_raw >= 0.0 and rn_raw < math.inf
             if not good_gain:
-                flags |= _NGV | _DNU
+                pflags |= f_ngv | f_dnu
             if not good_rn:
-                flags |= _UERR | _DNU
-            is_ref = (pixeldq[y, x] & _REF) != 0
+                pflags |= f_uerr | f_dnu
+            is_ref = (pixeldq[y, x] & f_ref) != 0
             if last - start < 2:
                 if last < n:  # why the ramp ended (AD_FLOOR, ...)
-                    flags |= gdq[y, x, last] & ~_DNU
+                    pflags |= gdq[y, x, last] & ~f_dnu
                 slope[y, x] = np.nan
                 var_rnoise[y, x] = np.nan
                 var_poisson[y, x] = np.nan
-                dq_out[y, x] = np.uint32(0) if is_ref else flags | _DNU
+                dq_out[y, x] = np.uint32(0) if is_ref else pflags | f_dnu
                 continue
             s = 0.0
             for g in range(start, last):
@@ -251,14 +258,14 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, weights, coef_poisson,
                     xs = min(max(s, ia), ib)
                     thresh = sa + (sb - sa) * math.log(xs / ia) * inv_log_span
                     if best > thresh * thresh:
-                        flags |= _JUMP
-            dq_out[y, x] = flags
+                        pflags |= f_jump
+            dq_out[y, x] = pflags
 
 
 @numba.njit(nogil=True, cache=CACHE)
-def linearize_dark_fit(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, dark_slope, tbar,
-                       pixeldq, gain, read_noise, weights, coef_poisson, coef_read, pair_start, pair_i, pair_j,
-                       pair_inv_dt, pair_poisson, pair_read, params, slope, var_rnoise, var_poisson,
+def linearize_dark_fit(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, lin_flags, dark_slope,
+                       tbar, pixeldq, gain, read_noise, weights, coef_poisson, coef_read, pair_start, pair_i, pair_j,
+                       pair_inv_dt, pair_poisson, pair_read, params, flags, slope, var_rnoise, var_poisson,
                        dq_out):  # fmt: skip
     """Linearity, dark subtraction and ramp fit of a tile, one detector row at a time.
 
@@ -269,17 +276,17 @@ def linearize_dark_fit(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, 
     """
     ny, nx, n = raw.shape
     row = np.empty((1, nx, n), dtype=np.float32)
-    lin_flags = np.empty((1, nx), dtype=np.uint32)
+    lin_row = np.empty((1, nx), dtype=np.uint32)
     tb32 = tbar.astype(np.float32)
     for y in range(ny):
         linearize_ramps(raw[y : y + 1], coefs[y : y + 1], smin[y : y + 1], smax[y : y + 1], sref[y : y + 1],
-                        lin_dq[y : y + 1], gdq[y : y + 1], exempt_first, pit_sticky, row, lin_flags)  # fmt: skip
+                        lin_dq[y : y + 1], gdq[y : y + 1], exempt_first, pit_sticky, lin_flags, row, lin_row)  # fmt: skip
         for x in range(nx):
             d = dark_slope[y, x]
             for g in range(n):
                 row[0, x, g] = row[0, x, g] - tb32[g] * d
-        fit_ramps(row, gdq[y : y + 1], pixeldq[y : y + 1] | lin_flags, gain[y : y + 1], read_noise[y : y + 1],
+        fit_ramps(row, gdq[y : y + 1], pixeldq[y : y + 1] | lin_row, gain[y : y + 1], read_noise[y : y + 1],
                   weights, coef_poisson, coef_read, pair_start, pair_i, pair_j, pair_inv_dt, pair_poisson, pair_read,
-                  params, slope[y : y + 1], var_rnoise[y : y + 1], var_poisson[y : y + 1], dq_out[y : y + 1])  # fmt: skip
+                  params, flags, slope[y : y + 1], var_rnoise[y : y + 1], var_poisson[y : y + 1], dq_out[y : y + 1])  # fmt: skip
         for x in range(nx):
-            dq_out[y, x] |= lin_flags[0, x]
+            dq_out[y, x] |= lin_row[0, x]

@@ -333,26 +333,26 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, tbar, tau, nframes, pa
 
 
 @numba.njit(nogil=True, cache=CACHE)
-def linearize_dark_fit(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, dark_slope, pixeldq,
-                       gain, read_noise, tbar, tau, nframes, params, flags, slope, var_rnoise, var_poisson,
+def linearize_dark_fit(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt_first, pit_sticky, lin_flags, dark_slope,
+                       pixeldq, gain, read_noise, tbar, tau, nframes, params, flags, slope, var_rnoise, var_poisson,
                        dq_out):  # fmt: skip
     """Linearity, dark subtraction and :func:`fit_ramps` of a tile, one detector row at a time (the
     linearised row stays in cache; the numerics of the three steps chained). ``dq_out`` is the OR of
     the linearity flags and the ramp flags (``pixeldq`` not included)."""
     ny, nx, n = raw.shape
     row = np.empty((1, nx, n), dtype=np.float32)
-    lin_flags = np.empty((1, nx), dtype=np.uint32)
+    lin_row = np.empty((1, nx), dtype=np.uint32)
     tb32 = tbar.astype(np.float32)
     nomark = np.zeros((0, 0, 0), dtype=np.uint32)
     for y in range(ny):
         linearize_ramps(raw[y : y + 1], coefs[y : y + 1], smin[y : y + 1], smax[y : y + 1], sref[y : y + 1],
-                        lin_dq[y : y + 1], gdq[y : y + 1], exempt_first, pit_sticky, row, lin_flags)  # fmt: skip
+                        lin_dq[y : y + 1], gdq[y : y + 1], exempt_first, pit_sticky, lin_flags, row, lin_row)  # fmt: skip
         for x in range(nx):
             d = dark_slope[y, x]
             for g in range(n):
                 row[0, x, g] = row[0, x, g] - tb32[g] * d
-        fit_ramps(row, gdq[y : y + 1], pixeldq[y : y + 1] | lin_flags, gain[y : y + 1], read_noise[y : y + 1], tbar,
+        fit_ramps(row, gdq[y : y + 1], pixeldq[y : y + 1] | lin_row, gain[y : y + 1], read_noise[y : y + 1], tbar,
                   tau, nframes, params, flags, slope[y : y + 1], var_rnoise[y : y + 1], var_poisson[y : y + 1],
                   dq_out[y : y + 1], nomark)  # fmt: skip
         for x in range(nx):
-            dq_out[y, x] |= lin_flags[0, x]
+            dq_out[y, x] |= lin_row[0, x]

@@ -21,6 +21,8 @@ done on small per-pixel maps (``first_crossing`` -> ``min_filter`` -> ``dilution
 ``apply_saturation`` reads the candidates of the neighbours), and only those maps need halos between
 tiles, not the resultant cubes. Input group flags are assumed to carry no SATURATED bits (true after
 dq_init); they are kept as they are.
+
+The DQ values come in ``flags`` (:func:`dq_flags`, :data:`F_SAT` ... indices); nothing here imports the package.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..schema import DQ
 from ._config import CACHE
 
-_SAT = np.uint32(DQ.SATURATED)
-_DNU = np.uint32(DQ.DO_NOT_USE)
-_ADF = np.uint32(DQ.AD_FLOOR)
+# index of each DQ value in the ``flags`` vector
+F_SAT, F_DNU, F_ADF = range(3)
+
+
+def dq_flags(saturated, do_not_use, ad_floor) -> np.ndarray:
+    """The ``flags`` vector of :func:`dilution_candidates` and :func:`apply_saturation` from the DQ bit values."""
+    return np.array([saturated, do_not_use, ad_floor], dtype=np.uint32)
 
 
 @numba.njit(nogil=True, cache=CACHE)
@@ -70,12 +75,13 @@ def min_filter(a, k, out):
 
 
 @numba.njit(nogil=True, cache=CACHE)
-def dilution_candidates(data, gdq, thresh, check, first_sat, dilution, out):
+def dilution_candidates(data, gdq, thresh, check, first_sat, dilution, flags, out):
     """``out[y, x]`` = the resultant a dilution DO_NOT_USE starts from at this pixel, or -1.
 
     ``first_sat`` is the grown first saturated resultant; the candidate is the resultant just before
-    it, when it averages several frames and already exceeds the diluted threshold.
+    it, when it averages several frames and already exceeds the diluted threshold. ``flags`` from :func:`dq_flags`.
     """
+    sat_dnu = flags[F_SAT] | flags[F_DNU]
     n, ny, nx = data.shape
     for y in range(ny):
         for x in range(nx):
@@ -84,7 +90,7 @@ def dilution_candidates(data, gdq, thresh, check, first_sat, dilution, out):
             if g < 0 or g > n - 2 or dilution[g] == 1.0:
                 continue
             v = data[g, y, x]
-            if v <= 0 or (gdq[g, y, x] & (_SAT | _DNU)) != 0:
+            if v <= 0 or (gdq[g, y, x] & sat_dnu) != 0:
                 continue
             f = dilution[g] if check[y, x] else 1.0
             if v >= thresh[y, x] * f:
@@ -93,14 +99,15 @@ def dilution_candidates(data, gdq, thresh, check, first_sat, dilution, out):
 
 @numba.njit(nogil=True, cache=CACHE)
 def apply_saturation(data, gdq, thresh, first_sat, cand, k, first_mean, third_last, second_n, multi, backup,
-                     out):  # fmt: skip
+                     flags, out):  # fmt: skip
     """Write the group flags of a tile into ``out`` (n, ny, nx).
 
     ``first_sat`` (ny, nx) the grown first saturated resultant; ``cand`` (ny + 2k, nx + 2k) the
     dilution candidates with a halo of ``k`` (-1 outside the detector); ``first_mean``,
     ``third_last``, ``second_n``: ``mean(rp[0])``, ``rp[2][-1]``, ``len(rp[1])`` (0 disables the
-    second-resultant check); ``multi`` (n,) True for multi-frame resultants.
+    second-resultant check); ``multi`` (n,) True for multi-frame resultants; ``flags`` from :func:`dq_flags`.
     """
+    sat, dnu, adf_dnu = flags[F_SAT], flags[F_DNU], flags[F_ADF] | flags[F_DNU]
     n, ny, nx = data.shape
     for y in range(ny):
         for x in range(nx):
@@ -116,14 +123,14 @@ def apply_saturation(data, gdq, thresh, first_sat, cand, k, first_mean, third_la
             for g in range(n):
                 f = gdq[g, y, x]
                 if g >= fs:
-                    f |= _SAT
+                    f |= sat
                 if data[g, y, x] <= 0:
-                    f |= _ADF | _DNU
+                    f |= adf_dnu
                 out[g, y, x] = f
             if grp2:
-                out[1, y, x] |= _DNU
+                out[1, y, x] |= dnu
             for yy in range(y, y + 2 * k + 1):
                 for xx in range(x, x + 2 * k + 1):
                     c = cand[yy, xx]
                     if c >= 0:
-                        out[c, y, x] |= _DNU
+                        out[c, y, x] |= dnu

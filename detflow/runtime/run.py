@@ -1,6 +1,7 @@
 """A job, any instrument: :func:`build` its lazy products (no computation; tests prove it with
 ``raise_if_dask_computes``) or :func:`run` it (validate, build, compute with progress, write a complete
-store, export) through the instrument's driver."""
+store, export): through :func:`detflow.runtime.executor.execute` and the instrument's plan, or (CMOS, until
+its models move onto the executor) the family's own driver."""
 
 from __future__ import annotations
 
@@ -10,26 +11,24 @@ import xarray as xr
 from distributed import Client
 
 from ..instruments.base import Job
+from ..instruments.registry import INSTRUMENTS
 from .cmos import run_cmos, validate_cmos
-from .excam import build_excam, run_excam
 from .execute import check_outputs, skipped_inputs, skipped_line  # noqa: F401  (the CLI's)
+from .executor import execute
 from .job import load_job
-from .wfi import build_wfi, read_wcs_header, run_wfi  # noqa: F401
 
-# pipeline -> (build, run)
-DRIVERS = {
-    "roman_wfi": (build_wfi, run_wfi),
-    "roman_excam": (lambda job: build_excam(job)[0], run_excam),
-    "cmos": (validate_cmos, run_cmos),
-}
+# the families not on the executor yet: pipeline -> (build, run)
+DRIVERS = {"cmos": (validate_cmos, run_cmos)}
 
 
 def build(job: Job | dict | str | Path) -> dict[str, xr.Dataset]:
-    """The lazy products of a job, by store group (WFI: ``{"l2": ...}``, or ``{"l2/WFI01": ...}`` per
-    detector; EXCAM: ``{"l2a": ..., "l2b": ...}``, the combines are built from the written store at run
+    """The lazy products of a job's first stage, by store group (WFI: ``{"l2": ...}``, or ``{"l2/WFI01": ...}``
+    per detector; EXCAM: ``{"l2a": ..., "l2b": ...}``, the combines are built from the written store at run
     time; CMOS: the section stores it reads)."""
     job = load_job(job)
-    return DRIVERS[job.pipeline][0](job)
+    if job.pipeline in DRIVERS:
+        return DRIVERS[job.pipeline][0](job)
+    return INSTRUMENTS[job.pipeline].plan(job).products
 
 
 def run(job: Job | dict | str | Path, client: Client | None = None, *, scheduler: str | None = None,
@@ -40,4 +39,7 @@ def run(job: Job | dict | str | Path, client: Client | None = None, *, scheduler
     else an embedded LocalCluster). The output store appears only when every product is written.
     """
     job = load_job(job)
-    return DRIVERS[job.pipeline][1](job, client, scheduler=scheduler, progress=progress, console=console)
+    if job.pipeline in DRIVERS:
+        return DRIVERS[job.pipeline][1](job, client, scheduler=scheduler, progress=progress, console=console)
+    return execute(job, INSTRUMENTS[job.pipeline].plan, client, scheduler=scheduler, progress=progress,
+                   console=console)  # fmt: skip

@@ -40,9 +40,9 @@ from pathlib import Path
 from distributed import Client, Future, fire_and_forget
 
 from .._version import __version__
-from ..cluster import DetflowClusterError, SchedulerUnreachable, connect
 from ..io.lock import OutputLock, release_job_lock, set_default_probe, writing_for
 from ..io.store import store_attrs
+from .cluster import DetflowClusterError, SchedulerUnreachable, connect
 from .job import load_job
 from .jobctx import _CURRENT, META, JobCancelled, JobContext, write_record
 from .jobctx import now as _now

@@ -1,18 +1,36 @@
-"""The simulated WFI exposure's sky: its celestial WCS and the pixel of the ``star_radec`` star."""
+"""The simulated WFI exposure's sky: its celestial WCS and the pixel of the ``star_radec`` star.
+
+The functions read the sky fields of a :class:`detflow.sim.wfi.SimConfig` (:class:`SkyConfig`); this module
+does not import it (``sim.wfi`` imports this one).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from astropy.wcs import WCS, Sip
 
-if TYPE_CHECKING:  # the configuration lives in detflow.sim.wfi, which imports this module
-    from detflow.sim.wfi import SimConfig
+from detflow.instruments.roman_wfi import Geometry
 
 
-def sim_wcs(cfg: SimConfig):
+class SkyConfig(Protocol):
+    """The fields of :class:`detflow.sim.wfi.SimConfig` the sky is made from."""
+
+    nside: int
+    ra_deg: float
+    dec_deg: float
+    pa_deg: float
+    pixel_scale_arcsec: float
+    wcs_sip: dict[str, float] | None
+    star_radec: tuple[float, float] | None
+
+    @property
+    def geometry(self) -> Geometry: ...
+
+
+def sim_wcs(cfg: SkyConfig):
     """The simulated exposure's celestial WCS (astropy), for 0-based full-frame detector pixels: TAN
     about the detector centre at ``pixel_scale_arcsec``, +y at ``pa_deg`` east of north, east to the
     left (-x) at ``pa_deg = 0``, plus the ``wcs_sip`` distortion."""
@@ -34,7 +52,7 @@ def sim_wcs(cfg: SimConfig):
     return w
 
 
-def star_pixel(cfg: SimConfig) -> tuple[float, float] | None:
+def star_pixel(cfg: SkyConfig) -> tuple[float, float] | None:
     """(x, y), 0-based full-frame, of ``star_radec``; ValueError unless it lies in the active area."""
     if cfg.star_radec is None:
         return None

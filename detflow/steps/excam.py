@@ -31,28 +31,9 @@ FAMILY = "roman_excam"
 L2A_RECIPE = ["excam_bias", "excam_cosmics", "excam_nonlin"]
 L2B_RECIPE = ["excam_frame_select", "excam_electrons", "excam_dark", "excam_desmear", "excam_flat", "excam_badpix"]
 
-# corgidrp DQ bits -> ours (1:1, so the export maps back exactly)
-CORGI_TO_DQ = {1: DQ.DO_NOT_USE, 2: DQ.HOT, 4: DQ.NO_FLAT_FIELD, 32: DQ.SATURATED, 64: DQ.NONLINEAR, 128: DQ.JUMP_DET}
 # reasons a frame is left out of the combines (bits of ``rejected``)
 REJECT = {"oversaturated": 1, "bad_pixel_fraction": 2, "OVEREXP": 4, "tip_tilt_rms": 8, "tip_tilt_bias": 16,
           "header_range": 32}  # fmt: skip
-
-
-def corgi_bits(dq: np.ndarray) -> np.ndarray:
-    """Our DQ as corgidrp's bit meanings (uint8): what the II&T/corgidrp bpmap files hold."""
-    out = np.zeros(np.shape(dq), dtype=np.uint8)
-    for bit, flag in CORGI_TO_DQ.items():
-        out |= np.where((np.asarray(dq) & int(flag)) != 0, np.uint8(bit), np.uint8(0))
-    return out
-
-
-def from_corgi_bits(bits) -> int:
-    """corgidrp DQ bits (an int) as our DQ bits."""
-    out = 0
-    for bit, flag in CORGI_TO_DQ.items():
-        if int(bits) & bit:
-            out |= int(flag)
-    return out
 
 
 def _geom(ds: xr.Dataset) -> roman_excam.ExcamGeometry:
@@ -448,7 +429,7 @@ def excam_frame_select(ds: xr.Dataset, refs: xr.Dataset | None, p: FrameSelectPa
         flags |= np.where(bad, REJECT["header_range"], 0).astype(np.uint8)
     rejected = ds["rejected"] | xr.DataArray(flags, dims=FRAME)
     if p.bpix_frac < 1:
-        allowed = from_corgi_bits(p.allowed_bpix)
+        allowed = roman_excam.from_corgi_bits(p.allowed_bpix)
         frac = ((ds["dq"] & np.uint32(~allowed & 0xFFFFFFFF)) != 0).mean((Y, X))
         rejected = rejected | xr.where(frac > p.bpix_frac, np.uint8(REJECT["bad_pixel_fraction"]), np.uint8(0))
     out = ds.assign(rejected=rejected.astype(np.uint8))

@@ -33,6 +33,14 @@ from .registry import StepParams, record, register, register_fusion
 FAMILY = "roman_wfi"
 log = logging.getLogger("detflow")
 
+# the DQ values the kernels take as arguments (kernels import nothing from the package)
+_SAT_FLAGS = ksat.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.AD_FLOOR)
+_LIN_FLAGS = klin.dq_flags(DQ.NO_LIN_CORR, DQ.REFERENCE_PIXEL, DQ.SATURATED)
+_PIT_FLAGS = kramp.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.JUMP_DET, DQ.REFERENCE_PIXEL, DQ.NO_GAIN_VALUE,
+                            DQ.UNRELIABLE_ERROR)  # fmt: skip
+_GLS_FLAGS = kgls.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.JUMP_DET, DQ.REFERENCE_PIXEL, DQ.NO_GAIN_VALUE,
+                           DQ.UNRELIABLE_ERROR, DQ.UNRELIABLE_SLOPE)  # fmt: skip
+
 
 def _pixel_index(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
     """Row and column indices as lazy 1-D arrays chunked like ``data``: masks built from them stay
@@ -160,7 +168,7 @@ def _sat_candidates(data, gdq, thresh, check, first_sat, fidx, *, frame_params):
     for f in range(data.shape[0]):
         k0, dil = frame_params[f0 + f][:2]
         ksat.dilution_candidates(data[f, k0:], gdq[f, k0:], thresh[0, 0], check[0, 0], first_sat[f, 0], dil,
-                                 out[f, 0])  # fmt: skip
+                                 _SAT_FLAGS, out[f, 0])  # fmt: skip
     return out
 
 
@@ -171,7 +179,7 @@ def _sat_apply(data, gdq, thresh, first_sat, fidx, cand, *, frame_params, k, bac
         k0, _, m0, l2, n1, multi = frame_params[f0 + f]
         out[f, :k0] = gdq[f, :k0]
         ksat.apply_saturation(data[f, k0:], gdq[f, k0:], thresh[0, 0], first_sat[f, 0], cand[f, 0], k, m0, l2, n1,
-                              multi, backup, out[f, k0:])  # fmt: skip
+                              multi, backup, _SAT_FLAGS, out[f, k0:])  # fmt: skip
     return out
 
 
@@ -382,7 +390,7 @@ def _linearity_block(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt, sticky):
         klin.linearize_ramps(
             _tile(raw, f, (ny, nx, n)), _tile(coefs, f, (ny, nx, coefs.shape[-1])), _tile(smin, f, tile),
             _tile(smax, f, tile), _tile(sref, f, tile), _tile(lin_dq, f, tile), _tile(gdq, f, (ny, nx, n)),
-            bool(_frame(exempt, f).flat[0]), bool(sticky), out[f], dq[f])  # fmt: skip
+            bool(_frame(exempt, f).flat[0]), bool(sticky), _LIN_FLAGS, out[f], dq[f])  # fmt: skip
     return out, dq
 
 
@@ -566,15 +574,14 @@ _TABLE_CORE_DIMS = [["trunc", READ], ["trunc"], ["trunc"], ["trunc1"], ["pair"],
 def _ramp_inputs(ds: xr.Dataset, p: RampFitParams, t: dict) -> tuple[list, list[list[str]]]:
     """The kernel's per-frame inputs after the pixel arrays, and their core dims."""
     if p.pit_compat:
-        return [*t.values(), _ramp_param_array(p)], [*_TABLE_CORE_DIMS, ["param"]]
+        flags = xr.DataArray(_PIT_FLAGS, dims="flag")
+        return [*t.values(), _ramp_param_array(p), flags], [*_TABLE_CORE_DIMS, ["param"], ["flag"]]
     nfr = xr.DataArray(ds["read_nframes"].values.astype(np.float64), dims=(FRAME, READ))
     par = kgls.gls_params(1 if p.exclude_first else 0, p.jump_detection, p.SthreshA, p.SthreshB, p.IthreshA,
                           p.IthreshB, _ONE[p.one_resultant], p.slope / p.gain / p.sigma_read**2, p.gain,
                           p.sigma_read)  # fmt: skip
-    flags = kgls.dq_flags(DQ.SATURATED, DQ.DO_NOT_USE, DQ.JUMP_DET, DQ.REFERENCE_PIXEL, DQ.NO_GAIN_VALUE,
-                          DQ.UNRELIABLE_ERROR, DQ.UNRELIABLE_SLOPE)  # fmt: skip
     times = [xr.DataArray(ds[k].values.astype(np.float64), dims=(FRAME, READ)) for k in ("tbar", "tau")]
-    args = [*times, nfr, xr.DataArray(par, dims="param"), xr.DataArray(flags, dims="flag")]
+    args = [*times, nfr, xr.DataArray(par, dims="param"), xr.DataArray(_GLS_FLAGS, dims="flag")]
     return args, [[READ], [READ], [READ], ["param"], ["flag"]]
 
 
@@ -793,7 +800,7 @@ def _chain_block(raw, coefs, smin, smax, sref, lin_dq, gdq, exempt, dark, tbar, 
         (kramp.linearize_dark_fit if pit else kgls.linearize_dark_fit)(
             _tile(raw, f, (ny, nx, n)), _tile(coefs, f, (ny, nx, coefs.shape[-1])), _tile(smin, f, tile),
             _tile(smax, f, tile), _tile(sref, f, tile), _tile(lin_dq, f, tile), _tile(gdq, f, (ny, nx, n)),
-            bool(_frame(exempt, f).flat[0]), bool(sticky), _tile(dark, f, tile), *((tb,) if pit else ()),
+            bool(_frame(exempt, f).flat[0]), bool(sticky), _LIN_FLAGS, _tile(dark, f, tile), *((tb,) if pit else ()),
             _tile(pdq, f, tile), _tile(gain, f, tile), _tile(rn, f, tile),
             *(_frame(t, f, nc)[0, 0] for t, nc in zip(tables, ncore)), *(o[f] for o in outs))  # fmt: skip
     return tuple(outs)

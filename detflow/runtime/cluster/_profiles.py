@@ -4,11 +4,11 @@ so that a plain ``pip install`` carries them (no package-data configuration need
 Generated; tests/test_cluster_factory.py checks that each one equals its file in deploy/profiles/.
 After editing a file there, regenerate with::
 
-    python -m detflow._profiles deploy/profiles > detflow/_profiles.py
+    python -m detflow.runtime.cluster._profiles deploy/profiles > detflow/runtime/cluster/_profiles.py
 """
 
 PROFILES: dict[str, str] = {}
-PROFILES['address'] = """\
+PROFILES["address"] = """\
 # detflow cluster profile "address": a scheduler that is already running (dask scheduler, a DaskCluster
 # on Kubernetes, the sbatch script of deploy/slurm), reached over TLS.
 #   detflow run job.yaml --profile address                           # this file
@@ -25,7 +25,7 @@ timeout: 30                # seconds to reach the scheduler
 check_versions: true       # detflow/dask/distributed must match on client, scheduler and workers
 warmup: false              # workers started with --preload detflow.cluster are warm already
 """
-PROFILES['gateway'] = """\
+PROFILES["gateway"] = """\
 # detflow cluster profile "gateway": a cluster from a dask-gateway server (pip install 'detflow[gateway]').
 # The gateway gives each cluster its own TLS credentials; the client uses them without configuration.
 kind: gateway
@@ -39,7 +39,7 @@ gateway:
 warmup: true               # WarmupPlugin registered on every worker, also those that join later
 check_versions: true
 """
-PROFILES['kubernetes'] = """\
+PROFILES["kubernetes"] = """\
 # detflow cluster profile "kubernetes": a DaskCluster made by the Dask Kubernetes operator
 # (pip install 'detflow[kubernetes]'; the operator installed in the cluster: deploy/kubernetes/README.md).
 # The client runs where kubectl works; the scheduler is port-forwarded to it when it is outside the cluster.
@@ -66,7 +66,7 @@ kubernetes:
 warmup: true               # workers run `dask worker --preload detflow.cluster`
 check_versions: true
 """
-PROFILES['local'] = """\
+PROFILES["local"] = """\
 # detflow cluster profile "local": the embedded LocalCluster (also what you get with no profile at all).
 # Scheduler, workers and dashboard bind to 127.0.0.1: nothing is reachable from the network.
 kind: local
@@ -79,7 +79,7 @@ env: {}                    # more worker environment; NUMBA_NUM_THREADS=1 (and O
 warmup: false              # true: compile the numba kernels when the worker starts
 check_versions: false      # same Python environment by construction
 """
-PROFILES['slurm'] = """\
+PROFILES["slurm"] = """\
 # detflow cluster profile "slurm": dask-jobqueue's SLURMCluster (pip install 'detflow[slurm]').
 # The scheduler runs in this process (the login node or your own batch job); each SLURM job runs
 # `processes` workers. Keys left out take dask-jobqueue's config (deploy/slurm/jobqueue.yaml copied to
@@ -116,11 +116,12 @@ security: {temporary: true}
 def _generate(folder: str) -> str:  # pragma: no cover
     from pathlib import Path
 
-    head = __doc__.join(([chr(34) * 3] * 2)) + "\n\nPROFILES: dict[str, str] = {}\n"
-    body = "".join(f"PROFILES[{p.stem!r}] = " + chr(34) * 3 + "\\\n" + p.read_text() + chr(34) * 3 + "\n"
-                   for p in sorted(Path(folder).glob("*.yaml")))
+    q = chr(34)
+    head = __doc__.join([q * 3] * 2) + "\n\nPROFILES: dict[str, str] = {}\n"
+    body = "".join(f"PROFILES[{q}{p.stem}{q}] = " + q * 3 + "\\\n" + p.read_text() + q * 3 + "\n"
+                   for p in sorted(Path(folder).glob("*.yaml")))  # fmt: skip
     src = Path(__file__).read_text()
-    return head + body + src[src.index("\n\ndef _generate"):]
+    return head + body + src[src.index("\n\ndef _generate") :]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,8 @@
-"""A Roman WFI job end to end: L1 exposures (one or several detectors) -> L2 (and noise realizations) on
-the cluster, the store, then the ASDF/FITS exports (read from the store, never recomputed)."""
+"""The plan of a Roman WFI job: L1 exposures (one or several detectors) -> L2 (and noise realizations), then
+the ASDF/FITS exports (read from the store, never recomputed)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import warnings
 from pathlib import Path
@@ -11,39 +10,23 @@ from pathlib import Path
 import xarray as xr
 from astropy.io import fits
 from astropy.wcs import WCS
-from distributed import Client
 
 from .. import schema
 from .._version import __version__
 from ..errors import CorruptInputError, DetflowInputError
-from ..instruments import roman_wfi
-from ..instruments.roman_wfi_job import WFIJob
 from ..io import detector_of, expand_inputs, open_l1, skipped_record
 from ..io.caldir import check_caldir, open_wfi_references
 from ..io.chunking import pixel_tiles
-from ..io.exporters import (
-    export_noise_asdf,
-    export_noise_fits,
-    export_wfi_asdf,
-    export_wfi_fits,
-    pit_fits_path,
-)
-from ..io.store import open_store
+from ..io.exporters import export_noise_asdf, export_noise_fits, export_wfi_asdf, export_wfi_fits, pit_fits_path
+from ..io.provenance import log_skipped, versions
 from ..steps.catalog import get_step  # noqa: F401  (registers every step the recipe may name)
 from ..steps.registry import apply_recipe, record
 from ..steps.wfi import l2_product
 from ..steps.wfi_noise import noise_product, parse_layers
-from .cluster import get_client
-from .execute import (
-    check_outputs,
-    checksum_futures,
-    compute,
-    finish_store,
-    log_cluster,
-    log_skipped,
-    open_writer,  # fmt: skip
-    versions,
-)
+from . import roman_wfi
+from .base import Instrument, Plan, Spelling
+from .roman_wfi_job import WFIJob
+from .roman_wfi_pit import PIT_KEYS, from_pit
 
 log = logging.getLogger("detflow")
 
@@ -167,34 +150,33 @@ def _build_one(job: WFIJob, files: list[Path], detector: str, suffix: str) -> di
     return out
 
 
-def run_wfi(job: WFIJob, client: Client | None = None, *, scheduler: str | None = None, progress: bool = True,
-            console=None) -> xr.DataTree:  # fmt: skip
-    """Run a WFI job end to end and return the written store as a DataTree."""
-    check_outputs(job)
-    products = build_wfi(job)
-    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    with get_client(job.cluster, client, scheduler) as c:
-        if console is not None and getattr(c, "dashboard_link", None):
-            console.print(f"dask dashboard: {c.dashboard_link}")
-        log_cluster(c)
-        with open_writer(job, products) as writer:
-            first = next(v for k, v in products.items() if k.startswith("l2"))
-            sums = checksum_futures(c, products)  # computed on the cluster alongside the run
-            writer.watch_checksums(sums)
-            # one graph: tasks shared between groups run once
-            compute(c, writer.add_all(products), progress, console, f"detflow {job.pipeline}")
-            finish_store(writer, c, sums, job, products, list(products), first, started)
-    exports = []
-    if job.output.suffix == ".asdf":
-        exports.append(export_wfi_asdf(job.store, job.output))
-    if job.fits_out:
-        exports.append(export_wfi_fits(job.store, pit_fits_path(job.output)))
-    if job.noise is not None and job.noise.out is not None:
-        exports.append(export_noise_asdf(job.store, job.noise.out))
+def plan_wfi(job: WFIJob) -> Plan:
+    """The job's plan: its groups (one per detector, and the noise realizations) in one per-frame stage;
+    the ASDF/FITS exports of the committed store."""
+    noise_out = job.noise.out if job.noise is not None else None
+
+    def export(store: Path) -> list[Path]:
+        out = []
+        if job.output.suffix == ".asdf":
+            out.append(export_wfi_asdf(store, job.output))
         if job.fits_out:
-            exports.append(export_noise_fits(job.store, pit_fits_path(job.noise.out)))
-    for path in exports:
-        log.info("export: %s", path)
-        if console is not None:
-            console.print(f"export: {path}")
-    return open_store(job.store)
+            out.append(export_wfi_fits(store, pit_fits_path(job.output)))
+        if noise_out is not None:
+            out.append(export_noise_asdf(store, noise_out))
+            if job.fits_out:
+                out.append(export_noise_fits(store, pit_fits_path(noise_out)))
+        return out
+
+    products = build_wfi(job)
+    first = next(k for k in products if k.startswith("l2"))
+    return Plan(products, f"detflow {job.pipeline}", exports=[export], record_group=first)
+
+
+INSTRUMENT = Instrument(
+    name="roman_wfi",
+    job=WFIJob,
+    summary="Roman WFI up-the-ramp HxRG: L1 ramps -> L2 slopes",
+    needs="input, output, caldir",
+    spellings=(Spelling("PIT gen_cal_image", frozenset(PIT_KEYS), from_pit, needs="IN, OUT, CALDIR"),),
+    plan=plan_wfi,
+)
