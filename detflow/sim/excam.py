@@ -20,7 +20,7 @@ Output layout (``outdir``)::
 
 (``write_calibs=False`` writes only ``l1/`` and ``truth.npz``.) Nothing is ever overwritten: if
 ``outdir/l1`` holds any file, or any other output exists, :class:`detflow.errors.OutputExistsError`
-is raised before any work; files are written as ``*.partial`` and renamed, and a simulation that
+is raised before any work; files are written under a temporary name and renamed, and a simulation that
 fails part-way removes what it wrote (complete or absent).
 
 Physics of one frame (image area, electrons unless stated)
