@@ -22,9 +22,10 @@ import yaml
 from distributed import Client, LocalCluster
 
 import detflow
-import detflow.io.store as store_module
+import detflow.io.store.writer as store_module
 from detflow.errors import DetflowInputError, OutputExistsError
 from detflow.io.store import open_store
+from detflow.runtime.execute import resume_key
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import write_tiny_wfi  # noqa: E402
@@ -114,7 +115,7 @@ def test_resume_after_an_input_was_replaced_computes_from_the_new_file_only(tmp_
 def test_resume_refuses_inputs_with_other_content_under_the_same_size_and_mtime(tmp_path, client, monkeypatch):
     d = write_tiny_wfi(tmp_path / "a", nexp=3)
     job = detflow.load_job(d["job_yaml"])
-    partial = job.store.with_name(f"{job.store.name}.partial-{detflow.runtime.run.resume_key(job)}")
+    partial = job.store.with_name(f"{job.store.name}.partial-{resume_key(job)}")
     _fail_after(monkeypatch, 24, wait_for_checksums=partial)
     with pytest.raises(RuntimeError, match="killed"):
         detflow.run(job, client=client, progress=False)

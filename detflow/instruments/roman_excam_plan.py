@@ -4,7 +4,7 @@ Two stages over one temporary store (renamed into place only when both are done)
 
 1. ``l2a`` and ``l2b``: one task per ``frames_per_task`` whole frames running the whole chain in
    memory (:func:`detflow.steps.fusion.fuse_frames`), merged into zarr shards of ``frames_per_shard`` frames (one write
-   task each, encoded in the worker's thread: :mod:`detflow.io.shards`). Inside a shard the chunks
+   task each, encoded in the worker's thread: :mod:`detflow.io.store.codecs`). Inside a shard the chunks
    are pixel tiles over all its frames, so the combine can read a tile of every frame without
    reading whole frames.
 2. ``mean_comb`` and ``median_comb`` (and ``l2a_mean_comb``/``l2a_median_comb``): read back from

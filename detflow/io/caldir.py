@@ -41,6 +41,7 @@ from ..errors import DetflowInputError
 from ..schema import DQ
 from .asdf_lazy import lazy_array, node_get, open_asdf
 from .chunking import trim_chunks
+from .store.atomic import atomic_write
 
 # entry -> [(field, required, kind)] ; kind "2d" = (N, N); "cube" = (k, N, N); "2d_or_active"
 WFI_FIELDS: dict[str, list[tuple[str, bool, str]]] = {
@@ -98,9 +99,7 @@ def sha256(path: str | Path, blocksize: int = 2**22) -> str:
     if entry is not None:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
-            tmp.write_text(digest)
-            tmp.replace(entry)  # atomic: concurrent workers never see a partial entry
+            atomic_write(entry, digest)  # concurrent workers never see a partial entry
         except OSError:
             pass
     return digest

@@ -17,7 +17,7 @@ from ..instruments.roman_excam import corgi_bits
 from ..kernels.mask import grow_bits
 from ..schema import PIXEL_MASK_1, mask_sizes
 from .roman_dm import fits_to_gwcs, image_model, write_model
-from .store import open_store
+from .store import atomic_write, open_store
 
 BAD_VALUE = -1000.0
 
@@ -82,11 +82,7 @@ def export_wfi_fits(store: str | Path, path: str | Path, frame: int = 0) -> Path
     hdus = fits.HDUList([fits.PrimaryHDU(data, header=hdr),
                          fits.ImageHDU(dq, name="DQ"),
                          fits.ImageHDU(np.where(masked, np.float32(BAD_VALUE), data).astype(np.float32), name="GOOD")])  # fmt: skip
-    path = Path(path)
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    hdus.writeto(tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, hdus.writeto)
 
 
 _L2_ARRAYS = {"data": np.float32, "dq": np.uint32, "err": np.float16, "var_poisson": np.float16,
@@ -160,11 +156,7 @@ def export_noise_asdf(store: str | Path, path: str | Path, frame: int = 0) -> Pa
     cube = noise["noise"].isel(frame=frame).values
     out = {"config": tree.attrs.get("job", {}), "noise": cube, "layers": list(noise.attrs.get("layers", [])),
            "seed": noise.attrs.get("seed")}  # fmt: skip
-    path = Path(path)
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    asdf.AsdfFile(out).write_to(tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, asdf.AsdfFile(out).write_to)
 
 
 def export_noise_fits(store: str | Path, path: str | Path, frame: int = 0) -> Path:
@@ -185,11 +177,7 @@ def export_noise_fits(store: str | Path, path: str | Path, frame: int = 0) -> Pa
     for i, code in enumerate(noise.attrs.get("layers", [])):
         hdu.header[f"LAYER{i}"] = (str(code), f"layer {i} code")
     hdu.header["CREATOR"] = f"detflow {__version__}"
-    path = Path(path)
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    hdu.writeto(tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, hdu.writeto)
 
 
 # ---- Roman Coronagraph EXCAM: the II&T file set ---------------------------------------------------
@@ -299,10 +287,9 @@ def _write_pair(path: Path, data: np.ndarray, hdr: fits.Header, ext: fits.Header
     image = fits.ImageHDU(data, header=ext.copy(), name="IMAGE")
     _set_level(image.header, level)
     image.header["BUNIT"] = unit
-    tmp = path.with_name(path.name + ".partial")
+    hdus = fits.HDUList([fits.PrimaryHDU(header=hdr), image])
     # carried L1 cards are written as astropy can write them (a nonstandard card fixed, not refused)
-    fits.HDUList([fits.PrimaryHDU(header=hdr), image]).writeto(tmp, overwrite=True, output_verify="silentfix")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: hdus.writeto(tmp, output_verify="silentfix"))
 
 
 def export_excam_fits(store: str | Path, outdir: str | Path, prefix: str | None = None, png: bool = False,

@@ -12,7 +12,6 @@ its ``processinfo``, beside ``roman`` at the top of the tree.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from astropy.wcs import WCS
 from gwcs import WCS as GWCS
 from gwcs import coordinate_frames as cf
 from gwcs.utils import make_fitswcs_transform
+
+from .store.atomic import atomic_write
 
 # detflow step -> the romancal step name of ``meta.cal_step`` (steps without one are recorded in processinfo)
 CAL_STEP_NAMES = {"dq_init": "dq_init", "saturation": "saturation", "refpix": "refpix", "linearity": "linearity",
@@ -122,13 +123,7 @@ def write_model(path: str | Path, model: rdm.DataModel, extra: dict | None = Non
     absent); ``meta.filename`` is the file's name."""
     path = Path(path)
     model.meta.filename = path.name
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    try:
-        asdf.AsdfFile({"roman": model._instance, **(extra or {})}).write_to(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: asdf.AsdfFile({"roman": model._instance, **(extra or {})}).write_to(tmp))
 
 
 def science_raw_model(data: np.ndarray, amp33: np.ndarray, meta: dict) -> rdm.ScienceRawModel:

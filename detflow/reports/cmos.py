@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from matplotlib.patches import Rectangle
 from ..calib.cmos import REJECT, summary_table
 from ..calib.cmos_analysis import CLASSES, DegradationResult, StructureResult, frame_temperature
 from ..errors import OutputExistsError
+from ..io.store.atomic import atomic_write
 
 F8 = np.float64
 
@@ -163,15 +162,10 @@ def _write(outdir: str | Path, tables: dict[str, pd.DataFrame], figures: dict[st
                                 f"{len(clash)} exist")  # fmt: skip
     outdir.mkdir(parents=True, exist_ok=True)
     for k, p in targets.items():
-        tmp = p.with_name(f"{p.name}.partial-{uuid.uuid4().hex[:8]}")
-        try:
-            if k in tables:
-                tables[k].to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S.%f")
-            else:
-                figures[k].savefig(tmp, dpi=100, format="png")
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
+        if k in tables:
+            atomic_write(p, lambda tmp, t=tables[k]: t.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S.%f"))
+        else:
+            atomic_write(p, lambda tmp, f=figures[k]: f.savefig(tmp, dpi=100, format="png"))
     return targets
 
 

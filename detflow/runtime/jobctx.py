@@ -7,12 +7,12 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from distributed import Client
+
+from ..io.store.atomic import atomic_write
 
 META = "detflow-jobs"
 
@@ -59,9 +59,7 @@ def write_record(path: Path, rec: dict) -> None:
     """Write the record atomically (a reader never sees half a file)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps(rec, indent=1, default=str))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(rec, indent=1, default=str))
     except OSError:
         pass  # the scheduler's copy is the live one; the file is the durable one when it can be written
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..io.store.atomic import atomic_write
+
 
 @dataclass
 class CcdSimConfig:
@@ -70,7 +72,8 @@ def simulate_ccd(out_dir: str | Path, cfg: CcdSimConfig | None = None) -> dict:
                               "DATE-OBS": f"2024-03-01T0{i % 10}:00:00", "BIASSEC": f"[{nx + 1}:{nx + no},1:{ny}]",
                               "TRIMSEC": f"[1:{nx},1:{ny}]"})  # fmt: skip
         path = out / f"{kind.replace(' ', '_')}_{i:03d}.fits"
-        fits.PrimaryHDU(np.clip(np.round(img), 0, 65535).astype(np.uint16), header).writeto(path, overwrite=True)
+        hdu = fits.PrimaryHDU(np.clip(np.round(img), 0, 65535).astype(np.uint16), header)
+        atomic_write(path, hdu.writeto)  # a file replaced whole (the simulator overwrites its own files)
         files.append(path)
 
     for i in range(cfg.n_bias):

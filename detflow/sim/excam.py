@@ -20,7 +20,7 @@ Output layout (``outdir``)::
 
 (``write_calibs=False`` writes only ``l1/`` and ``truth.npz``.) Nothing is ever overwritten: if
 ``outdir/l1`` holds any file, or any other output exists, :class:`detflow.errors.OutputExistsError`
-is raised before any work; files are written as ``*.partial`` and renamed, and a simulation that
+is raised before any work; files are written under a temporary name and renamed, and a simulation that
 fails part-way removes what it wrote (complete or absent).
 
 Physics of one frame (image area, electrons unless stated)
@@ -93,6 +93,7 @@ from numba import njit
 from detflow.errors import DetflowInputError, OutputExistsError
 from detflow.instruments import roman_excam
 from detflow.io.excam_l1 import check_nonlin_table, read_nonlin_table
+from detflow.io.store.atomic import atomic_write, temp_leftovers
 from detflow.kernels._config import CACHE
 from detflow.kernels.emccd import relgain_curve
 
@@ -595,7 +596,8 @@ def _simulate_frame(cfg: ExcamSimConfig, truth: _Truth, k: int):
 # writing
 # =================================================================================================
 class _Writer:
-    """Writes files atomically (``*.partial`` + rename) and remembers them so a failed run can clean up."""
+    """Writes files atomically (:func:`~detflow.io.store.atomic_write`) and remembers them so a failed run
+    can clean up."""
 
     def __init__(self) -> None:
         self.created: list[Path] = []
@@ -612,11 +614,8 @@ class _Writer:
             self.dirs.append(d)
 
     def write(self, path: Path, fn) -> Path:
-        tmp = path.with_name(path.name + ".partial")
-        self.created.append(tmp)
-        fn(tmp)
-        os.replace(tmp, path)
-        self.created[-1] = path
+        atomic_write(path, fn)
+        self.created.append(path)
         return path
 
     def cleanup(self) -> None:
@@ -774,7 +773,7 @@ def simulate_excam(outdir: str | os.PathLike, cfg: ExcamSimConfig | None = None,
         raise OutputExistsError(l1_dir, "outdir", "no earlier L1 files in outdir/l1 (simulate_excam never overwrites)",
                                 f"{sum(1 for _ in l1_dir.iterdir())} file(s)")  # fmt: skip
     planned = [*l1_paths, *calib.values(), truth_path] + ([config_path] if config_path else [])
-    existing = [p for p in planned if p.exists() or p.with_name(p.name + ".partial").exists()]
+    existing = [p for p in planned if p.exists() or temp_leftovers(p)]
     if existing:
         raise OutputExistsError(existing[0], "outdir", "a directory without earlier simulator outputs "
                                 "(simulate_excam never overwrites)", f"{len(existing)} existing output file(s)")  # fmt: skip

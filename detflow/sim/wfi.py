@@ -136,6 +136,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from detflow.errors import OutputExistsError
 from detflow.instruments.roman_wfi import Geometry
 from detflow.io.roman_dm import reference_model, science_raw_model, write_model
+from detflow.io.store.atomic import atomic_write, temp_leftovers
 from detflow.kernels.ipc import ipc_forward
 from detflow.schema import DQ
 from detflow.sim.wfi_sky import sim_wcs, star_pixel
@@ -793,7 +794,8 @@ def _fit_linearity(det: _Detector, ncoef: int) -> tuple[np.ndarray, float]:
 # writing
 # =================================================================================================
 class _Writer:
-    """Writes files atomically (tmp + rename) and remembers them so a failed run can clean up."""
+    """Writes files atomically (:func:`~detflow.io.store.atomic_write`) and remembers them so a failed run
+    can clean up."""
 
     def __init__(self) -> None:
         self.created: list[Path] = []
@@ -804,17 +806,11 @@ class _Writer:
             path.mkdir(parents=True)
             self.dirs.append(path)
 
-    def _tmp(self, path: Path) -> Path:
-        return path.with_name(path.name + ".partial")
-
     def asdf(self, path: Path, roman: dict) -> Path:
         import asdf
 
-        tmp = self._tmp(path)
-        self.created.append(tmp)
-        asdf.AsdfFile({"roman": roman}).write_to(str(tmp))
-        os.replace(tmp, path)
-        self.created[-1] = path
+        atomic_write(path, lambda tmp: asdf.AsdfFile({"roman": roman}).write_to(str(tmp)))
+        self.created.append(path)
         return path
 
     def model(self, path: Path, model) -> Path:
@@ -824,20 +820,17 @@ class _Writer:
         return path
 
     def npz(self, path: Path, arrays: dict) -> Path:
-        tmp = self._tmp(path)
-        self.created.append(tmp)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-        self.created[-1] = path
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to a name without it
+                np.savez(fh, **arrays)
+
+        atomic_write(path, save)
+        self.created.append(path)
         return path
 
     def text(self, path: Path, text: str) -> Path:
-        tmp = self._tmp(path)
-        self.created.append(tmp)
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        self.created[-1] = path
+        atomic_write(path, text)
+        self.created.append(path)
         return path
 
     def cleanup(self) -> None:
@@ -1104,7 +1097,7 @@ def simulate(outdir: str | os.PathLike, config: SimConfig | None = None) -> SimP
     outdir = Path(outdir).resolve()
     l1_paths, cal_paths, truth_path, job_path, wcs_path = _planned_paths(outdir, cfg)
     planned = [*l1_paths, *cal_paths.values(), truth_path, wcs_path] + ([job_path] if job_path else [])
-    existing = [p for p in planned if p.exists() or p.with_name(p.name + ".partial").exists()]
+    existing = [p for p in planned if p.exists() or temp_leftovers(p)]
     if existing:
         raise OutputExistsError(
             existing[0],

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +13,7 @@ import zarr
 from ... import schema
 from ...errors import OutputExistsError
 from ...instruments import cmos
+from ..store.atomic import atomic_path, atomic_write
 from .section import GROUP, INDEX_NAME, TARGET_TASK_BYTES, open_cmos_section
 
 if TYPE_CHECKING:
@@ -47,20 +46,14 @@ def write_fits_index(out_dir: str | Path) -> Path:
     :data:`~detflow.instruments.cmos.INDEX_COLUMNS` (missing values empty). Written via a temporary file."""
     out_dir = Path(out_dir)
     path = out_dir / INDEX_NAME
-    tmp = path.with_name(f"{INDEX_NAME}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(cmos.INDEX_COLUMNS)
-            for store in _section_stores(out_dir):
-                g = zarr.open_group(str(store), path=GROUP, mode="r")
-                cols = {c: g[c.lower()][:] for c in cmos.INDEX_COLUMNS}
-                for i in range(len(cols["PATH"])):
-                    writer.writerow([_cell(cols[c][i]) for c in cmos.INDEX_COLUMNS])
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(cmos.INDEX_COLUMNS)
+        for store in _section_stores(out_dir):
+            g = zarr.open_group(str(store), path=GROUP, mode="r")
+            cols = {c: g[c.lower()][:] for c in cmos.INDEX_COLUMNS}
+            for i in range(len(cols["PATH"])):
+                writer.writerow([_cell(cols[c][i]) for c in cmos.INDEX_COLUMNS])
     return path
 
 
@@ -122,7 +115,5 @@ def export_fits(store: str | Path, outdir: str | Path, *, overwrite: bool = Fals
         for k in range(block.shape[0]):
             i = a + k
             hdr = fits_header({c: v[i] for c, v in coords.items()}, attrs.get("data_scale", 1))
-            tmp = names[i].with_name(names[i].name + f".partial-{os.getpid()}")
-            fits.PrimaryHDU(block[k], header=hdr).writeto(tmp, overwrite=True)
-            tmp.replace(names[i])
+            atomic_write(names[i], lambda tmp, d=block[k], h=hdr: fits.PrimaryHDU(d, header=h).writeto(tmp))
     return names

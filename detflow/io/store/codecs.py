@@ -10,9 +10,9 @@ Here a dask block that is one or more whole shards is encoded with the numcodecs
 zarr's own codecs wrap (they release the GIL), into the zarr v3 sharding layout: the encoded inner
 chunks, then (or before them, with ``index_location: start``) the index of (offset, nbytes) uint64
 pairs, little endian, followed by its crc32c. The shard file is written under a temporary name and
-renamed, as zarr's LocalStore does. The result is byte for byte what zarr writes for a shard with no
+renamed (:func:`~detflow.io.store.atomic.atomic_write`), as zarr's LocalStore does. The result is byte for byte what zarr writes for a shard with no
 chunk equal to the fill value (zarr leaves such chunks out; here they are written, which readers
-cannot tell apart), and ``tests/test_shards.py`` checks it.
+cannot tell apart), and ``tests/test_store_codecs.py`` checks it.
 
 Anything else goes through zarr: arrays that are not sharded, codecs other than bytes + blosc/zstd
 inside the shard and bytes + crc32c on the index, chunk grids that are not regular, and blocks that
@@ -22,8 +22,6 @@ are not whole shards.
 from __future__ import annotations
 
 import inspect
-import os
-import uuid
 from pathlib import Path
 
 import google_crc32c
@@ -32,12 +30,34 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
+from .atomic import atomic_write
+
 try:  # the order zarr lays inner chunks out in (any order is valid: the index says where each is)
     from zarr.core.indexing import morton_order_iter as _chunk_order
 except ImportError:  # pragma: no cover - a zarr without it
     _chunk_order = np.ndindex
 
 MISSING = np.uint64(2**64 - 1)  # the index entry of a chunk not stored
+
+# The fast codec: blosc lz4 over bit planes. On raw 12-bit counts in 16 bits it encodes ~2.4x faster than
+# zarr's default zstd and compresses better (3.5x against 3.3x: the low and high bit planes are constant);
+# on electrons with shot noise zstd gains only 8-20 % for 2-3x the time. Elsewhere zarr's default (zstd).
+FAST_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
+def frame_shards(variables, frames: int, tile: int, ny: int, nx: int, compressors: list | None = None) -> dict:
+    """The shard policy of per-frame (frame, y, x) variables: a shard per ``frames`` frames holding whole
+    frames, of inner chunks ``(frames, tile, tile)`` (``tile``: the tile a reducing stage reads), as an
+    encoding ``{variable: {...}}``; ``compressors`` (e.g. ``[FAST_CODEC]``) inside the shard.
+
+    Why: a task reading a tile of every frame pays zarr's per-chunk cost (0.1-0.5 ms to encode or to
+    locate and decode an inner chunk) ``n_frames / frames * (ny / tile) * (nx / tile)`` times per variable;
+    the tile shrinks as the frame count grows, so frames per shard keep it small. A write task writes whole
+    shards (encoded in its own thread: :func:`write_region`)."""
+    enc = {"chunks": (frames, tile, tile), "shards": (frames, ny, nx)}
+    if compressors is not None:
+        enc["compressors"] = list(compressors)
+    return {v: dict(enc) for v in variables}
 _BLOSC_TYPESIZE = "typesize" in inspect.signature(numcodecs.Blosc.__init__).parameters
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
@@ -140,10 +160,4 @@ def write_region(root: str | Path, path: str, region: tuple[slice, ...], block: 
         key = arr.metadata.encode_chunk_key(tuple(a // s for a, s in zip(lo, enc.shard)))
         target = base / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-        try:
-            with open(tmp, "wb") as f:
-                f.writelines(enc.encode(piece, tuple(lo)))
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(target, enc.encode(piece, tuple(lo)))

@@ -1,4 +1,4 @@
-"""Whole-shard writes (detflow.io.shards): the bytes zarr itself writes, read back by zarr, and zarr's own
+"""Whole-shard writes (detflow.io.store.codecs): the bytes zarr itself writes, read back by zarr, and zarr's own
 path for everything the encoder does not handle."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, TransposeCodec, ZstdCodec
 
-from detflow.io.shards import MISSING, ShardEncoder, write_region
+from detflow.io.store.codecs import MISSING, ShardEncoder, write_region
 
 COMPRESSORS = {
     "lz4-shuffle": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
@@ -147,3 +147,24 @@ def test_commit_leaves_no_half_written_shard_file(tmp_path):
         writer.commit()
     assert not list(out.rglob("*.partial"))
     np.testing.assert_array_equal(xr.open_zarr(out, group="g")["data"].values, ds["data"].values)
+
+
+def test_frame_shards_policy_writes_whole_shards_our_encoder_handles(tmp_path):
+    """The shard policy (frames per shard of whole frames, tile-sized inner chunks, the fast codec) through the
+    store writer: the arrays have that layout, our encoder takes them, and the values come back."""
+    import xarray as xr
+
+    from detflow.io.store import StoreWriter
+    from detflow.io.store.codecs import FAST_CODEC, frame_shards
+
+    data = _data((6, 16, 24), "float32")
+    ds = xr.Dataset({"data": (("frame", "y", "x"), data), "dq": (("frame", "y", "x"), data.astype("uint32"))})
+    enc = frame_shards(["data", "dq"], frames=4, tile=8, ny=16, nx=24, compressors=[FAST_CODEC])
+    with StoreWriter(tmp_path / "s.zarr") as w:
+        w.add_all({"l2": ds.chunk({"frame": 4})}, encoding={"l2": enc}).compute(scheduler="sync")
+        w.commit()
+    for v in ("data", "dq"):
+        z = zarr.open_array(str(tmp_path / "s.zarr"), path=f"l2/{v}", mode="r")
+        assert z.shards == (4, 16, 24) and z.chunks == (4, 8, 8)
+        assert ShardEncoder.for_array(z) is not None and isinstance(z.compressors[0], BloscCodec)
+        np.testing.assert_array_equal(z[...], ds[v].values)

@@ -1,50 +1,39 @@
-"""The run's output: one zarr v3 store, a group per product, complete or absent.
+"""The store writer: product groups written as a template, then region by region, resumable, committed whole.
 
 The store is written under a temporary sibling name (``<out>.partial-<id>``) and renamed into place
-only when every group is written, so a failed or interrupted run never leaves a product at the output
-path that looks finished. Dask chunks are made regular (equal to the zarr chunks) before writing, so
-each task writes whole zarr chunks and no two tasks touch the same chunk. One writer per output
-(``<out>.lock``, :mod:`detflow.io.lock`); ``--overwrite`` replaces only a detflow store; a failed run
-says where its partial store is and how to resume or remove it (:func:`clean_output`).
+only when every group is written (:mod:`~detflow.io.store.commit`), so a failed or interrupted run never
+leaves a product at the output path that looks finished. Dask chunks are made regular (equal to the zarr
+chunks) before writing, so each task writes whole zarr chunks and no two tasks touch the same chunk. One
+writer per output (``<out>.lock``, :mod:`detflow.io.lock`); ``--overwrite`` replaces only a detflow store;
+a failed run says where its partial store is and how to resume or remove it (:func:`clean_output`).
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
-import os
 import shutil
-import stat
 import threading
 import uuid
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
 from xarray.backends.zarr import encode_zarr_variable
 
-from ..errors import DetflowInputError, OutputExistsError
-from ..schema import sanitize_attrs
-from .lock import JobProbe, OutputLock, check_unlocked, lock_context
-from .shards import write_region
+from ...errors import DetflowInputError, OutputExistsError
+from ...schema import sanitize_attrs
+from ..lock import OutputLock, lock_context
+from .codecs import write_region
+from .commit import commit_store
+from .output import WRITE_ERRNOS, check_output, replaceable, write_error
+from .resume import REGIONS, ResumeMarks, block_name, file_identity, identity_change, mark_done
+from .tables import check_table
 
 log = logging.getLogger("detflow")
-STORE_MARKS = ("detflow_version", "pipeline")  # root attributes every detflow product store has
-REGIONS = "_detflow_regions"
-WRITE_ERRNOS = {errno.ENOSPC: "free space on the output's file system", errno.EDQUOT: "disk quota for the output",
-                errno.EROFS: "a writable file system for the output", errno.EACCES: "write permission for the output",
-                errno.EPERM: "write permission for the output", errno.EFBIG: "files as large as the output's"}  # fmt: skip
-
-
-class OutputWriteError(DetflowInputError):
-    """The output cannot be written (read-only, no permission, full): one line, with what to do."""
 
 
 def _is_regular(chunks: tuple[int, ...]) -> bool:
@@ -83,123 +72,13 @@ def _clean(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _safe(name: str) -> str:
-    return name.strip("/").replace("/", "__") or "root"
-
-
 def _write_block(block, root: str, path: str, done_dir: str, block_info=None) -> np.ndarray:
     """Write one dask block into its region of a zarr array, then mark the region done."""
     info = block_info[0]
     region = tuple(slice(lo, hi) for lo, hi in info["array-location"])
     write_region(root, path, region, np.asarray(block))
-    marker = Path(done_dir) / (".".join(map(str, info["chunk-location"])) or "0")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    mark_done(done_dir, info["chunk-location"])
     return np.ones((1,) * np.ndim(block), dtype=np.int8)
-
-
-def is_detflow_store(path: str | Path) -> bool:
-    """A detflow product store: a directory whose ``zarr.json`` is a group with detflow's root attributes
-    (``detflow_version``, ``pipeline``), which every finished store has."""
-    try:
-        meta = json.loads((Path(path) / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    attrs = meta.get("attributes") if isinstance(meta, dict) else None
-    return meta.get("node_type") == "group" and isinstance(attrs, dict) and all(k in attrs for k in STORE_MARKS)
-
-
-def store_attrs(path: str | Path) -> dict | None:
-    """The root attributes of a detflow store (None: not one)."""
-    if not is_detflow_store(path):
-        return None
-    return json.loads((Path(path) / "zarr.json").read_text())["attributes"]
-
-
-def _writable(path: Path) -> None:
-    """Refuse at once an output whose directory cannot be written (read-only file system, no permission)."""
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        why = "a read-only file system" if _read_only(parent) else "no write permission"
-        raise OutputWriteError(path, "output", "a directory this user can write to", f"{parent}: {why}")
-
-
-def _read_only(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
-
-
-def check_output(path: str | Path, overwrite: bool = False, kind: str = "store", probe: JobProbe | None = None) -> Path:
-    """Refuse, before any work starts, an output that exists (unless ``overwrite``), that ``overwrite``
-    must not replace (``kind="store"``: anything but a detflow store; ``kind="file"``, an exported file:
-    anything but a file), that another writer holds (``<out>.lock``) or whose directory is read-only."""
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise OutputExistsError(path, "output", "a path that does not exist yet (or overwrite: true)",
-                                    "it exists")  # fmt: skip
-        _replaceable(path, kind)
-    if kind == "store":
-        check_unlocked(path, probe)
-    _writable(path)
-    return path
-
-
-def _replaceable(path: Path, kind: str) -> None:
-    if kind == "store" and not is_detflow_store(path):
-        what = "a directory" if path.is_dir() else "a file" if path.is_file() else "something"
-        raise OutputExistsError(path, "output", "a detflow store to replace (overwrite removes nothing else)",
-                                f"{what} that is not one (no zarr.json with detflow_version and pipeline)")  # fmt: skip
-    if kind == "file" and not path.is_file():
-        raise OutputExistsError(path, "output", "a file to replace (overwrite replaces files only)",
-                                "a directory" if path.is_dir() else "not a regular file")  # fmt: skip
-
-
-def product_inputs(products: dict[str, xr.Dataset]) -> list[str]:
-    """Every file a set of products was computed from: inputs, reference files, inputs left out as damaged."""
-    paths: set[str] = set()
-    for ds in products.values():
-        for key, field in (("inputs", "path"), ("reference_files", "path"), ("skipped_inputs", "file")):
-            paths |= {str(i[field]) for i in ds.attrs.get(key, []) if isinstance(i, dict) and i.get(field)}
-    return sorted(paths)
-
-
-def file_identity(path: str | Path) -> list | None:
-    """What says a file is unchanged: ``[size, mtime_ns]`` (as the checksum cache keys it); for a directory
-    (a zarr store), the number of files and a digest of every file's relative path, size and mtime."""
-    p = Path(path)
-    try:
-        st = p.stat()
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode):
-        return [st.st_size, st.st_mtime_ns]
-    h, n = hashlib.sha256(), 0
-    for root, dirs, files in os.walk(p):
-        dirs.sort()
-        for f in sorted(files):
-            s = os.stat(os.path.join(root, f))
-            h.update(f"{os.path.relpath(os.path.join(root, f), p)}|{s.st_size}|{s.st_mtime_ns}\n".encode())
-            n += 1
-    return ["dir", n, h.hexdigest()[:16]]
-
-
-def _identity_change(old: dict | None, new: dict) -> str | None:
-    """How the inputs differ from those a partial store was started with (None: they do not)."""
-    if old is None:
-        return "the partial store has no record of its inputs" if new else None
-    for path in sorted(set(old) | set(new)):
-        if path not in new:
-            return f"{path} is no longer an input"
-        if path not in old:
-            return f"{path} is a new input"
-        if old[path] != new[path]:
-            return f"{path} changed ({old[path]} -> {new[path]}; size and mtime_ns, or a store's files)"
-    return None
 
 
 class StoreWriter:
@@ -207,7 +86,7 @@ class StoreWriter:
 
     Groups are written as a template first (metadata and the small in-memory variables), then every
     dask block of every variable by its own region-write task, which marks the region done in the
-    store (``_detflow_regions/regions/<group>/<variable>/<block>``). With a ``resume_key`` (a hash of the job)
+    store (:mod:`~detflow.io.store.resume`). With a ``resume_key`` (a hash of the job)
     the partial store is ``<out>.partial-<key>``: a run that died (client, worker or scheduler killed)
     and is started again with the same job finds it and computes only the regions not marked done. A
     resumable partial store is kept when the run fails (it says which regions are done; it is never
@@ -240,9 +119,11 @@ class StoreWriter:
 
     @property
     def _meta(self) -> Path:
-        # a zarr group of its own (zarr warns about directories in a hierarchy that are not), holding
-        # one empty file per region done; removed when the store is committed
         return self.tmp / REGIONS
+
+    @property
+    def marks(self) -> ResumeMarks:
+        return ResumeMarks(self._meta)
 
     def __enter__(self) -> "StoreWriter":
         ctx = lock_context()
@@ -254,21 +135,17 @@ class StoreWriter:
             if self.lock is not None and not self.lock.job:
                 self.lock.release()
             if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
-                raise self._write_error(exc, None) from exc
+                raise write_error(self.path, exc, None) from exc
             raise
         return self
 
     def _open(self) -> None:
-        resume = self._meta / "resume.json"
-        if self.resume_key and resume.exists():
-            try:
-                meta = json.loads(resume.read_text())
-            except ValueError:
-                meta = {}
-            self.restarted = _identity_change(meta.get("inputs"), self.identity)
+        meta = self.marks.read() if self.resume_key else None
+        if meta is not None:
+            self.restarted = identity_change(meta.get("inputs"), self.identity)
             if self.restarted is None:
                 self.resumed = True
-                self._sha_before = self._recorded_checksums()
+                self._sha_before = self.marks.checksums()
                 return
             self.restarted = f"inputs changed since the partial store was written ({self.restarted}): started afresh"
             log.warning("%s: %s", self.tmp, self.restarted)
@@ -276,13 +153,7 @@ class StoreWriter:
             shutil.rmtree(self.tmp)
         root = zarr.open_group(str(self.tmp), mode="w-", zarr_format=3)
         root.create_group(self._meta.name)
-        self._write_resume({"resume_key": self.resume_key, "inputs": self.identity})
-
-    def _write_resume(self, meta: dict) -> None:
-        resume = self._meta / "resume.json"
-        tmp = resume.with_name(f".resume.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, resume)
+        self.marks.write({"resume_key": self.resume_key, "inputs": self.identity})
 
     def watch_checksums(self, futures: dict[str, object]) -> None:
         """Record each input's SHA-256 in the partial store as soon as its future (``{path: future}``, e.g.
@@ -293,27 +164,12 @@ class StoreWriter:
     def _note_checksum(self, path: str, fut) -> None:
         if getattr(fut, "status", "finished") != "finished" or self._discard_partial:
             return
-        line = json.dumps([path, fut.result()]) + "\n"
+        digest = fut.result()
         with self._sha_lock:
-            try:  # one line appended per file (25,000 inputs: 25,000 short appends, not as many rewrites)
-                with open(self._meta / "sha256.jsonl", "a") as f:
-                    f.write(line)
+            try:
+                self.marks.append_checksum(path, digest)
             except OSError:
                 pass  # committed or removed meanwhile: nothing to record
-
-    def _recorded_checksums(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        try:
-            lines = (self._meta / "sha256.jsonl").read_text().splitlines()
-        except OSError:
-            return out
-        for line in lines:
-            try:
-                path, digest = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            out.setdefault(path, digest)
-        return out
 
     def check_checksums(self, sums: dict[str, str]) -> None:
         """Refuse to commit a resumed store whose inputs' content differs from the content an earlier run
@@ -343,7 +199,7 @@ class StoreWriter:
         chunks inside shards that equal the dask chunks (each task still writes whole shards)."""
         cleaned = {name: _clean(regular_chunks(ds)) for name, ds in products.items()}
         self.groups.extend(cleaned)
-        fresh = {n: ds for n, ds in cleaned.items() if not (self._meta / "templates" / _safe(n)).exists()}
+        fresh = {n: ds for n, ds in cleaned.items() if not self.marks.has_template(n)}
         for name, ds in fresh.items():  # a template a killed writer left half written starts again
             self._discard(name, ds)
         if fresh:
@@ -355,9 +211,8 @@ class StoreWriter:
                         enc[f"/{name}"][var] = e
             tree.to_zarr(str(self.tmp), mode="a", compute=False, zarr_format=3, consolidated=False,
                          encoding=enc)  # fmt: skip  (the template: the returned delayed write is not used)
-            (self._meta / "templates").mkdir(parents=True, exist_ok=True)
             for name in fresh:
-                (self._meta / "templates" / _safe(name)).touch()
+                self.marks.mark_template(name)
         names, arrays = [], []
         for name, ds in cleaned.items():
             for var, v in ds.variables.items():
@@ -366,14 +221,14 @@ class StoreWriter:
                     arrays.append(encode_zarr_variable(v, name=var, zarr_format=3).data)
         parts = []
         for (name, var), arr in zip(names, arrays):
-            done_dir = self._meta / "regions" / _safe(name) / var
-            done = set(os.listdir(done_dir)) if done_dir.exists() else set()
+            done_dir = self.marks.region_dir(name, var)
+            done = self.marks.done(name, var)
             # the write of each block is a blockwise task on the array itself (as dask's own store), so it
             # fuses with the task that makes the block and no block waits in memory for a separate writer
             marks = arr.map_blocks(_write_block, root=str(self.tmp), path=f"{name}/{var}", done_dir=str(done_dir),
                                    dtype=np.int8, chunks=tuple((1,) * len(c) for c in arr.chunks),
                                    meta=np.empty((0,) * arr.ndim, np.int8))  # fmt: skip
-            todo = [idx for idx in np.ndindex(*arr.numblocks) if (".".join(map(str, idx)) or "0") not in done]
+            todo = [idx for idx in np.ndindex(*arr.numblocks) if block_name(idx) not in done]
             self.regions["total"] += int(np.prod(arr.numblocks))
             self.regions["done_before"] += int(np.prod(arr.numblocks)) - len(todo)
             if len(todo) == int(np.prod(arr.numblocks)):
@@ -384,6 +239,12 @@ class StoreWriter:
             return da.zeros((), dtype=np.int64)
         return da.concatenate(parts).sum()  # the number of regions written
 
+    def add_table(self, name: str, table: xr.Dataset) -> da.Array:
+        """Write the event table ``table`` (:func:`~detflow.io.store.tables.event_table`) as group ``name``:
+        its template now, and the returned lazy write of its chunks of rows (as :meth:`add_all`)."""
+        check_table(name, table)
+        return self.add_all({name: table})
+
     def _discard(self, name: str, ds: xr.Dataset) -> None:
         """Remove the arrays of group ``name`` that a writer killed while writing its template left (the
         template is not marked done, so no region of it was written). Left there, ``to_zarr(mode="a")``
@@ -391,7 +252,7 @@ class StoreWriter:
         CF attribute) and refuse it: "unexpected encoding parameters for zarr backend: ['coordinates']"."""
         for var in ds.variables:
             shutil.rmtree(self.tmp / name / str(var), ignore_errors=True)
-        shutil.rmtree(self._meta / "regions" / _safe(name), ignore_errors=True)
+        self.marks.forget(name)
 
     def set_group_attrs(self, name: str, attrs: dict) -> None:
         g = zarr.open_group(str(self.tmp), path=name, mode="r+", zarr_format=3)
@@ -402,23 +263,14 @@ class StoreWriter:
         g.attrs.update(sanitize_attrs(attrs))
 
     def commit(self) -> Path:
-        shutil.rmtree(self._meta, ignore_errors=True)  # every region is done: the markers have served
-        for stray in self.tmp.rglob(".*.partial"):  # a shard file a killed worker left half written
-            stray.unlink(missing_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # consolidated metadata is a zarr-python convention in v3
-            zarr.consolidate_metadata(str(self.tmp))
-        old = None
-        if self.path.exists() or self.path.is_symlink():
-            if not self.overwrite:  # (made meanwhile, by something else than a detflow run: they lock)
-                raise OutputExistsError(self.path, "output", "a path that does not exist yet", "it exists now")
-            _replaceable(self.path, "store")  # still a detflow store (something else may be there now)
-            old = self.path.with_name(f"{self.path.name}.old-{uuid.uuid4().hex[:8]}")
-            self.path.rename(old)  # out of the way first: the new store is in place before the old one goes
-        self.tmp.rename(self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.path
+        """Every region is done: drop the markers, consolidate, rename the store into place
+        (:func:`~detflow.io.store.commit.commit_store`)."""
+        return commit_store(self.tmp, self.path, drop=(REGIONS,), check=self._check_replace)
+
+    def _check_replace(self, path: Path) -> None:
+        if not self.overwrite:  # (made meanwhile, by something else than a detflow run: they lock)
+            raise OutputExistsError(path, "output", "a path that does not exist yet", "it exists now")
+        replaceable(path, "store")  # still a detflow store (something else may be there now)
 
     def _hint(self, exc: BaseException | None = None) -> str | None:
         if not self.tmp.exists():
@@ -426,11 +278,6 @@ class StoreWriter:
         full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
         return (f"the partial store {self.tmp} is kept: {'free space, then ' if full else ''}run the same job "
                 f"again to resume it, or `detflow clean {self.path}` to remove it")  # fmt: skip
-
-    def _write_error(self, exc: OSError, hint: str | None) -> OutputWriteError:
-        where = f" ({exc.filename})" if exc.filename else ""
-        got = f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}{where}" + (f"; {hint}" if hint else "")
-        return OutputWriteError(self.path, "write", WRITE_ERRNOS[exc.errno], got)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -440,7 +287,7 @@ class StoreWriter:
                 shutil.rmtree(self.tmp, ignore_errors=True)
             hint = self._hint(exc)
             if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
-                raise self._write_error(exc, hint) from exc
+                raise write_error(self.path, exc, hint) from exc
             if hint and isinstance(exc, DetflowInputError) and len(exc.args) == 1:
                 exc.args = (f"{exc.args[0]}; {hint}",)  # the one line the CLI prints says it too
             elif hint and isinstance(exc, Exception):
@@ -448,27 +295,3 @@ class StoreWriter:
         finally:
             if self.lock is not None and not self.lock.job:
                 self.lock.release()
-
-
-def open_store(path: str | Path) -> xr.DataTree:
-    """Open a detflow store as a DataTree (plain ``xarray.open_datatree`` works too)."""
-    return xr.open_datatree(str(path), engine="zarr", chunks={})
-
-
-def store_summary(path: str | Path) -> dict:
-    """Groups, variables, shapes and provenance of a store, for ``detflow info``."""
-    path = Path(path)
-    root = zarr.open_group(str(path), mode="r")
-    out = {"path": str(path), "attrs": dict(root.attrs), "groups": {}}
-    tree = open_store(path)
-    for node in tree.subtree:
-        if node.path == "/" or not node.has_data:
-            continue
-        ds = node.to_dataset()
-        out["groups"][node.path.strip("/")] = {
-            "dims": dict(ds.sizes),
-            "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "units": v.attrs.get("units")}
-                          for k, v in ds.data_vars.items()},  # fmt: skip
-            "steps": ds.attrs.get("steps", []),
-        }
-    return out
