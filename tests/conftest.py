@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("DETFLOW_CHECKSUM_CACHE", "off")  # tests leave nothing in ~/.cache
+# numba's on-disk cache (detflow.kernels._config), for this test session only: a kernel is compiled once, not
+# again in every process the tests start (LocalCluster and dask workers, CLI subprocesses, notebook kernels
+# inherit the environment; the xdist workers the controller's directory). Set before detflow is imported.
+if "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="detflow-tests-numba-")
+    atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], ignore_errors=True)
+    os.environ.setdefault("DETFLOW_NUMBA_CACHE", "1")
 
 import asdf
 import numpy as np
@@ -11,9 +24,6 @@ import pytest
 import yaml
 
 from detflow.schema import DQ
-
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-os.environ.setdefault("DETFLOW_CHECKSUM_CACHE", "off")  # tests leave nothing in ~/.cache
 
 RP = [[0], [1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
 FT = 3.04
