@@ -32,7 +32,7 @@ demo: $(BASE)
 	$(VENV)/bin/detflow demo
 
 test: $(TEST)
-	$(PY) -m pytest -n 2 --nbmake -m "not slurm" tests notebooks
+	$(PY) -m pytest -n 2 --dist worksteal --nbmake -m "not slurm" tests notebooks
 
 bench: $(BENCH)
 	$(PY) bench/run_all.py
