@@ -35,7 +35,7 @@ test: $(TEST)
 	# lint first (pyflakes, pycodestyle, import order: [tool.ruff] in pyproject.toml); the import contract
 	# (layers, no cycles, module length) is tests/test_layers.py
 	$(VENV)/bin/ruff check detflow tests bench notebooks
-	$(PY) -m pytest -n 2 --nbmake -m "not slurm" tests notebooks
+	$(PY) -m pytest -n 2 --dist worksteal --nbmake -m "not slurm" tests notebooks
 
 bench: $(BENCH)
 	$(PY) bench/run_all.py

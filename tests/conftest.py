@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("DETFLOW_CHECKSUM_CACHE", "off")  # tests leave nothing in ~/.cache
+# numba's on-disk cache (detflow.kernels._config), for this test session only: a kernel is compiled once, not
+# again in every process the tests start (LocalCluster and dask workers, CLI subprocesses, notebook kernels
+# inherit the environment; the xdist workers the controller's directory). Set before detflow is imported.
+if "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="detflow-tests-numba-")
+    atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], ignore_errors=True)
+    os.environ.setdefault("DETFLOW_NUMBA_CACHE", "1")
 
 import asdf
 import numpy as np
@@ -11,9 +24,6 @@ import pytest
 import yaml
 
 from detflow.schema import DQ
-
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-os.environ.setdefault("DETFLOW_CHECKSUM_CACHE", "off")  # tests leave nothing in ~/.cache
 
 RP = [[0], [1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
 FT = 3.04
@@ -110,3 +120,19 @@ def corgidrp_home(tmp_path_factory):
             os.environ["HOME"] = old
     assert version("corgidrp") == "5.1.1"
     return home
+
+
+# The files with the longest tests first (measured with --durations; notebooks included), in that order. Under
+# ``make test`` (``-n 2 --dist worksteal``) the first worker starts on them while the second takes the short
+# tests of the other half and then steals from the end of the first's queue: no long test is left to run
+# alone at the end, and a file's module fixtures are mostly built once.
+SLOW_FIRST = ("test_submit.py", ".ipynb", "test_cli.py", "test_excam_truth.py", "test_i14_cli_sim.py",
+              "test_i14_runtime_outputs.py", "test_excam_run.py", "test_wfi_noise.py", "test_distributed.py",
+              "test_i14_wfi_fits.py", "test_cluster_factory.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((i for i, s in enumerate(SLOW_FIRST) if item.path.name.endswith(s)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # (stable: the order within a file is kept)

@@ -1,6 +1,10 @@
 """detflow as a cluster service, on a real ``dask scheduler`` and real ``dask worker`` processes on
 127.0.0.1 (no mocks): submit and exit, status from a new process, a worker killed mid-run, the whole
-cluster killed mid-run and the job re-submitted (only the missing regions computed), cancel."""
+cluster killed mid-run and the job re-submitted (only the missing regions computed), cancel.
+
+The tests share one cluster per module (per xdist worker): a test that kills workers replaces them, and
+the ``cluster`` fixture hands each test two live, running workers; the tests that kill the whole cluster
+start their own (``own_cluster``)."""
 
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client
+from typer.testing import CliRunner
 
 import detflow
+from detflow.cli import app
 from detflow.io.store import open_store
 from detflow.runtime.submit import jobs, submit
 
@@ -68,9 +74,46 @@ class Cluster:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
 
+    def freeze(self, *procs: subprocess.Popen) -> None:
+        """SIGSTOP: the workers stay connected and hold their tasks, but run nothing."""
+        for p in procs or self.workers:
+            p.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for p in self.workers:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+
+    def healthy(self) -> bool:
+        """The scheduler and ``n`` workers alive and running (a worker a test killed is replaced)."""
+        if self.sched.poll() is not None:
+            return False
+        self.thaw()
+        for p in [p for p in self.workers if p.poll() is not None]:
+            self.replace(p.pid)
+        with Client(self.address, timeout=30) as c:
+            c.wait_for_workers(len(self.workers), timeout=60)
+        return True
+
+
+@pytest.fixture(scope="module")
+def _shared_cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.kill()
+
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(_shared_cluster):
+    """The module's cluster: two live, running workers (jobs of earlier tests are on its record)."""
+    assert _shared_cluster.healthy(), "a test killed the shared cluster's scheduler"
+    yield _shared_cluster
+    _shared_cluster.thaw()
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    """A cluster of this test only (it kills the whole cluster)."""
     c = Cluster(tmp_path)
     yield c
     c.kill()
@@ -148,6 +191,15 @@ def _driver_pid(c: Client, job_id: str) -> int:
     return c.run(os.getpid)[c.get_metadata([META, job_id])["worker"]]
 
 
+NO_PROBE = {"DETFLOW_CLUSTER__CHECK_VERSIONS": "false"}  # frozen workers would not answer the versions probe
+
+
+def _wait(job_id: str, address: str, *args: str, env: dict | None = None):
+    """``detflow wait`` (in this process: the kill tests are about the job, not the command's process)."""
+    res = CliRunner().invoke(app, ["wait", job_id, "--scheduler", address, *args], env=env)
+    return res.exit_code, res.output
+
+
 # the moments the driver's worker is killed: while the store template is being written (its arrays half
 # there), while the regions are written, while the combines are written
 DRIVER_KILLS = {
@@ -169,8 +221,8 @@ def test_killing_the_drivers_worker_never_fails_the_job(frames, reference, clust
             assert _poll(lambda: ready(out)), f"{moment}: the job never got there"
             os.kill(pid, signal.SIGKILL)
         cluster.replace(pid)
-        res = _cli("wait", job_id, "--scheduler", cluster.address)
-        assert res.returncode == 0, f"{moment}: {res.stdout}{res.stderr}"
+        code, output = _wait(job_id, cluster.address)
+        assert code == 0, f"{moment}: {output}"
         rec = json.loads(Path(str(out) + ".job.json").read_text())
         assert rec["state"] == "finished" and rec["attempt"] >= 2, (moment, rec)  # the driver did restart
         _same(open_store(out), reference)
@@ -178,18 +230,24 @@ def test_killing_the_drivers_worker_never_fails_the_job(frames, reference, clust
 
 def test_killing_a_worker_mid_write_never_fails_the_job(frames, reference, cluster, tmp_path):
     """The other worker (not the driver's) killed while regions are written, at three points: its tasks
-    move to the remaining worker, the result is the clean run's."""
-    for n, regions in enumerate((1, 5, 9)):
+    move to the remaining worker, the result is the clean run's. After 6 regions the job finishes on the
+    driver's worker alone (the killed one is replaced only when the job ended); the other two times a new
+    worker joins at once."""
+    for n, regions in enumerate((1, 6, 9)):
         out = tmp_path / f"worker{n}.zarr"
+        alone = regions == 6
         with Client(cluster.address) as c:
             job_id = submit(_job(frames, out), c)
             driver = _driver_pid(c, job_id)
             assert _poll(lambda: _regions_done(out) >= regions, every=0.02), "the job never got going"
             pid = next(p.pid for p in cluster.workers if p.pid != driver)
             os.kill(pid, signal.SIGKILL)
-        cluster.replace(pid)
-        res = _cli("wait", job_id, "--scheduler", cluster.address)
-        assert res.returncode == 0, f"after {regions} regions: {res.stdout}{res.stderr}"
+        if not alone:
+            cluster.replace(pid)
+        code, output = _wait(job_id, cluster.address)
+        assert code == 0, f"after {regions} regions: {output}"
+        if alone:
+            cluster.replace(pid)
         _same(open_store(out), reference)
 
 
@@ -214,31 +272,13 @@ def test_submit_returns_at_once_and_status_from_another_process(frames, referenc
     _same(tree, reference)
 
 
-def test_a_worker_killed_mid_run_does_not_fail_the_job(frames, reference, cluster, tmp_path):
-    out = tmp_path / "k.zarr"
-    with Client(cluster.address) as c:
-        job_id = submit(_job(frames, out), c)
-        pids = c.run(os.getpid)
-        deadline = time.monotonic() + 240
-        while _regions_done(out) < 6 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _regions_done(out) >= 6, "the job never got going"
-        driver = jobs(c)[-1]["worker"]
-        victim = next(a for a in pids if a != driver)  # kill the other worker: its tasks move
-        os.kill(pids[victim], signal.SIGKILL)
-    res = _cli("wait", job_id, "--scheduler", cluster.address)
-    assert res.returncode == 0, res.stdout + res.stderr
-    _same(open_store(out), reference)
-
-
-def test_cluster_killed_then_resubmitted_computes_only_the_missing_regions(frames, reference, cluster, tmp_path):
+def test_cluster_killed_then_resubmitted_computes_only_the_missing_regions(frames, reference, own_cluster, tmp_path):
     out = tmp_path / "r.zarr"
-    with Client(cluster.address) as c:
+    with Client(own_cluster.address) as c:
         submit(_job(frames, out), c)
-        deadline = time.monotonic() + 240
-        while _regions_done(out) < 10 and time.monotonic() < deadline:
-            time.sleep(0.1)
-    cluster.kill()  # scheduler and workers, mid-run
+        assert _poll(lambda: _regions_done(out) >= 10, every=0.05), "the job never got going"
+    own_cluster.freeze()  # nothing more is written
+    own_cluster.kill()  # scheduler and workers, mid-run
     done = _regions_done(out)
     assert 10 <= done and not out.exists()
     again = Cluster(tmp_path, n=2)
@@ -260,13 +300,19 @@ def test_cancel_stops_the_job_and_leaves_no_output(frames, cluster, tmp_path):
     out = tmp_path / "c.zarr"
     with Client(cluster.address) as c:
         job_id = submit(_job(frames, out), c)
-        deadline = time.monotonic() + 240
-        while jobs(c)[-1]["state"] == "queued" and time.monotonic() < deadline:
-            time.sleep(0.2)
-    res = _cli("cancel", job_id, "--scheduler", cluster.address)
-    assert res.returncode == 0, res.stderr
-    res = _cli("wait", job_id, "--scheduler", cluster.address)
-    assert res.returncode == 1 and "cancelled" in res.stdout
+        driver = _driver_pid(c, job_id)
+        assert _poll(lambda: _regions_done(out) >= 1, every=0.02), "the job never got going"
+    # the other worker frozen while the regions are written (the driver polls its cancel flag meanwhile): its
+    # tasks wait, the job cannot finish before the cancel arrives (a frozen worker would not answer the
+    # versions probe of connecting; frozen earlier, the graph's build would wait for it)
+    cluster.freeze(*(p for p in cluster.workers if p.pid != driver))
+    try:
+        res = CliRunner().invoke(app, ["cancel", job_id, "--scheduler", cluster.address], env=NO_PROBE)
+        assert res.exit_code == 0, res.output
+        code, output = _wait(job_id, cluster.address, "--timeout", "120", env=NO_PROBE)
+        assert code == 1 and "cancelled" in output, output
+    finally:
+        cluster.thaw()
     assert not out.exists()
 
 
@@ -281,9 +327,9 @@ def test_a_corrupt_file_fails_only_its_frame(frames, cluster, tmp_path):
     job = dict(_job(frames, out), input=str(data), combine=[], on_error="skip")
     with Client(cluster.address) as c:
         job_id = submit(job, c)
-    res = _cli("wait", job_id, "--scheduler", cluster.address)
-    assert res.returncode == 0, res.stdout + res.stderr
-    res = _cli("status", job_id, "--scheduler", cluster.address, "--json")
+    code, output = _wait(job_id, cluster.address)
+    assert code == 0, output
+    res = CliRunner().invoke(app, ["status", job_id, "--scheduler", cluster.address, "--json"])
     rec = json.loads(res.stdout)[0]
     assert [s["file"] for s in rec["skipped_inputs"]] == [str(bad)] and "truncated" in rec["skipped_inputs"][0]["reason"]
     tree = open_store(out)
@@ -306,42 +352,51 @@ def test_submit_checks_what_run_checks_and_a_job_locks_its_output(frames, refere
     job_id = res.stdout.strip().splitlines()[-1]
     with Client(cluster.address) as c:
         _driver_pid(c, job_id)
-    for p in cluster.workers:  # the job holds its output while these run (frozen workers: the versions of
-        p.send_signal(signal.SIGSTOP)  # client and workers are not compared on connecting)
-    try:
-        for cmd in (("submit", str(job), "--scheduler", cluster.address), ("run", str(job), "--no-progress"),
-                    ("clean", str(out))):  # fmt: skip
-            res = _cli(*cmd, DETFLOW_CLUSTER__CHECK_VERSIONS="false")
-            assert res.returncode == 2, (cmd, res.stdout, res.stderr)
+    cluster.freeze()  # the job holds its output while these run (frozen workers: the versions of client and
+    try:  # workers are not compared on connecting); each in its own process, all at once
+        cmds = (("submit", str(job), "--scheduler", cluster.address), ("run", str(job), "--no-progress"),
+                ("clean", str(out)))  # fmt: skip
+        procs = [subprocess.Popen([sys.executable, "-m", "detflow.cli", *cmd], env=dict(
+            ENV, DETFLOW_CLUSTER__CHECK_VERSIONS="false"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True) for cmd in cmds]  # fmt: skip
+        for cmd, p in zip(cmds, procs):
+            stdout, stderr = p.communicate(timeout=300)
+            assert p.returncode == 2, (cmd, stdout, stderr)
             assert f"{out}: lock: expected no other writer of this output, got l.zarr.lock held by job {job_id} " \
-                   f"(scheduler {cluster.address})" in _error_line(res.stderr), cmd  # fmt: skip
+                   f"(scheduler {cluster.address})" in _error_line(stderr), cmd  # fmt: skip
     finally:
-        for p in cluster.workers:
-            p.send_signal(signal.SIGCONT)
-    res = _cli("wait", job_id, "--scheduler", cluster.address)
-    assert res.returncode == 0, res.stdout + res.stderr
+        cluster.thaw()
+    code, output = _wait(job_id, cluster.address)
+    assert code == 0, output
     assert not Path(str(out) + ".lock").exists()
     _same(open_store(out), reference)
     res = _cli("submit", str(job), "--scheduler", cluster.address)
     assert res.returncode == 2 and f"{out}: output: expected a path that does not exist yet" in _error_line(res.stderr)
-    with Client(cluster.address) as c:
-        assert [r["id"] for r in jobs(c)] == [job_id]  # nothing was queued
+    with Client(cluster.address) as c:  # nothing was queued (the cluster's other jobs wrote other outputs)
+        assert [r["id"] for r in jobs(c) if r["output"] == str(out)] == [job_id]
     assert json.loads(Path(str(out) + ".job.json").read_text())["state"] == "finished"
 
 
-def test_status_and_wait_tell_the_truth_when_the_cluster_dies(frames, cluster, tmp_path):
+def test_status_and_wait_tell_the_truth_when_the_cluster_dies(frames, own_cluster, tmp_path):
     """The cluster killed under a running job: the record beside the output is no longer taken at its word
     (state unknown, the scheduler unreachable since ...), and status, wait, jobs and submit against the dead
     scheduler give one line and exit 2 within their --timeout (a wait already waiting too)."""
+    cluster = own_cluster
     out = tmp_path / "d.zarr"
     job = tmp_path / "d.yaml"
     job.write_text(json.dumps(_job(frames, out)))
     with Client(cluster.address) as c:
         job_id = submit(_job(frames, out), c)
         _driver_pid(c, job_id)
-    waiting = subprocess.Popen([sys.executable, "-m", "detflow.cli", "wait", job_id, "--scheduler", cluster.address,
-                                "--timeout", "120"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(5)
+        cluster.freeze()  # the job runs on (its record says so) but does not finish before the cluster dies
+        clients = c.run_on_scheduler(lambda dask_scheduler: set(dask_scheduler.clients))
+        # (frozen workers would not answer the versions probe of connecting: the wait is waiting once connected)
+        waiting = subprocess.Popen([sys.executable, "-m", "detflow.cli", "wait", job_id, "--scheduler",
+                                    cluster.address, "--timeout", "120"], env=dict(
+            ENV, DETFLOW_CLUSTER__CHECK_VERSIONS="false"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert _poll(lambda: c.run_on_scheduler(lambda dask_scheduler: set(dask_scheduler.clients)) - clients
+                     or waiting.poll() is not None, every=0.1), "the wait never connected"  # fmt: skip
+        assert waiting.poll() is None, waiting.communicate()
     cluster.kill()
     t0 = time.monotonic()
     _, err = waiting.communicate(timeout=120)
@@ -349,14 +404,16 @@ def test_status_and_wait_tell_the_truth_when_the_cluster_dies(frames, cluster, t
     assert f"{cluster.address}: scheduler: expected a running scheduler that answers" in _error_line(err)
     record = Path(str(out) + ".job.json")
     assert json.loads(record.read_text())["state"] == "running"  # what the file alone says
-    res = _cli("status", "--record", str(record), "--json", "--timeout", "3")
-    assert res.returncode == 0, res.stderr
+    # every command against the dead scheduler (in this process: the commands' own timeouts are tested here; the
+    # test above runs submit and status in processes of their own)
+    res = CliRunner().invoke(app, ["status", "--record", str(record), "--json", "--timeout", "3"])
+    assert res.exit_code == 0, res.stderr
     rec = json.loads(res.stdout)[0]
     assert rec["state"] == "unknown" and rec["note"].startswith(f"scheduler {cluster.address} unreachable at ")
     assert f"last update {json.loads(record.read_text())['updated']}" in rec["note"]
     for cmd in (("status", job_id), ("wait", job_id), ("jobs",), ("cancel", job_id), ("submit", str(job))):
         t0 = time.monotonic()
-        res = _cli(*cmd, "--scheduler", cluster.address, "--timeout", "3")
-        assert res.returncode == 2 and time.monotonic() - t0 < 45, (cmd, res.stdout, res.stderr)
+        res = CliRunner().invoke(app, [*cmd, "--scheduler", cluster.address, "--timeout", "3"])
+        assert res.exit_code == 2 and time.monotonic() - t0 < 45, (cmd, res.stdout, res.stderr)
         assert f"{cluster.address}: scheduler: expected a running scheduler that answers within 3 s, got " \
                "unreachable" in _error_line(res.stderr), cmd  # fmt: skip

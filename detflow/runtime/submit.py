@@ -145,10 +145,11 @@ def _address(client: Client) -> str | None:
 
 def _ask(client: Client, fn, *args, **kwargs):
     """A call to the scheduler; a scheduler that does not answer is one error (not a traceback)."""
+    address = _address(client)  # (a client that gave up reconnecting has forgotten it)
     try:
         return fn(*args, **kwargs)
     except OSError as exc:  # (CommClosedError, TimeoutError: OSErrors)
-        raise SchedulerUnreachable.of(_address(client) or "scheduler", exc) from None
+        raise SchedulerUnreachable.of(address or "scheduler", exc) from None
 
 
 def _age(stamp: str | None) -> float:
