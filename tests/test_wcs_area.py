@@ -10,7 +10,7 @@ from astropy.wcs import WCS
 
 from detflow.errors import DetflowInputError
 from detflow.kernels.pixel_area import pixel_area
-from detflow.runtime.run import read_wcs_header
+from detflow.instruments.roman_wfi_plan import read_wcs_header
 
 SCALE = 0.11 / 3600  # deg per pixel
 
