@@ -32,9 +32,10 @@ demo: $(BASE)
 	$(VENV)/bin/detflow demo
 
 test: $(TEST)
-	# lint first (pyflakes, pycodestyle, import order: [tool.ruff] in pyproject.toml); the import contract
-	# (layers, no cycles, module length) is tests/test_layers.py
+	# lint and format check first (pyflakes, pycodestyle, import order: [tool.ruff] in pyproject.toml); the
+	# import contract (layers, no cycles, module length) is tests/test_layers.py
 	$(VENV)/bin/ruff check detflow tests bench notebooks
+	$(VENV)/bin/ruff format --check detflow tests bench notebooks
 	$(PY) -m pytest -n 2 --dist worksteal --nbmake -m "not slurm" tests notebooks
 
 bench: $(BENCH)

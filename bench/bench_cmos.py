@@ -140,7 +140,9 @@ def simulate_parallel(final: Path, cfg, processes: int) -> float:
     _SHARED.clear()
     tmp.rename(final)
     dt = time.perf_counter() - t0
-    print(f"simulated {n} frames of {cfg.height}x{cfg.width} in {dt:.1f} s ({processes} processes) -> {final}", flush=True)
+    print(
+        f"simulated {n} frames of {cfg.height}x{cfg.width} in {dt:.1f} s ({processes} processes) -> {final}", flush=True
+    )
     return dt
 
 
@@ -452,7 +454,9 @@ def cluster_runs(args, root: Path, work: Path, res: dict) -> None:
                           dashboard_address=":0") as lc, Client(lc) as client:  # fmt: skip
             t_start = time.perf_counter() - t0
             client.run(_warm_worker)
-            res["clusters"].append({"shape": list(shape), "start_s": t_start, "warm_s": time.perf_counter() - t0 - t_start})
+            res["clusters"].append(
+                {"shape": list(shape), "start_s": t_start, "warm_s": time.perf_counter() - t0 - t_start}
+            )
             if shape == ingest_shape and "ingest" in res and "detflow" not in res["ingest"]:
                 ingest_detflow(args, client, root, work, res["ingest"])
             if fit is None or shape not in args.shape_list:
@@ -481,22 +485,32 @@ def run_baseline(args, dark_store: Path, bias_model: Path, work: Path, truth: di
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=None, help=f"frame side in pixels (default {DEFAULTS['size']})")
-    ap.add_argument("--temps", type=int, default=None, help=f"set points from -10 to 25 C (default {DEFAULTS['temps']})")
+    ap.add_argument(
+        "--temps", type=int, default=None, help=f"set points from -10 to 25 C (default {DEFAULTS['temps']})"
+    )
     ap.add_argument("--exptimes", default=None, help=f"dark exposure times, s (default {DEFAULTS['exptimes']})")
-    ap.add_argument("--n-dark", type=int, default=None, help=f"darks per (set point, exposure) (default {DEFAULTS['n_dark']})")
+    ap.add_argument(
+        "--n-dark", type=int, default=None, help=f"darks per (set point, exposure) (default {DEFAULTS['n_dark']})"
+    )
     ap.add_argument("--n-bias", type=int, default=None, help=f"bias frames per attempt, 2 attempts per set point "
                                                              f"(default {DEFAULTS['n_bias']})")  # fmt: skip
-    ap.add_argument("--full", action="store_true", help="the issue's size: " + ", ".join(f"{k}={v}" for k, v in FULL.items()))
+    ap.add_argument(
+        "--full", action="store_true", help="the issue's size: " + ", ".join(f"{k}={v}" for k, v in FULL.items())
+    )
     ap.add_argument("--shapes", default="1x1,2x1,1x2", help="LocalCluster shapes of the dark fit: workers x threads")
     ap.add_argument("--workers", type=int, default=1, help="ingest: worker processes")
     ap.add_argument("--threads", type=int, default=2, help="ingest: threads per worker")
-    ap.add_argument("--gen-processes", type=int, default=min(2, os.cpu_count() or 1), help="processes writing the campaign")
+    ap.add_argument(
+        "--gen-processes", type=int, default=min(2, os.cpu_count() or 1), help="processes writing the campaign"
+    )
     ap.add_argument("--variants", default="default,every", help="dark fits to time: default (hot pixels per pixel) "
                     "and/or every (every pixel fitted)")  # fmt: skip
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-fit", action="store_true")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--keep-sim", action="store_true", help="keep a campaign above 1 GB in --out/cmos_sim for the next run")
+    ap.add_argument(
+        "--keep-sim", action="store_true", help="keep a campaign above 1 GB in --out/cmos_sim for the next run"
+    )
     ap.add_argument("--out", type=Path, default=HERE / "output")
     args = ap.parse_args(argv)
     for k, v in DEFAULTS.items():

@@ -108,7 +108,11 @@ class TreePeak(PeakRSS):
                     continue
                 total += r
                 big = max(big, r)
-            self.peak, self.peak_main, self.peak_child = max(self.peak, total), max(self.peak_main, main), max(self.peak_child, big)
+            self.peak, self.peak_main, self.peak_child = (
+                max(self.peak, total),
+                max(self.peak_main, main),
+                max(self.peak_child, big),
+            )
             time.sleep(self.interval)
 
 
@@ -117,7 +121,9 @@ def task_seconds(ts_data, top=10) -> dict:
     busy: dict[str, float] = {}
     for t in ts_data:
         name = _task_name(t["key"])
-        busy[name] = busy.get(name, 0.0) + sum(x["stop"] - x["start"] for x in t["startstops"] if x["action"] == "compute")
+        busy[name] = busy.get(name, 0.0) + sum(
+            x["stop"] - x["start"] for x in t["startstops"] if x["action"] == "compute"
+        )
     return {"task_s": sum(busy.values()), "n_tasks": len(ts_data),
             "top_tasks_s": dict(sorted(busy.items(), key=lambda kv: -kv[1])[:top])}  # fmt: skip
 
@@ -149,7 +155,9 @@ def run_child(code: str, payload: dict, home: Path) -> dict:
     """Run ``code`` in a child Python (``HOME`` = ``home``) with ``payload`` as argv[1]; its last stdout
     line is the JSON result."""
     env = dict(os.environ, HOME=str(home), PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code, json.dumps(payload)], capture_output=True, text=True, env=env, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(payload)], capture_output=True, text=True, env=env, check=False
+    )
     if r.returncode != 0:
         print(r.stdout[-2000:], r.stderr[-4000:])
         raise SystemExit("corgidrp reference run failed")
@@ -302,7 +310,9 @@ def l2b_bench(args, client) -> dict:
     # then the job of the issue (combine: [l2b]), whose store the comparison reads
     store = args.out / f"excam_l2b_{args.frames}.zarr"
     shutil.rmtree(store, ignore_errors=True)
-    r0 = timed(client, lambda: detflow.run({**excam_job(simdir, files, store), "combine": []}, client=client, progress=False))
+    r0 = timed(
+        client, lambda: detflow.run({**excam_job(simdir, files, store), "combine": []}, client=client, progress=False)
+    )
     r0.update({"frames": args.frames, "frames_per_s": args.frames / r0["s"], "store_bytes": dir_bytes(store)})
     shutil.rmtree(store, ignore_errors=True)
     job = excam_job(simdir, files, store)
@@ -363,8 +373,11 @@ def l2b_bench(args, client) -> dict:
     print(f"  same L2b data: max |detflow - corgidrp| {cmp_['max_abs_diff_e']:.3g} e- (median {cmp_['median_abs_diff_e']:.2g}; "
           f"values up to {cmp_['max_abs_value_e']:.3g} e-), NaN pattern differs at {cmp_['nan_disagree_pixels']} of "
           f"{cmp_['pixels']} pixels")  # fmt: skip
-    print(f"  ratio detflow / corgidrp frames/s: {r['ratio_frames_per_s']:.1f} x with the combines, "
-          f"{r['ratio_frames_per_s_no_combine']:.1f} x without", flush=True)
+    print(
+        f"  ratio detflow / corgidrp frames/s: {r['ratio_frames_per_s']:.1f} x with the combines, "
+        f"{r['ratio_frames_per_s_no_combine']:.1f} x without",
+        flush=True,
+    )
     return r
 
 
@@ -576,7 +589,9 @@ def combine_bench(args, client) -> dict:
 
     sizes = [int(s) for s in str(args.combine_frames).split(",") if s]
     corgi_sizes = [] if args.skip_corgidrp else [int(s) for s in str(args.corgi_combine_frames).split(",") if s]
-    print(f"mean + median combine of synthesized 1024x1024 L2b stacks ({', '.join(map(str, sizes))} frames):", flush=True)
+    print(
+        f"mean + median combine of synthesized 1024x1024 L2b stacks ({', '.join(map(str, sizes))} frames):", flush=True
+    )
     res = {"detflow": [], "corgidrp": []}
     for n in sizes:
         store = args.out / f"excam_combine_{n}.zarr"
@@ -620,16 +635,27 @@ def combine_bench(args, client) -> dict:
 # =================================================================================================
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=None, help=f"L1 frames through detflow (default {DEFAULTS['frames']})")
-    ap.add_argument("--corgi-frames", type=int, default=None,
-                    help=f"the first M of them through corgidrp (default {DEFAULTS['corgi_frames']})")
-    ap.add_argument("--combine-frames", default=None,
-                    help=f"comma-separated stack sizes for detflow's combine (default {DEFAULTS['combine_frames']})")
+    ap.add_argument(
+        "--frames", type=int, default=None, help=f"L1 frames through detflow (default {DEFAULTS['frames']})"
+    )
+    ap.add_argument(
+        "--corgi-frames",
+        type=int,
+        default=None,
+        help=f"the first M of them through corgidrp (default {DEFAULTS['corgi_frames']})",
+    )
+    ap.add_argument(
+        "--combine-frames",
+        default=None,
+        help=f"comma-separated stack sizes for detflow's combine (default {DEFAULTS['combine_frames']})",
+    )
     ap.add_argument("--corgi-combine-frames", default=None,
                     help=f"stack sizes for corgidrp's combine_images, float64 in RAM: ~50 MB per frame at its peak, "
                          f"so ~300 frames at most on 24 GiB "
                          f"(default {DEFAULTS['corgi_combine_frames']})")  # fmt: skip
-    ap.add_argument("--full", action="store_true", help="the issue's sizes: " + ", ".join(f"{k}={v}" for k, v in FULL.items()))
+    ap.add_argument(
+        "--full", action="store_true", help="the issue's sizes: " + ", ".join(f"{k}={v}" for k, v in FULL.items())
+    )
     ap.add_argument("--skip-l2b", action="store_true")
     ap.add_argument("--skip-combine", action="store_true")
     ap.add_argument("--skip-corgidrp", action="store_true")
@@ -637,8 +663,11 @@ def main(argv=None):
                     help="combine only the first rows of the image (a multiple of the tile) and scale the times to "
                          "the whole image: per-task memory is unchanged (25,000 frames on the whole image take "
                          "~30 min on 2 cores)")  # fmt: skip
-    ap.add_argument("--no-combine-write", action="store_true",
-                    help="compute the --combine-frames results without writing them to a store")
+    ap.add_argument(
+        "--no-combine-write",
+        action="store_true",
+        help="compute the --combine-frames results without writing them to a store",
+    )
     ap.add_argument("--keep-sim", action="store_true",
                     help=f"keep the simulated L1 frames after a run of more than {DEFAULTS['frames']} frames (smaller "
                          f"simulations are kept, as bench_wfi keeps its exposure)")  # fmt: skip
@@ -651,7 +680,10 @@ def main(argv=None):
             setattr(args, k, FULL[k] if args.full else v)
     code_version = git_version()
     args.out.mkdir(parents=True, exist_ok=True)
-    if shutil.which("pgrep") and subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, check=False).stdout.strip():
+    if (
+        shutil.which("pgrep")
+        and subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, check=False).stdout.strip()
+    ):
         print("note: a pytest run is active on this machine: the figures below share the cores with it", flush=True)
 
     from detflow.instruments.base import ClusterConfig

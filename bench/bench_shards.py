@@ -88,7 +88,9 @@ def main() -> None:
             times: dict[str, list[tuple[float, float]]] = {w: [] for w in WRITERS}
             for r in range(args.rounds):
                 for name, fn in WRITERS.items():
-                    roots = [work / f"{chain}-{r}-{t}-{name.replace(' ', '_').replace(',', '')}" for t in range(args.threads)]
+                    roots = [
+                        work / f"{chain}-{r}-{t}-{name.replace(' ', '_').replace(',', '')}" for t in range(args.threads)
+                    ]
                     for root in roots:
                         _create(root, inner, compressors)
                     w0, c0 = time.perf_counter(), time.process_time()
@@ -96,7 +98,9 @@ def main() -> None:
                     times[name].append((time.perf_counter() - w0, time.process_time() - c0))
                     if r == 0:
                         for root in roots:
-                            np.testing.assert_array_equal(zarr.open_array(str(root), mode="r")[...], block, err_msg=name)
+                            np.testing.assert_array_equal(
+                                zarr.open_array(str(root), mode="r")[...], block, err_msg=name
+                            )
                     for root in roots:
                         shutil.rmtree(root)
             out = {}
@@ -104,15 +108,20 @@ def main() -> None:
                 wall, cpu = [w for w, _ in t], [c for _, c in t]
                 out[name] = {"wall_min": min(wall), "wall_median": statistics.median(wall),
                              "cpu_min": min(cpu), "cpu_median": statistics.median(cpu)}  # fmt: skip
-                print(f"{chain:22s} {name:26s} wall min {min(wall):6.3f} s  median {statistics.median(wall):6.3f} s"
-                      f"   cpu min {min(cpu):6.3f} s  median {statistics.median(cpu):6.3f} s", flush=True)
+                print(
+                    f"{chain:22s} {name:26s} wall min {min(wall):6.3f} s  median {statistics.median(wall):6.3f} s"
+                    f"   cpu min {min(cpu):6.3f} s  median {statistics.median(cpu):6.3f} s",
+                    flush=True,
+                )
             results["chains"][chain] = out
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["loadavg_after"] = os.getloadavg()
     print(f"load average before {load[0]:.1f}, after {results['loadavg_after'][0]:.1f} on {os.cpu_count()} cpus")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"shards_{'x'.join(map(str, inner))}_{args.threads}t.json").write_text(json.dumps(results, indent=1))
+    (Path(args.out) / f"shards_{'x'.join(map(str, inner))}_{args.threads}t.json").write_text(
+        json.dumps(results, indent=1)
+    )
 
 
 if __name__ == "__main__":

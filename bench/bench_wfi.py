@@ -245,7 +245,9 @@ def timed_run(job, client) -> dict:
     busy, counts = {}, dict.fromkeys(KERNEL_TASKS, 0)
     for t in ts.data:
         name = _task_name(t["key"])
-        busy[name] = busy.get(name, 0.0) + sum(x["stop"] - x["start"] for x in t["startstops"] if x["action"] == "compute")
+        busy[name] = busy.get(name, 0.0) + sum(
+            x["stop"] - x["start"] for x in t["startstops"] if x["action"] == "compute"
+        )
         for k in KERNEL_TASKS:
             counts[k] += name.startswith(k)
     top = dict(sorted(busy.items(), key=lambda kv: -kv[1])[:12])
@@ -311,7 +313,9 @@ def noise_bench(args, simdir: Path, client) -> dict:
               f"{r['kernel_task_counts']['linearity_block']}   [others: {r['other_cores']:.2f} cores]", flush=True)  # fmt: skip
         return r
 
-    print(f"noise layers, {args.nside}x{args.nside}, every gen_cal_image step, SKYORDER 1, seed {NOISE_SEED}:", flush=True)
+    print(
+        f"noise layers, {args.nside}x{args.nside}, every gen_cal_image step, SKYORDER 1, seed {NOISE_SEED}:", flush=True
+    )
     base0 = one("base", None)
     runs = [one("_".join(layers), layers) for layers in sets]
     base1 = one("base_again", None)
@@ -427,14 +431,27 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=1, help="worker processes")
     ap.add_argument("--threads", type=int, default=2, help="threads per worker")
     ap.add_argument("--skip-stcal", action="store_true")
-    ap.add_argument("--full", action="store_true",
-                    help="every gen_cal_image step (refpix, ipc, flat, second-order sky) instead of the default recipe")
-    ap.add_argument("--noise", type=int, default=0, metavar="N",
-                    help="then the full chain (SKYORDER 1) with noise layers: Ra x 1..N, R, Pbr, O, ... (opt-in, "
-                         "~10 min at 4096 with N=2)")
-    ap.add_argument("--sca", type=int, default=0, metavar="N",
-                    help="then N detectors' exposures (1..18) as one job, against N x the warm single exposure "
-                         "(opt-in; with --full ~8 min at 4096 for N=18)")
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="every gen_cal_image step (refpix, ipc, flat, second-order sky) instead of the default recipe",
+    )
+    ap.add_argument(
+        "--noise",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then the full chain (SKYORDER 1) with noise layers: Ra x 1..N, R, Pbr, O, ... (opt-in, "
+        "~10 min at 4096 with N=2)",
+    )
+    ap.add_argument(
+        "--sca",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then N detectors' exposures (1..18) as one job, against N x the warm single exposure "
+        "(opt-in; with --full ~8 min at 4096 for N=18)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "output")
     args = ap.parse_args(argv)
     if not 0 <= args.sca <= 18:
@@ -527,10 +544,14 @@ def main(argv=None):
     res["date"] = time.strftime("%Y-%m-%d %H:%M %Z")
     res["git"] = code_version
     gib = 2**30
-    print(f"\nRoman WFI L1 -> L2{' (every step)' if args.full else ''}, {args.nside}x{args.nside}, {cube_shape[0]} resultants, "
-          f"{args.workers} worker process(es) x {args.threads} threads")
-    print(f"  detflow warm (all steps + store)  {t_ours:8.1f} s   peak RSS {mem.peak / gib:6.2f} GiB (client + workers)"
-          f"   [other processes used {cpu.other_cores:.2f} of {os.cpu_count()} cores meanwhile, iowait {cpu.iowait_cores:.2f}]")
+    print(
+        f"\nRoman WFI L1 -> L2{' (every step)' if args.full else ''}, {args.nside}x{args.nside}, {cube_shape[0]} resultants, "
+        f"{args.workers} worker process(es) x {args.threads} threads"
+    )
+    print(
+        f"  detflow warm (all steps + store)  {t_ours:8.1f} s   peak RSS {mem.peak / gib:6.2f} GiB (client + workers)"
+        f"   [other processes used {cpu.other_cores:.2f} of {os.cpu_count()} cores meanwhile, iowait {cpu.iowait_cores:.2f}]"
+    )
     print(f"  detflow cold (cluster start {t_start:.1f} s, numba compile, checksums, run) {t_cold:8.1f} s")
     if not args.skip_stcal:
         print(f"  stcal saturation + cas22 fit      {res['stcal_steps_s']:8.1f} s   peak RSS "
@@ -547,10 +568,13 @@ def main(argv=None):
     if noise is not None:
         res["noise"] = noise
         base_runs = ", ".join(f"{b['s']:.1f}" for b in noise["base"] if "s" in b)
-        print(f"\nnoise layers (every step, SKYORDER 1), {args.nside}x{args.nside}; base = no NOISE block, "
-              f"{noise['base_s']:.1f} s (the faster of {base_runs} s, before and after the noise runs)")
-        print(f"  {'layers':28s} {'time':>8s} {'(t-base)/base':>14s} {'per layer':>10s} {'peak RSS':>10s} "
-              f"{'others':>7s}")
+        print(
+            f"\nnoise layers (every step, SKYORDER 1), {args.nside}x{args.nside}; base = no NOISE block, "
+            f"{noise['base_s']:.1f} s (the faster of {base_runs} s, before and after the noise runs)"
+        )
+        print(
+            f"  {'layers':28s} {'time':>8s} {'(t-base)/base':>14s} {'per layer':>10s} {'peak RSS':>10s} {'others':>7s}"
+        )
         for r in noise["runs"]:
             if "error" in r:
                 print(f"  {r['layers']!s:28s} FAILED: {r['error']}")

@@ -388,8 +388,11 @@ def wait(
     scheduler: Optional[str] = _SCHED,
     scheduler_file: Optional[Path] = _SFILE,
     profile: Optional[str] = _PROFILE,
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="give up after this many seconds (the "
-                                            "scheduler has this long, 30 s at most, to answer each call)"),  # fmt: skip
+    timeout: Optional[float] = typer.Option(
+        None,
+        "--timeout",
+        help="give up after this many seconds (the scheduler has this long, 30 s at most, to answer each call)",
+    ),  # fmt: skip
 ) -> None:
     """Wait for a job with progress (its phase and the cluster's tasks); exit 1 unless it finished, 2 if the
     scheduler stops answering or the timeout passes."""
@@ -398,8 +401,11 @@ def wait(
     from .runtime.submit import wait as wait_job
 
     answer = min(timeout, 30.0) if timeout else None
-    with _cluster_client(scheduler, scheduler_file, profile, answer) as c, \
-            Live(console=console, transient=True) as live:
+    with (
+        _cluster_client(scheduler, scheduler_file, profile, answer) as c,
+        Live(console=console, transient=True) as live,
+    ):
+
         def show(rec, tasks):
             busy = ", ".join(f"{n} {k}" for k, n in sorted(tasks.items()))
             live.update(f"{job_id}: {rec.get('state')} {rec.get('phase', '')} | cluster tasks: {busy}")
@@ -439,8 +445,12 @@ def cancel(
 def clean(
     output: Path = typer.Argument(..., help="the output (store) a run failed to write"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would be removed, remove nothing"),
-    force: bool = typer.Option(False, "--force", help="also remove a lock whose holder cannot be checked from "
-                               "here (a run on another host: only when you know it is gone)"),  # fmt: skip
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="also remove a lock whose holder cannot be checked from "
+        "here (a run on another host: only when you know it is gone)",
+    ),  # fmt: skip
 ) -> None:
     """Remove what failed or killed runs left beside OUTPUT: partial stores (OUTPUT.partial-*), a stale lock,
     the record of a failed, cancelled or lost job. Refuses while a live run or job holds the output, and
@@ -494,8 +504,11 @@ def cmos_ingest(
     data_scale: Optional[float] = typer.Option(None, "--data-scale", help="e.g. 16 for 12-bit data in 16 bits"),
     on_error: str = typer.Option("raise", "--on-error", help="raise, or skip bad frames and list them"),
     fits: Optional[Path] = typer.Option(None, "--fits", help="also export one FITS file per frame here"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="ingest every frame again into new section stores "
-                                   "(they replace the existing ones when complete)"),  # fmt: skip
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="ingest every frame again into new section stores (they replace the existing ones when complete)",
+    ),  # fmt: skip
     scheduler: Optional[str] = _SCHED,
     no_progress: bool = _NO_PROGRESS,
 ) -> None:

@@ -63,8 +63,13 @@ def write_tiny_wfi(root: Path, n: int = 32, seed: int = 1, nexp: int = 1) -> dic
     refs = {
         "mask": {"dq": dq},
         "saturation": {"data": np.full((n, n), 50000, np.float32), "dq": np.zeros((n, n), np.uint32)},
-        "linearitylegendre": {"data": c, "Smin": smin, "Smax": smax, "Sref": np.full((n, n), BIAS, np.float32),
-                              "dq": dq.copy()},  # fmt: skip
+        "linearitylegendre": {
+            "data": c,
+            "Smin": smin,
+            "Smax": smax,
+            "Sref": np.full((n, n), BIAS, np.float32),
+            "dq": dq.copy(),
+        },  # fmt: skip
         "dark": {"dark_slope": np.zeros((n, n), np.float32), "data": np.full((len(RP), n, n), BIAS, np.float32)},
         "gain": {"data": np.full((n, n), 1.8, np.float32)},
         "read": {"data": np.full((n, n), 3.0, np.float32)},

@@ -63,7 +63,9 @@ def test_ramp_fit_and_jumps_match_pit(tmp_path):
     rdq = np.zeros((n, N, N), np.uint32)
     rdq[0] |= np.uint32(DQ.DO_NOT_USE)
     sat_at = np.where(rng.random((N, N)) < 0.2, rng.integers(2, n, (N, N)), n)
-    rdq |= np.where(np.arange(n)[:, None, None] >= sat_at[None], np.uint32(DQ.SATURATED), np.uint32(0)).astype(np.uint32)
+    rdq |= np.where(np.arange(n)[:, None, None] >= sat_at[None], np.uint32(DQ.SATURATED), np.uint32(0)).astype(
+        np.uint32
+    )
     pdq = np.zeros((N, N), np.uint32)
     pdq[:NB] = pdq[-NB:] = pdq[:, :NB] = pdq[:, -NB:] = np.uint32(DQ.REFERENCE_PIXEL)
     caldir = {"gain": tmp_path / "gain.asdf", "read": tmp_path / "read.asdf"}

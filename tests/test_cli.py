@@ -88,7 +88,9 @@ def test_fitsout_writes_pit_layout(small_wfi):
     path = small_wfi["root"] / "out_asdf_to.fits"  # OUT without ".zarr", as the PIT names it
     l2 = xr.open_zarr(small_wfi["root"] / "out.zarr", group="l2")
     with fits.open(path) as hdul:
-        assert len(hdul) == 3 and "ramp_fit=COMPLETE" in [v for k, v in hdul[0].header.items() if k.startswith("DFSTEP")]
+        assert len(hdul) == 3 and "ramp_fit=COMPLETE" in [
+            v for k, v in hdul[0].header.items() if k.startswith("DFSTEP")
+        ]
         np.testing.assert_array_equal(hdul[0].data, l2["data"].values[0])
         np.testing.assert_array_equal(hdul[1].data, l2["dq"].values[0])
         bad = hdul[2].data == -1000

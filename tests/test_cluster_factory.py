@@ -28,8 +28,12 @@ DEPLOY = ROOT / "deploy"
 def _clean_env(monkeypatch, tmp_path):
     """No profile settings leak in from the machine: an empty user config directory, no overrides."""
     for var in list(os.environ):
-        if var.startswith(dc.ENV_PREFIX) or var in ("DETFLOW_PROFILE", "DETFLOW_PROFILE_PATH",
-                                                    "DETFLOW_SCHEDULER_ADDRESS", "DETFLOW_SCHEDULER_FILE"):
+        if var.startswith(dc.ENV_PREFIX) or var in (
+            "DETFLOW_PROFILE",
+            "DETFLOW_PROFILE_PATH",
+            "DETFLOW_SCHEDULER_ADDRESS",
+            "DETFLOW_SCHEDULER_FILE",
+        ):
             monkeypatch.delenv(var)
     (tmp_path / "xdg").mkdir()
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
@@ -39,8 +43,9 @@ def _clean_env(monkeypatch, tmp_path):
 def test_packaged_profiles_are_the_deploy_files_and_valid():
     files = {p.stem: p.read_text() for p in (DEPLOY / "profiles").glob("*.yaml")}
     assert set(files) == {"local", "address", "slurm", "kubernetes", "gateway"}
-    assert dc.packaged_profiles() == files, ("regenerate: python -m detflow.runtime.cluster._profiles deploy/profiles > "
-                                                    "detflow/runtime/cluster/_profiles.py")
+    assert dc.packaged_profiles() == files, (
+        "regenerate: python -m detflow.runtime.cluster._profiles deploy/profiles > detflow/runtime/cluster/_profiles.py"
+    )
     kinds = {name: load_profile(name).kind for name in files}
     assert kinds == {n: n for n in files}
     slurm = load_profile("slurm")
@@ -49,8 +54,12 @@ def test_packaged_profiles_are_the_deploy_files_and_valid():
     # the local profile spells out the defaults (what get_client has always done; None: 1 worker, no check)
     local, default = load_profile("local"), resolve()
     assert local.model_dump() == {**default.model_dump(), "n_workers": 1, "check_versions": False}
-    assert (default.kind, default.n_workers, default.host, default.dashboard_address) == ("local", None,
-                                                                                         "127.0.0.1", "127.0.0.1:8787")
+    assert (default.kind, default.n_workers, default.host, default.dashboard_address) == (
+        "local",
+        None,
+        "127.0.0.1",
+        "127.0.0.1:8787",
+    )
 
 
 def test_profiles_found_by_name_path_env_and_user_dir(tmp_path, monkeypatch):
@@ -80,8 +89,17 @@ def test_profiles_found_by_name_path_env_and_user_dir(tmp_path, monkeypatch):
 
 def test_overrides_profile_job_env_arguments(monkeypatch, tmp_path):
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"pipeline": "roman_wfi", "input": "x.asdf", "output": "o.zarr", "caldir": {},
-                                   "cluster": {"profile": "slurm", "options": {"slurm": {"queue": "short"}}}}))
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "pipeline": "roman_wfi",
+                "input": "x.asdf",
+                "output": "o.zarr",
+                "caldir": {},
+                "cluster": {"profile": "slurm", "options": {"slurm": {"queue": "short"}}},
+            }
+        )
+    )
     cfg = detflow.load_job(job).cluster
     assert cfg.profile == "slurm"
     p = resolve(config=cfg)  # defaults of the job's cluster block do not override the profile
@@ -93,13 +111,21 @@ def test_overrides_profile_job_env_arguments(monkeypatch, tmp_path):
     monkeypatch.setenv("DETFLOW_CLUSTER__SLURM__WALLTIME", "04:00:00")
     monkeypatch.setenv("DETFLOW_CLUSTER__ADAPT", '{"maximum": 20}')
     p = resolve(config=cfg.model_copy(update={"n_workers": 2}))
-    assert (p.n_workers, p.slurm.queue, p.slurm.walltime, p.adapt.maximum, p.slurm.cores) == (6, "debug",
-                                                                                          "04:00:00", 20, 8)
+    assert (p.n_workers, p.slurm.queue, p.slurm.walltime, p.adapt.maximum, p.slurm.cores) == (
+        6,
+        "debug",
+        "04:00:00",
+        20,
+        8,
+    )
     assert resolve("slurm", n_workers=9).n_workers == 9  # arguments (CLI flags) last
     monkeypatch.setenv("DETFLOW_SCHEDULER_ADDRESS", "tls://10.0.0.1:8786")
     p = resolve("address")
-    assert (p.kind, p.address, p.security.cert) == ("address", "tls://10.0.0.1:8786",
-                                                    Path("~/.config/detflow/tls/client.pem"))
+    assert (p.kind, p.address, p.security.cert) == (
+        "address",
+        "tls://10.0.0.1:8786",
+        Path("~/.config/detflow/tls/client.pem"),
+    )
     p = resolve(address="tcp://127.0.0.1:9999")
     assert (p.kind, p.address) == ("address", "tcp://127.0.0.1:9999")
     p = resolve(config=ClusterConfig(scheduler_file=tmp_path / "s.json"), environ={})
@@ -256,7 +282,7 @@ def processes(tmp_path_factory):
 def test_connect_by_address_and_preload_warmup(processes):
     with connect(address=processes["address"]) as c:  # versions checked on connect (kind address)
         assert c.scheduler.address == processes["address"]
-        (addr, state), = dc.warmup_status(c).items()
+        ((addr, state),) = dc.warmup_status(c).items()
         assert addr.startswith("tcp://127.0.0.1:")
         assert state["status"] == "done" and state["level"] == "wfi", state
         assert state["numba_num_threads"] == 1 and state["errors"] == []
@@ -341,14 +367,21 @@ def test_kubernetes_manifests_set_worker_env_preload_and_limits():
     for cl in clusters:
         (sched,) = cl["spec"]["scheduler"]["spec"]["containers"]
         assert "--protocol tls" in " ".join(sched["args"])
-    addresses = [e["value"] for d in docs["DaskCluster"] + docs["DaskJob"] + docs["Pod"]
-                 for e in _containers_env(d) if e["name"] in ("DASK_SCHEDULER_ADDRESS", "DETFLOW_SCHEDULER_ADDRESS")]
+    addresses = [
+        e["value"]
+        for d in docs["DaskCluster"] + docs["DaskJob"] + docs["Pod"]
+        for e in _containers_env(d)
+        if e["name"] in ("DASK_SCHEDULER_ADDRESS", "DETFLOW_SCHEDULER_ADDRESS")
+    ]
     assert addresses and all(a.startswith("tls://") for a in addresses)
 
 
 def _containers_env(doc):
-    specs = {"Pod": lambda d: [d["spec"]], "DaskCluster": lambda d: [d["spec"]["worker"]["spec"]],
-             "DaskJob": lambda d: [d["spec"]["job"]["spec"], d["spec"]["cluster"]["spec"]["worker"]["spec"]]}
+    specs = {
+        "Pod": lambda d: [d["spec"]],
+        "DaskCluster": lambda d: [d["spec"]["worker"]["spec"]],
+        "DaskJob": lambda d: [d["spec"]["job"]["spec"], d["spec"]["cluster"]["spec"]["worker"]["spec"]],
+    }
     return [e for spec in specs[doc["kind"]](doc) for c in spec["containers"] for e in c.get("env", [])]
 
 

@@ -189,7 +189,9 @@ def test_saturated_flats_discarded_and_listed(campaign, degradation):
     assert not set(r.frames["path"]) & sat_paths and len(r.frames) == ds["flat"].sizes["frame"] - len(sat_paths)
     # the threshold is in stored counts (the clipped 4095 ADC are 65520 stored) unless saturation_units="dn"
     assert ca.degradation_analysis(ds["flat"], saturation=65521).saturated.empty
-    assert set(ca.degradation_analysis(ds["flat"], saturation=4095, saturation_units="dn").saturated["path"]) == sat_paths
+    assert (
+        set(ca.degradation_analysis(ds["flat"], saturation=4095, saturation_units="dn").saturated["path"]) == sat_paths
+    )
     with pytest.raises(DetflowInputError, match="unsaturated"):
         ca.degradation_analysis(ds["flat"], saturation=4095)
 
@@ -310,7 +312,9 @@ def test_simulated_defects_truth(tmp_path, campaign):
     assert loss.shape == (CFG.flat_epochs, CFG.height, CFG.width) and not loss[: PATCH.first_epoch].any()
     assert sim.truth["flat_defects"].shape == (2, 7)
     assert loss[PATCH.first_epoch, 40, 22] == pytest.approx(PATCH.depth)
-    assert loss[-1, 40, 22] == pytest.approx(PATCH.depth + PATCH.depth_growth * (CFG.flat_epochs - 1 - PATCH.first_epoch))
+    assert loss[-1, 40, 22] == pytest.approx(
+        PATCH.depth + PATCH.depth_growth * (CFG.flat_epochs - 1 - PATCH.first_epoch)
+    )
     e = expected_dn(sim.truth, "FLAT", 20.0, 0.12, epoch=5)
     e0 = expected_dn(sim.truth, "FLAT", 20.0, 0.12)
     assert e[15, 45] < e0[15, 45] and e[0, 0] == e0[0, 0]

@@ -68,8 +68,11 @@ def simulate(seed: int = 7) -> dict:
     tr["hot"] = hot
     tr["A"] = A0 * (1 + 0.1 * rng.normal(size=(NY, NX)))  # normal pixels spread 10 % about A0
     tr["B"], tr["G"] = np.full((NY, NX), B0), np.full((NY, NX), G0)
-    tr["A"][hot], tr["B"][hot], tr["G"][hot] = rng.uniform(20, 60, 200), rng.uniform(0.06, 0.12, 200), rng.uniform(
-        -0.1, 0.1, 200)
+    tr["A"][hot], tr["B"][hot], tr["G"][hot] = (
+        rng.uniform(20, 60, 200),
+        rng.uniform(0.06, 0.12, 200),
+        rng.uniform(-0.1, 0.1, 200),
+    )
     V = vign_truth()
     a, b, c = 1 + 0.02 * rng.normal(size=(NY, NX)), 0.002 * rng.normal(size=(NY, NX)), 0.001 * rng.normal(size=(NY, NX))
     tr["V"], tr["FA"] = V, a / (V * a).mean()  # normalised by the mean, so the mean flat is V * FA
@@ -317,8 +320,9 @@ def test_dark_fit_matches_scipy(models):
         popt, pcov = curve_fit(lambda _, *q: np.exp(X @ np.array(q)), np.zeros(T.size), rate[iy, ix],
                                p0=[np.log(30), 0.1, 0.0], sigma=sigma[iy, ix], absolute_sigma=False, xtol=1e-14,
                                ftol=1e-14, gtol=1e-14)  # fmt: skip
-        np.testing.assert_allclose([np.log(m["A"][iy, ix]), m["B"][iy, ix], m["gamma"][iy, ix]], popt, rtol=1e-7,
-                                   atol=3e-8)  # fmt: skip  (the kernel stops at steps below 1e-9 (1 + |theta|))
+        np.testing.assert_allclose(
+            [np.log(m["A"][iy, ix]), m["B"][iy, ix], m["gamma"][iy, ix]], popt, rtol=1e-7, atol=3e-8
+        )  # fmt: skip  (the kernel stops at steps below 1e-9 (1 + |theta|))
         errs = np.sqrt(np.diag(pcov))
         np.testing.assert_allclose([m["A_err"][iy, ix] / m["A"][iy, ix], m["B_err"][iy, ix], m["gamma_err"][iy, ix]],
                                    errs, rtol=1e-4)  # fmt: skip

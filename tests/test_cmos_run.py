@@ -125,7 +125,7 @@ def test_cli_ingest_then_fit_synthesize_evaluate(sim, cluster, tmp_path):
     res = runner.invoke(app, [*again, "--overwrite"])
     assert res.exit_code == 0, res.output
     assert zarr.open_group(str(stores / "bias.zarr"), path="l1", mode="r").attrs["data_scale"] == 8
-    res = runner.invoke(app, [*again[:-len(addr) - 2], "--data-scale", "16", "--overwrite", *addr])
+    res = runner.invoke(app, [*again[: -len(addr) - 2], "--data-scale", "16", "--overwrite", *addr])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["cmos", "bias", "--stores", str(stores), "--out", str(tmp_path / "bias.zarr"),
                               "--mode", "fit", *addr])  # fmt: skip

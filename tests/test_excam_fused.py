@@ -55,7 +55,9 @@ def maps(tmp_path_factory) -> dict[str, str]:
               "badpix_filepath": ((rng.random(shape) < 0.001).astype(np.float64), None)}  # fmt: skip
     out = {}
     for key, (data, err) in images.items():
-        hdus = [fits.PrimaryHDU(), fits.ImageHDU(data, name="SCI")] + ([fits.ImageHDU(err, name="ERR")] if err is not None else [])
+        hdus = [fits.PrimaryHDU(), fits.ImageHDU(data, name="SCI")] + (
+            [fits.ImageHDU(err, name="ERR")] if err is not None else []
+        )
         fits.HDUList(hdus).writeto(root / f"{key}.fits")
         out[key] = str(root / f"{key}.fits")
     return out

@@ -28,7 +28,9 @@ DATA = Path(__file__).parent / "data"
 GEOM = roman_excam.GEOMETRIES["SCI"]
 
 
-def write_frames(root: Path, n=4, gain=50.0, exptime=2.0, seed=0, saturate=(), wrap_row=None, names="frame") -> list[Path]:
+def write_frames(
+    root: Path, n=4, gain=50.0, exptime=2.0, seed=0, saturate=(), wrap_row=None, names="frame"
+) -> list[Path]:
     """L1 frames: bias with a row pattern, a smooth scene, cosmic plateaus; ``saturate``: frames mostly
     saturated; ``wrap_row``: a plateau at the right end of that full-frame row whose tail runs on."""
     rng = np.random.default_rng(seed)

@@ -78,7 +78,9 @@ def darks(tmp_path_factory):
 
 def test_noise_maps_recover_fpn_cic_and_dark_current(darks):
     tmp, sim = darks
-    job = _iit_job(sim, tmp / "maps.zarr", input=[str(tmp / f"d{i}" / "l1") for i in range(4)], noise_maps=True, desmear=False)
+    job = _iit_job(
+        sim, tmp / "maps.zarr", input=[str(tmp / f"d{i}" / "l1") for i in range(4)], noise_maps=True, desmear=False
+    )
     for key in ("dark_current_map", "fixed_pattern_noise", "EXCAM_clock_induced_charge", "flatfield_filepath",
                 "badpix_filepath"):  # fmt: skip
         job.pop(key)  # raw darks: nothing subtracted

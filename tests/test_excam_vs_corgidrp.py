@@ -237,7 +237,8 @@ def test_combines_match(both, corgi_env):
     err = d["err"].values
     for ours_c, collapse in ((mean, "mean"), (median, "median")):
         c_data, c_err, c_dq, _ = corgi_env["combine"].combine_images(
-            data.copy(), err[:, None].copy(), dq.copy(), collapse, num_frames_scaling=False)
+            data.copy(), err[:, None].copy(), dq.copy(), collapse, num_frames_scaling=False
+        )
         got = ours_c.compute()
         np.testing.assert_allclose(got["data"].values, c_data, rtol=1e-6, atol=1e-5, equal_nan=True)
         np.testing.assert_allclose(got["err"].values, c_err[0], rtol=1e-6, equal_nan=True)

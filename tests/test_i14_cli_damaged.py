@@ -63,7 +63,7 @@ def test_wfi_on_error_skip_lists_each_damaged_exposure_with_its_reason(wfi, tmp_
     path = _job(tmp_path / "job.yaml", **job, on_error="skip")
     res = _cli("run", path, "--no-progress", "--workers", "1")
     assert res.exit_code == 0, res.output
-    summary = [line.strip() for line in res.stdout[res.stdout.index("left out 2 damaged input(s)"):].splitlines()[1:]]
+    summary = [line.strip() for line in res.stdout[res.stdout.index("left out 2 damaged input(s)") :].splitlines()[1:]]
     assert f"{truncated}: roman.data: expected a complete (6, 32, 32) uint16 data block, got unreadable" in "".join(
         summary)  # fmt: skip
     assert any(line.startswith(f"{junk}: file: expected a readable ASDF file, got ValueError") for line in summary)
@@ -109,7 +109,7 @@ def test_excam_on_error_skip_lists_both_damaged_frames(excam, tmp_path):
     res = _cli("validate", _job(tmp_path / "job.yaml", **job, on_error="skip"))
     assert res.exit_code == 0, res.output
     assert "ok: group 'l2b'" in res.stdout
-    summary = res.stdout[res.stdout.index("left out 2 damaged input(s)"):]
+    summary = res.stdout[res.stdout.index("left out 2 damaged input(s)") :]
     assert f"{data_cut}: data: expected 5" in summary
     assert f"got a file of {data_cut.stat().st_size} bytes (truncated)" in summary
     assert (f"{header_cut}: header of HDU 1: expected a complete FITS header (2880-byte blocks), got a file of "

@@ -87,7 +87,11 @@ def test_excam_job_without_pipeline_or_detector_keys_is_an_excam_job(tmp_path):
     path.write_text(yaml.safe_dump({"input": "l1", "output": "o.zarr", "flatfield_filepath": "flat.fits",
                                     "cosm_tail": 12}))  # fmt: skip
     job = load_job(path)
-    assert isinstance(job, ExcamJob) and job.step_params()["excam_cosmics"]["cosm_tail"] == 12 and job.flatfield_filepath == tmp_path / "flat.fits"
+    assert (
+        isinstance(job, ExcamJob)
+        and job.step_params()["excam_cosmics"]["cosm_tail"] == 12
+        and job.flatfield_filepath == tmp_path / "flat.fits"
+    )
     assert load_job({"input": "l1", "output": "o.zarr", "desmear": False}).pipeline == "roman_excam"
     assert load_job({"stores": "s", "ingest": {"bias": "b"}}).pipeline == "cmos"
 

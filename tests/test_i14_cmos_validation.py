@@ -50,8 +50,12 @@ def _nothing_written(out: Path) -> bool:
 
 @pytest.fixture
 def tree(tmp_path):
-    return simulate_cmos_tree(tmp_path / "raw", CmosSimConfig(temps=(0.0, 10.0, 20.0), seed=7, n_bias=2, n_dark=2,
-                                                              n_flat=2, dark_exptimes=(0.5,), flat_exptimes=(0.1,)))
+    return simulate_cmos_tree(
+        tmp_path / "raw",
+        CmosSimConfig(
+            temps=(0.0, 10.0, 20.0), seed=7, n_bias=2, n_dark=2, n_flat=2, dark_exptimes=(0.5,), flat_exptimes=(0.1,)
+        ),
+    )
 
 
 def _log_of(frame) -> Path:

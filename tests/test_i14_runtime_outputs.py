@@ -277,15 +277,21 @@ def test_clean_removes_a_cmos_section_store_left_by_a_killed_ingest(tmp_path):
 
 # ---- a read-only output directory, a full disk: one line, exit 2, in every family --------------------------------
 def _mount_namespace() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True).returncode == 0
+    return (
+        shutil.which("unshare") is not None
+        and subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def _run_on_tmpfs(job: Path, mount: Path, options: str) -> subprocess.CompletedProcess:
     """``detflow run job`` with a tmpfs (``options``: its size, ``ro``) mounted at ``mount``, seen only by
     that process and its children (a private mount namespace)."""
-    script = (f"mount -t tmpfs -o {options} tmpfs {mount} && exec {sys.executable} -m detflow.cli run {job} "
-              "--no-progress")
+    script = (
+        f"mount -t tmpfs -o {options} tmpfs {mount} && exec {sys.executable} -m detflow.cli run {job} --no-progress"
+    )
     return subprocess.run(["unshare", "-rm", "sh", "-c", script], env=ENV, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
 

@@ -57,5 +57,7 @@ def test_steps_of_another_family_are_refused():
 
 
 def test_an_unknown_pipeline_lists_the_instruments():
-    with pytest.raises(DetflowInputError, match="pipeline: expected one of roman_wfi, roman_excam, cmos, ccd, got 'ccd2'"):
+    with pytest.raises(
+        DetflowInputError, match="pipeline: expected one of roman_wfi, roman_excam, cmos, ccd, got 'ccd2'"
+    ):
         load_job({"pipeline": "ccd2"})

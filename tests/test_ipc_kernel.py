@@ -195,4 +195,5 @@ def test_ipc_step_chunked_equals_eager_and_recovers_truth(tmp_path):
     assert src.sum() >= 10
     # on and around sources the correction brings the slope to the pre-IPC charge
     assert np.median(np.abs(l2["data"].values - pre_ipc)[src]) < 0.3 * np.median(
-        np.abs(truth["slope_dn"][act] - pre_ipc)[src])
+        np.abs(truth["slope_dn"][act] - pre_ipc)[src]
+    )

@@ -126,7 +126,7 @@ def test_injected_jumps_against_stcal(clean):
     assert abs(chi2(s[ours], (vr + vp)[ours]) - 1) < 0.03
     # the resultant marked is the one after the jump (or the one holding it)
     first_after = np.array([next(i for i, r in enumerate(STCAL_RP) if r[-1] - 1 >= j) for j in jump_read])
-    marked = (jg[first_after, np.arange(NPIX)] | jg[np.minimum(first_after + 1, len(STCAL_RP) - 1), np.arange(NPIX)])
+    marked = jg[first_after, np.arange(NPIX)] | jg[np.minimum(first_after + 1, len(STCAL_RP) - 1), np.arange(NPIX)]
     assert np.mean((marked & JUMP)[ours & hit] != 0) > 0.97  # the one holding the jump or the next
 
 
@@ -249,7 +249,11 @@ def test_fused_kernel_is_the_chain():
     sref, lin_dq = np.full((ny, nx), 9000, np.float32), np.zeros((ny, nx), np.uint32)
     g = np.ascontiguousarray(gdq.T.reshape(ny, nx, n))
     dark = rng.uniform(0, 1, (ny, nx)).astype(np.float32)
-    gain, rn, pdq = np.full((ny, nx), 1.8, np.float32), np.full((ny, nx), 6.5, np.float32), np.zeros((ny, nx), np.uint32)
+    gain, rn, pdq = (
+        np.full((ny, nx), 1.8, np.float32),
+        np.full((ny, nx), 6.5, np.float32),
+        np.zeros((ny, nx), np.uint32),
+    )
     tbar, tau, nf = kramp.resultant_times(rp, RT)
     p = kgls.gls_params(start=1)
     fused = [np.empty((ny, nx), t) for t in (np.float32, np.float32, np.float32, np.uint32)]

@@ -196,7 +196,9 @@ def test_mean_frame_recovers_the_truth(tmp_path, gain, table):
     if table is not None:
         gains, counts, rel = check_nonlin_table(read_nonlin_table(table))
         dn = dn * emccd.relative_gain(dn, counts, emccd.relgain_curve(gains, counts, rel, gain))
-        quant = (cfg.eperdn / gain * emccd.relative_gain(dn, counts, emccd.relgain_curve(gains, counts, rel, gain)).max()) ** 2 / 12
+        quant = (
+            cfg.eperdn / gain * emccd.relative_gain(dn, counts, emccd.relgain_curve(gains, counts, rel, gain)).max()
+        ) ** 2 / 12
     else:
         quant = (cfg.eperdn / gain) ** 2 / 12
     e = dn * cfg.eperdn / gain

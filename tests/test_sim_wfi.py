@@ -199,7 +199,17 @@ def test_caldir_formats(sim, truth):
 
 def test_truth_contents(sim, truth):
     n = 64
-    maps = ("slope_dn", "sky_slope_dn", "flux_e", "flat", "gain", "read_noise", "dark_dn_per_s", "bias_dn", "nonlin_beta")
+    maps = (
+        "slope_dn",
+        "sky_slope_dn",
+        "flux_e",
+        "flat",
+        "gain",
+        "read_noise",
+        "dark_dn_per_s",
+        "bias_dn",
+        "nonlin_beta",
+    )
     for key in maps:
         assert truth[key].shape == (n, n) and truth[key].dtype == np.float32, key
     for key in ("saturated", "dead", "hot"):
@@ -293,7 +303,7 @@ def test_legendre_model_inverts_the_nonlinearity(sim, truth):
     z_ref = -1.0 + 2.0 * (sref - smin) / (smax - smin)
     assert np.abs(L.legval(z_ref, coef, tensor=False)).max() < 2e-3
     # the nonlinearity is real: ~10% at the top of the range
-    top = (beta > 0)
+    top = beta > 0
     assert np.median((phi[-1] - s[-1])[top] / phi[-1][top]) > 0.05
 
 

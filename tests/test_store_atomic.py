@@ -117,4 +117,3 @@ def test_an_export_that_fails_leaves_nothing(tmp_path, monkeypatch):
         exporters._write_pair(tmp_path / "x.fits", np.zeros((2, 2), np.float32), fits.Header(), fits.Header(),
                               "L2a", "DN")  # fmt: skip
     assert _listing(tmp_path) == []
-

@@ -52,7 +52,9 @@ def test_region_markers_and_resume(tmp_path):
         assert w.resumed and w.regions["total"] == 12 and w.regions["done_before"] == n_done
         w.commit()
     assert n == 12 - w.regions["done_before"]
-    assert sorted(set(log2)) == sorted({(i, j) for i in range(3) for j in range(2)} - {tuple(map(int, d.split("."))) for d in done})
+    assert sorted(set(log2)) == sorted(
+        {(i, j) for i in range(3) for j in range(2)} - {tuple(map(int, d.split("."))) for d in done}
+    )
     fresh = tmp_path / "fresh.zarr"
     with StoreWriter(fresh) as w:
         dask.compute(w.add_all({"g": _product(None, [])}), scheduler="sync")
@@ -103,4 +105,6 @@ def test_a_template_left_half_written_is_written_again(tmp_path, monkeypatch):
     with StoreWriter(fresh) as w:
         dask.compute(w.add_all({"g": product()}), scheduler="sync")
         w.commit()
-    xr.testing.assert_identical(open_store(out)["g"].to_dataset().compute(), open_store(fresh)["g"].to_dataset().compute())
+    xr.testing.assert_identical(
+        open_store(out)["g"].to_dataset().compute(), open_store(fresh)["g"].to_dataset().compute()
+    )

@@ -331,7 +331,9 @@ def test_a_corrupt_file_fails_only_its_frame(frames, cluster, tmp_path):
     assert code == 0, output
     res = CliRunner().invoke(app, ["status", job_id, "--scheduler", cluster.address, "--json"])
     rec = json.loads(res.stdout)[0]
-    assert [s["file"] for s in rec["skipped_inputs"]] == [str(bad)] and "truncated" in rec["skipped_inputs"][0]["reason"]
+    assert [s["file"] for s in rec["skipped_inputs"]] == [str(bad)] and "truncated" in rec["skipped_inputs"][0][
+        "reason"
+    ]
     tree = open_store(out)
     assert tree["l2b"].sizes["frame"] == len(frames) - 1 and str(bad.name) not in tree["l2b"]["source_file"].values
     assert tree.attrs["skipped_inputs"][0]["file"] == str(bad)

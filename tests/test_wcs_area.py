@@ -9,8 +9,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from detflow.errors import DetflowInputError
-from detflow.kernels.pixel_area import pixel_area
 from detflow.instruments.roman_wfi_plan import read_wcs_header
+from detflow.kernels.pixel_area import pixel_area
 
 SCALE = 0.11 / 3600  # deg per pixel
 

@@ -54,7 +54,9 @@ class ExcamGeometry:
     def check(self) -> None:
         for name, r in self.regions.items():
             if not r.inside(self.frame_rows, self.frame_cols):
-                raise ValueError(f"{self.name}: region {name} {r} outside the {self.frame_rows}x{self.frame_cols} frame")
+                raise ValueError(
+                    f"{self.name}: region {name} {r} outside the {self.frame_rows}x{self.frame_cols} frame"
+                )
         p = self.prescan
         a, b = self.reliable_cols
         if not (p.col0 <= a < b <= p.col0 + p.cols):

@@ -66,8 +66,11 @@ class ExcamJob(FramesJob):
                         "group (l2a/<key>, ...) instead of refusing them")  # fmt: skip
     combine: list[Literal["l2a", "l2b"]] = Field(["l2b"], description="levels whose mean and median combines are "
                                                  "written (l2b: mean_comb, median_comb; l2a: l2a_mean_comb, ...)")  # fmt: skip
-    frames_per_task: int = Field(8, ge=1, description="frames per L1 -> L2b task (each whole chain in memory: "
-                                 "about 50-100 MB per frame at its peak)")
+    frames_per_task: int = Field(
+        8,
+        ge=1,
+        description="frames per L1 -> L2b task (each whole chain in memory: about 50-100 MB per frame at its peak)",
+    )
     frames_per_shard: int | None = Field(None, ge=1, description="frames per zarr shard of l2a/l2b (default: "
                                          "the multiple of frames_per_task nearest 32): the combines read one "
                                          "piece of every shard per tile")  # fmt: skip

@@ -98,7 +98,9 @@ def _fused(l1: xr.Dataset, refs: xr.Dataset, params: dict, lazy: dict[str, xr.Da
     return fuse_frames(l1, refs, params, chain, lazy, attrs=attrs, load_refs=load)
 
 
-def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset], dict[str, int], dict[str, xr.Dataset]]:
+def build_excam(
+    job: ExcamJob, fused: bool = True
+) -> tuple[dict[str, xr.Dataset], dict[str, int], dict[str, xr.Dataset]]:
     """The lazy ``l2a``/``l2b`` groups of a job (per EXPTIME/gain group with ``group``), the combine
     tile of each suffix and, for ``noise_maps``, each suffix's prescan sums (:func:`steps.excam.prescan_sums`). No
     computation. ``fused``: one task per chunk of frames for the whole chain
@@ -111,7 +113,9 @@ def build_excam(job: ExcamJob, fused: bool = True) -> tuple[dict[str, xr.Dataset
     if job.noise_maps:  # checked before any work: at least 4 (gain, time) groups, 2 gains, 2 times
         firsts = [ds for ds in datasets.values()]
         try:
-            check_substacks([float(d["em_gain"].values[0]) for d in firsts], [float(d["exptime"].values[0]) for d in firsts])
+            check_substacks(
+                [float(d["em_gain"].values[0]) for d in firsts], [float(d["exptime"].values[0]) for d in firsts]
+            )
         except (ValueError, DetflowInputError) as exc:
             raise DetflowInputError(job.source, "noise_maps", "dark frames in at least 4 (EM gain, EXPTIME) groups with "
                                     "2 or more gains and exposure times", str(exc)) from None  # fmt: skip
@@ -166,7 +170,7 @@ def _sharded(products: dict[str, xr.Dataset], tiles: dict[str, int], fs: int) ->
     The L1 -> L2b tasks keep ``frames_per_task`` frames; the merge only concatenates their outputs."""
     enc, out = {}, {}
     for name, ds in products.items():
-        suffix = name[name.index("/"):] if "/" in name else ""
+        suffix = name[name.index("/") :] if "/" in name else ""
         t = tiles[suffix]
         ny, nx = ds.sizes[schema.Y], ds.sizes[schema.X]
         f = min(fs, ds.sizes[schema.FRAME])
@@ -191,8 +195,13 @@ def _combines(job: ExcamJob, tiles: dict[str, int]):
                 mean, median = sx.combine(stored)
                 head = "" if level == "l2b" else "l2a_"
                 for name, prod in ((f"{head}mean_comb{suffix}", mean), (f"{head}median_comb{suffix}", median)):
-                    prod.attrs.update({k: v for k, v in stored.attrs.items() if k in (
-                        "em_gain", "exptime", "eperdn", "fwc_em_e", "fwc_pp_e", "bias_offset", "geometry")})
+                    prod.attrs.update(
+                        {
+                            k: v
+                            for k, v in stored.attrs.items()
+                            if k in ("em_gain", "exptime", "eperdn", "fwc_em_e", "fwc_pp_e", "bias_offset", "geometry")
+                        }
+                    )
                     prod.attrs["data_level"] = stored.attrs.get("data_level", level.upper())
                     prod.attrs["source_group"] = f"{level}{suffix}"
                     prod.attrs["frames_rejected"] = int((stored["rejected"].values != 0).sum())

@@ -22,7 +22,9 @@ from .base import FramesJob, Model, check_steps
 class NoiseConfig(Model):
     """Noise realizations (the PIT ``NOISE`` block): one layer per code, seeded, reproducible."""
 
-    layers: list[str] = Field(..., min_length=1, description="layer codes: R[a][z<k>], P[b<order>][r], O, S<order>, C...")
+    layers: list[str] = Field(
+        ..., min_length=1, description="layer codes: R[a][z<k>], P[b<order>][r], O, S<order>, C..."
+    )
     seed: int = Field(..., ge=0, description="random seed; the same seed gives the same layers bit for bit")
     out: Path | None = Field(None, description="also export the noise cube to this .asdf file (PIT NOISE.OUT)")
     precision: Literal[16, 32] = Field(32, description="float bits of the stored cube (PIT NOISE_PRECISION)")
@@ -57,7 +59,9 @@ class WFIJob(FramesJob):
     pipeline: Literal["roman_wfi"] = "roman_wfi"
     input: str | list[str] = Field(..., description="L1 file, directory, glob, or a list of these")
     output: Path = Field(..., description="output zarr store (.zarr)")
-    caldir: dict[str, Path] = Field(..., description="reference files: dark, gain, linearitylegendre, mask, read, saturation")
+    caldir: dict[str, Path] = Field(
+        ..., description="reference files: dark, gain, linearitylegendre, mask, read, saturation"
+    )
     exclude_first: bool = Field(True, description="leave the first resultant out (PIT EXCLUDE_FIRST)")
     recipe: list[str] | Literal["full"] | None = Field(
         None, description="step names in order; 'full': every gen_cal_image step the CALDIR allows (the default "

@@ -108,9 +108,7 @@ def lazy_array(path, af: asdf.AsdfFile, keys: tuple[str, ...], chunks, *, name_h
     try:  # touch the last element: a truncated file fails here, not in the middle of a run
         _ = np.asarray(arr[(-1,) * len(shape)])
     except Exception as exc:
-        raise CorruptInputError(
-            path, ".".join(keys), f"a complete {shape} {dtype} data block", f"unreadable ({exc})"
-        )
+        raise CorruptInputError(path, ".".join(keys), f"a complete {shape} {dtype} data block", f"unreadable ({exc})")
     proxy = AsdfArray(path, keys, shape, dtype)
     # the name must differ per array of a file: dask treats equal names as the same array
     token = f"asdf-{name_hint or keys[-1]}-{Path(path).name}-{dask_token(_file_token(path), keys, chunks)}"

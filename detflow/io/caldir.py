@@ -47,8 +47,13 @@ from .store.atomic import atomic_write
 WFI_FIELDS: dict[str, list[tuple[str, bool, str]]] = {
     "mask": [("dq", True, "2d")],
     "saturation": [("data", True, "2d"), ("dq", False, "2d")],
-    "linearitylegendre": [("data", True, "cube"), ("Smin", True, "2d"), ("Smax", True, "2d"),
-                          ("Sref", True, "2d"), ("dq", False, "2d")],  # fmt: skip
+    "linearitylegendre": [
+        ("data", True, "cube"),
+        ("Smin", True, "2d"),
+        ("Smax", True, "2d"),
+        ("Sref", True, "2d"),
+        ("dq", False, "2d"),
+    ],  # fmt: skip
     "dark": [("dark_slope", True, "2d_or_active"), ("data", False, "cube")],
     "gain": [("data", True, "2d")],
     "read": [("data", True, "2d"), ("resetnoise", False, "2d")],

@@ -204,5 +204,3 @@ def read_nonlin_table(path: str | Path) -> np.ndarray:
     table = np.genfromtxt(path, delimiter="," if "," in text else None)
     check_nonlin_table(table, path)
     return table
-
-

@@ -133,7 +133,7 @@ def describe(holder: dict) -> str:
 
 def _refusal(out: Path, holder: dict, alive: bool | None) -> OutputLocked:
     if alive is None:
-        hint = (f"it cannot be checked from here; if that writer is gone: detflow clean {out} --force")
+        hint = f"it cannot be checked from here; if that writer is gone: detflow clean {out} --force"
     else:
         hint = f"wait for it, or stop it (detflow cancel {holder['job']})" if holder.get("job") else "wait for it"
     return OutputLocked(out, "lock", "no other writer of this output",

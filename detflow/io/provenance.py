@@ -44,5 +44,3 @@ def skipped_line(s: dict) -> str:
     """A ``skipped_inputs`` item as the error it would have been: ``FILE: FIELD: expected WHAT, got WHY``."""
     expected = f"expected {s['expected']}, got " if s.get("expected") else ""
     return f"{s['file']}: {s['field']}: {expected}{s['reason']}"
-
-

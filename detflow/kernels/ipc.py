@@ -79,8 +79,7 @@ def ipc_forward(image: np.ndarray, kernel: np.ndarray, out: np.ndarray | None = 
         raise ValueError(f"ipc_forward: image must be 2-D (ny, nx), got shape {image.shape}")
     if kernel.shape != (3, 3) + image.shape:
         raise ValueError(
-            f"ipc_forward: kernel must have shape (3, 3, {image.shape[0]}, {image.shape[1]}), "
-            f"got {kernel.shape}"
+            f"ipc_forward: kernel must have shape (3, 3, {image.shape[0]}, {image.shape[1]}), got {kernel.shape}"
         )
     dtype = np.float32 if (image.dtype == np.float32 and kernel.dtype == np.float32) else np.float64
     if image.dtype not in (np.float32, np.float64):

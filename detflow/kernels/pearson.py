@@ -267,11 +267,7 @@ def _log_norm_theta(m, nu):
     ``2^(2m-2) |Gamma(m + i nu/2)|^2 / (pi Gamma(2m-1))``, rewritten with the duplication formula
     ``Gamma(2m-1) = 2^(2m-1) Gamma(m) Gamma(m+1/2) / (sqrt(pi) (2m-1))`` so that no large terms cancel."""
     return (
-        math.log(2.0 * m - 1.0)
-        - _LOG2
-        - _HALF_LOG_PI
-        + 2.0 * _lgamma_re_excess(m, 0.5 * nu)
-        - _lgamma_half_excess(m)
+        math.log(2.0 * m - 1.0) - _LOG2 - _HALF_LOG_PI + 2.0 * _lgamma_re_excess(m, 0.5 * nu) - _lgamma_half_excess(m)
     )
 
 

@@ -22,6 +22,7 @@ from .progress import RichProgressBar
 
 log = logging.getLogger("detflow")
 
+
 def checksum_futures(c: Client, products: dict[str, xr.Dataset]) -> dict:
     """Futures of the sha256 of every input and reference file of ``products``, by path."""
     files = sorted({i["path"] for ds in products.values() for i in ds.attrs.get("inputs", [])} |
@@ -150,5 +151,3 @@ def finish_store(writer: StoreWriter, c: Client, sums: dict, job, products: dict
         current_job().update(regions=regions_record(writer), skipped_inputs=skipped)
     writer.commit()
     log.info("store committed: %s", writer.path)
-
-

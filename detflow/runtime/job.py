@@ -33,7 +33,9 @@ def pipeline_needs() -> str:
 def _only_keys() -> dict[str, set[str]]:
     """The keys only one instrument's jobs have; a foreign spelling's keys give it away (``(name, spelling)``)."""
     fields = {name: (set(i.job.model_fields) | set(i.job.ALIAS_KEYS)) - {"source"} for name, i in INSTRUMENTS.items()}
-    out: dict = {name: keys - set().union(*(v for k, v in fields.items() if k != name)) for name, keys in fields.items()}
+    out: dict = {
+        name: keys - set().union(*(v for k, v in fields.items() if k != name)) for name, keys in fields.items()
+    }
     for name, inst in INSTRUMENTS.items():
         for s in inst.spellings:
             out[(name, s)] = set(s.keys)

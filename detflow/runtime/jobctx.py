@@ -62,5 +62,3 @@ def write_record(path: Path, rec: dict) -> None:
         atomic_write(path, json.dumps(rec, indent=1, default=str))
     except OSError:
         pass  # the scheduler's copy is the live one; the file is the durable one when it can be written
-
-

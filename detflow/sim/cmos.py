@@ -74,8 +74,18 @@ import numpy as np
 from ..errors import DetflowInputError, OutputExistsError
 from ..instruments import cmos
 
-__all__ = ["FAULTS", "FILE_NAMES", "CmosSimConfig", "CmosSimResult", "FlatDefect", "SimFrame", "expected_dn",
-           "flat_loss", "simulate_cmos_tree", "vignetting"]
+__all__ = [
+    "FAULTS",
+    "FILE_NAMES",
+    "CmosSimConfig",
+    "CmosSimResult",
+    "FlatDefect",
+    "SimFrame",
+    "expected_dn",
+    "flat_loss",
+    "simulate_cmos_tree",
+    "vignetting",
+]
 
 FAULTS = ("bad_size", "no_frame_column", "missing_config", "missing_log_row")
 FILE_NAMES = ("mixed", "camera")

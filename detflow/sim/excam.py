@@ -510,7 +510,9 @@ def _build_truth(cfg: ExcamSimConfig, table: np.ndarray | None, table_source) ->
         v = (np.arange(ny) - (ny - 1) / 2) / (ny / 2)
         u = (np.arange(nx) - (nx - 1) / 2) / (nx / 2)
         c = rng.standard_normal(5)
-        low = c[0] * v[:, None] + c[1] * u[None, :] + c[2] * (v[:, None] ** 2 - 1 / 3) + c[3] * (u[None, :] ** 2 - 1 / 3)
+        low = (
+            c[0] * v[:, None] + c[1] * u[None, :] + c[2] * (v[:, None] ** 2 - 1 / 3) + c[3] * (u[None, :] ** 2 - 1 / 3)
+        )
         low = low + c[4] * v[:, None] * u[None, :]
         low *= cfg.flat_lowfreq_amp / max(low.std(), 1e-12)
         flat = 1.0 + low + cfg.flat_pixel_rms * np.clip(rng.standard_normal(shape), -4, 4)

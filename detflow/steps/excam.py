@@ -193,9 +193,9 @@ def median_filter_cosmics(img: np.ndarray, area: tuple[slice, slice], size, nbin
             for r, c in zip(rows, cols):
                 if full:
                     start = r * img.shape[1] + c
-                    flat_mask[start:min(start + tail, img.size)] = True
+                    flat_mask[start : min(start + tail, img.size)] = True
                 else:
-                    mask[r, c:min(c + tail, img.shape[1])] = True
+                    mask[r, c : min(c + tail, img.shape[1])] = True
     return mask, thresh
 
 
@@ -359,12 +359,24 @@ class FrameSelectParams(StepParams):
     tt_rms_thres: float | None = Field(None, description="reject frames with Z2VAR or Z3VAR above this")
     tt_bias_thres: float | None = Field(None, description="reject frames with Z2RES or Z3RES above this")
     header_range: dict[str, tuple[float | None, float | None]] = Field(
-        default_factory=dict, description="keyword: [min, max]; frames outside (or without it) are rejected")
+        default_factory=dict, description="keyword: [min, max]; frames outside (or without it) are rejected"
+    )
 
 
 # the FITS keywords the steps read from each frame's headers (iwa_circles, excam_frame_select; plus the
 # keys of its header_range): the fused chain hands its tasks these cards only (header_cards)
-HEADER_KEYS = ("LSAMNAME", "CFAMNAME", "DPAMNAME", "EACQ_ROW", "EACQ_COL", "OVEREXP", "Z2VAR", "Z3VAR", "Z2RES", "Z3RES")
+HEADER_KEYS = (
+    "LSAMNAME",
+    "CFAMNAME",
+    "DPAMNAME",
+    "EACQ_ROW",
+    "EACQ_COL",
+    "OVEREXP",
+    "Z2VAR",
+    "Z3VAR",
+    "Z2RES",
+    "Z3RES",
+)
 
 
 def header_keys(params: dict) -> set[str]:
@@ -464,7 +476,9 @@ def _pixelwise(func, *args, nout: int, dtypes, **kwargs):
 def _electrons_np(data, err, scale, rn2, f2, shot):
     nf = data.shape[0]
     out_d, out_e = np.empty(data.shape), np.empty(data.shape)
-    emccd.electrons_frames(data, err, _per_frame(scale, nf), _per_frame(rn2, nf), _per_frame(f2, nf), shot, out_d, out_e)
+    emccd.electrons_frames(
+        data, err, _per_frame(scale, nf), _per_frame(rn2, nf), _per_frame(f2, nf), shot, out_d, out_e
+    )
     return out_d, out_e
 
 
@@ -625,7 +639,10 @@ def _product(ds: xr.Dataset, level: str, with_bias: bool) -> xr.Dataset:
     out["err"].attrs = {"units": unit, "long_name": "1-sigma error"}
     if with_bias:
         out["bias"].attrs = {"units": "DN", "long_name": "row bias subtracted (prescan median - bias_offset)"}
-        out["read_noise"].attrs = {"units": "DN", "long_name": "read noise: rms of the reliable prescan (median over rows)"}
+        out["read_noise"].attrs = {
+            "units": "DN",
+            "long_name": "read noise: rms of the reliable prescan (median over rows)",
+        }
     out["rejected"].attrs = {"long_name": "why the frame is left out of the data-set products (0: kept)",
                              "flag_masks": list(REJECT.values()), "flag_meanings": " ".join(REJECT)}  # fmt: skip
     out.attrs = {k: v for k, v in ds.attrs.items() if k not in ("region",)}

@@ -314,6 +314,7 @@ def refpix(ds: xr.Dataset, refs: xr.Dataset, p: RefPixParams) -> xr.Dataset:
     img = img - m * (ref_med - _median(rm, [Y]))
     # channel step: a line through the medians of the bottom and top reference rows of each channel
     if p.channel:
+
         def channel_medians(rows):
             block = img.isel({Y: rows}).coarsen({X: cw}).construct({X: ("channel", "col")})
             return _rechunk(_median(block, [Y, "col"]), {"channel": -1})
@@ -354,9 +355,12 @@ def bias_correction(ds: xr.Dataset, refs: xr.Dataset, p: BiasCorrParams) -> xr.D
 
 # ---- linearity ------------------------------------------------------------------------------------
 class LinearityParams(StepParams):
-    exempt_reset: bool = Field(True, description="clip and never flag the first resultant when it is the reset read [0]")
+    exempt_reset: bool = Field(
+        True, description="clip and never flag the first resultant when it is the reset read [0]"
+    )
     pit_sticky_no_lin_corr: bool = Field(
-        False, description="gen_cal_image 1.0 compatibility: resultants after the first extrapolated one get S - Sref")
+        False, description="gen_cal_image 1.0 compatibility: resultants after the first extrapolated one get S - Sref"
+    )
 
 
 def _frame(a: np.ndarray, f: int, ncore: int = 0) -> np.ndarray:
@@ -590,8 +594,11 @@ def ramp_note(ds: xr.Dataset, p: RampFitParams) -> str:
     usable = ds.sizes[READ] - (1 if p.exclude_first else 0)
     if usable >= 2:
         return "CDS (two-point) slopes: two usable resultants" if usable == 2 else ""
-    if usable == 1 and not p.pit_compat and (p.one_resultant == "zero" or (p.exclude_first and
-                                                                           p.one_resultant == "first_resultant")):
+    if (
+        usable == 1
+        and not p.pit_compat
+        and (p.one_resultant == "zero" or (p.exclude_first and p.one_resultant == "first_resultant"))
+    ):
         msg = f"one-resultant slopes ({p.one_resultant} as zero point), every pixel UNRELIABLE_SLOPE"
         log.warning("ramp_fit: %s", msg)
         return msg
@@ -612,10 +619,12 @@ def _l2_dataset(ds, t, slope, vr, vp, dq) -> xr.Dataset:
         {
             "data": slope.transpose(*dims).assign_attrs(units=schema.UNITS["DN/s"], long_name="slope"),
             "dq": dq.astype(np.uint32).transpose(*dims).assign_attrs(schema.dq_attrs()),
-            "var_rnoise": vr.transpose(*dims).assign_attrs(units=schema.UNITS["DN2/s2"],
-                                                           long_name="slope variance from read noise"),
-            "var_poisson": vp.transpose(*dims).assign_attrs(units=schema.UNITS["DN2/s2"],
-                                                            long_name="slope variance from Poisson noise"),
+            "var_rnoise": vr.transpose(*dims).assign_attrs(
+                units=schema.UNITS["DN2/s2"], long_name="slope variance from read noise"
+            ),
+            "var_poisson": vp.transpose(*dims).assign_attrs(
+                units=schema.UNITS["DN2/s2"], long_name="slope variance from Poisson noise"
+            ),
         },  # fmt: skip
         attrs=dict(ds.attrs),
     )
@@ -748,7 +757,9 @@ def _sky_model(coefs: xr.DataArray, slope: xr.DataArray, order: int) -> xr.DataA
 
 
 class SkyParams(StepParams):
-    order: int | None = Field(None, ge=0, le=10, description="SKYORDER: subtract a 2-D Legendre sky of this total degree")
+    order: int | None = Field(
+        None, ge=0, le=10, description="SKYORDER: subtract a 2-D Legendre sky of this total degree"
+    )
 
 
 @register("sky", SkyParams, FAMILY)

@@ -85,6 +85,7 @@ _FLAG_HELP = {"R": "R[a][z<k>]", "P": "P[b<order>][r]", "S": "S<order>", "O": "O
 
 def parse_layer(code: str, source=None, field: str = "NOISE.LAYER") -> LayerSpec:
     """Parse one layer code; an unknown directive or flag is one error naming the code."""
+
     def bad(why: str):
         return DetflowInputError(source, field, "layer codes of R[a][z<k>], P[b<order>][r], O, S<order>, C...",
                                  f"{code!r} ({why})")  # fmt: skip
@@ -179,7 +180,8 @@ def _correlated(l1: xr.Dataset, refs: xr.Dataset, seed: int, layer: int, geom: G
                     "amp33_pink": krng.stream_key(seed, f, layer, _A33_PINK, k)}  # fmt: skip
             chan = [krng.stream_key(seed, f, layer, _CHANNEL, k, ch) for ch in range(geom.nchannel)]
             task = dask.delayed(knoise.correlated_frame, pure=True)(
-                keys, chan, n, geom.nchannel, int(nframes[f, k]), c_pink, u_pink, amp33)
+                keys, chan, n, geom.nchannel, int(nframes[f, k]), c_pink, u_pink, amp33
+            )
             reads.append(da.from_delayed(task, (n, width), dtype=np.float32))
         frames.append(da.stack(reads))
     return da.stack(frames), with_amp33
@@ -438,5 +440,3 @@ def _tilde_nus_table(rps, frame_time, tables) -> dict[int, tuple[float, float, f
         if np.any(w[L] != 0):
             out[L] = kpearson.tilde_nus_per_second(nfr, first, w[L], float(frame_time[0]))
     return out
-
-

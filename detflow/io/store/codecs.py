@@ -58,6 +58,8 @@ def frame_shards(variables, frames: int, tile: int, ny: int, nx: int, compressor
     if compressors is not None:
         enc["compressors"] = list(compressors)
     return {v: dict(enc) for v in variables}
+
+
 _BLOSC_TYPESIZE = "typesize" in inspect.signature(numcodecs.Blosc.__init__).parameters
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
@@ -77,7 +79,11 @@ class ShardEncoder:
     def for_array(cls, arr: zarr.Array) -> "ShardEncoder | None":
         """The encoder of ``arr``'s shards, or None when its codecs or grid are not ones handled here."""
         meta = arr.metadata
-        if getattr(meta, "zarr_format", None) != 3 or len(meta.codecs) != 1 or not isinstance(meta.codecs[0], ShardingCodec):
+        if (
+            getattr(meta, "zarr_format", None) != 3
+            or len(meta.codecs) != 1
+            or not isinstance(meta.codecs[0], ShardingCodec)
+        ):
             return None
         grid = getattr(meta.chunk_grid, "chunk_shape", None)
         sharding = meta.codecs[0]
@@ -90,7 +96,9 @@ class ShardEncoder:
         if not codecs or not isinstance(codecs[0], BytesCodec):
             return None
         dtype = np.dtype(arr.dtype.to_native_dtype() if hasattr(arr.dtype, "to_native_dtype") else arr.dtype)
-        if dtype.kind not in "biuf" or (dtype.itemsize > 1 and (codecs[0].endian is None or codecs[0].endian.value != "little")):
+        if dtype.kind not in "biuf" or (
+            dtype.itemsize > 1 and (codecs[0].endian is None or codecs[0].endian.value != "little")
+        ):
             return None
         compressors = []
         for c in codecs[1:]:

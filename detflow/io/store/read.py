@@ -25,8 +25,10 @@ def store_summary(path: str | Path) -> dict:
         ds = node.to_dataset()
         out["groups"][node.path.strip("/")] = {
             "dims": dict(ds.sizes),
-            "variables": {k: {"dims": list(v.dims), "dtype": str(v.dtype), "units": v.attrs.get("units")}
-                          for k, v in ds.data_vars.items()},  # fmt: skip
+            "variables": {
+                k: {"dims": list(v.dims), "dtype": str(v.dtype), "units": v.attrs.get("units")}
+                for k, v in ds.data_vars.items()
+            },  # fmt: skip
             "steps": ds.attrs.get("steps", []),
         }
     return out

@@ -68,7 +68,11 @@ def _clean(ds: xr.Dataset) -> xr.Dataset:
             # a lazy string coordinate is computed here (it is small): xarray would otherwise compute the
             # object array eagerly anyway to choose a zarr dtype, with a warning
             var = ds[name].variable
-            ds[name] = var.copy(data=var.compute().data.astype(object)) if isinstance(var.data, da.Array) else var.astype(object)
+            ds[name] = (
+                var.copy(data=var.compute().data.astype(object))
+                if isinstance(var.data, da.Array)
+                else var.astype(object)
+            )
     return ds
 
 
@@ -209,8 +213,9 @@ class StoreWriter:
                 for var, e in variables.items():
                     if name in fresh and var in fresh[name].variables:
                         enc[f"/{name}"][var] = e
-            tree.to_zarr(str(self.tmp), mode="a", compute=False, zarr_format=3, consolidated=False,
-                         encoding=enc)  # fmt: skip  (the template: the returned delayed write is not used)
+            tree.to_zarr(
+                str(self.tmp), mode="a", compute=False, zarr_format=3, consolidated=False, encoding=enc
+            )  # fmt: skip  (the template: the returned delayed write is not used)
             for name in fresh:
                 self.marks.mark_template(name)
         names, arrays = [], []
