@@ -10,6 +10,7 @@ import dask
 import numpy as np
 import pytest
 from astropy.io import fits
+from xarray.tests import raise_if_dask_computes
 
 from detflow.instruments import roman_excam
 from detflow.instruments.roman_excam_job import ExcamJob
@@ -122,3 +123,14 @@ def test_fused_graph_has_one_chain_task_per_chunk(frames, tmp_path):
     names = [k[0] if isinstance(k, tuple) else k for k in graph]
     assert sum("run_block" in n for n in names) == 3  # 7 frames in 3 + 3 + 1
     assert not any("_bias_block" in n or "_desmear_block" in n for n in names)  # no step-by-step task left
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_building_a_job_computes_nothing(frames, tmp_path, fused):
+    """The steps never compute while the graph is built (a driver computing there, on a worker, would not see
+    a cancel): the frame coordinates and the nonlinearity table stay in memory, only the frames are lazy."""
+    job = ExcamJob(**_job(tmp_path, frames[0].parent, frames_per_task=3))
+    assert job.non_linearity_filepath is not None
+    with raise_if_dask_computes():
+        products = build_excam(job, fused=fused)[0]
+    assert "excam_nonlin" in {s["name"] for s in products["l2b"].attrs["steps"] if s["status"] == "COMPLETE"}

@@ -61,16 +61,22 @@ def _same_l2(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(x[v].values, y[v].values, err_msg=v)
 
 
-def _fail_after(monkeypatch, n: int, wait_for_checksums: Path | None = None) -> None:
+def _fail_after(monkeypatch, n: int, wait_for_checksums: Path | None = None, first_frame: Path | None = None) -> None:
     """The n-th region write fails (as a killed worker would leave the run); with ``wait_for_checksums``
-    (a partial store), not before the run recorded its inputs' SHA-256 there."""
+    (a partial store), not before the run recorded its inputs' SHA-256 there; with ``first_frame`` (a partial
+    store), the first exposure's writes never fail and the failure waits until its L2 data are marked done
+    (whatever order the scheduler runs the writes in, one exposure is done and others are not)."""
     real = store_module.write_region
     count = {"n": 0}
 
-    def write(*args, **kwargs):
+    def write(root, path, region, block):
         count["n"] += 1
+        if first_frame is not None and (region[0].start or 0) == 0:
+            return real(root, path, region, block)
         if count["n"] > n:
             deadline = time.monotonic() + 30
+            while first_frame is not None and not _done_frames(first_frame) and time.monotonic() < deadline:
+                time.sleep(0.05)
             while wait_for_checksums is not None and time.monotonic() < deadline:
                 meta = json.loads((wait_for_checksums / "_detflow_regions" / "resume.json").read_text())
                 sums = wait_for_checksums / "_detflow_regions" / "sha256.jsonl"
@@ -78,7 +84,7 @@ def _fail_after(monkeypatch, n: int, wait_for_checksums: Path | None = None) -> 
                     break
                 time.sleep(0.05)
             raise RuntimeError("killed")
-        return real(*args, **kwargs)
+        return real(root, path, region, block)
 
     monkeypatch.setattr(store_module, "write_region", write)
 
@@ -92,7 +98,7 @@ def _done_frames(partial: Path) -> set[int]:
 def test_resume_after_an_input_was_replaced_computes_from_the_new_file_only(tmp_path, client, monkeypatch):
     d = write_tiny_wfi(tmp_path / "a", nexp=3)
     job = detflow.load_job(d["job_yaml"])
-    _fail_after(monkeypatch, 24)
+    _fail_after(monkeypatch, 24, first_frame=job.store.with_name(f"{job.store.name}.partial-{resume_key(job)}"))
     with pytest.raises(RuntimeError, match="killed") as err:
         detflow.run(job, client=client, progress=False)
     (partial,) = tmp_path.glob("a/native.zarr.partial-*")
@@ -116,7 +122,7 @@ def test_resume_refuses_inputs_with_other_content_under_the_same_size_and_mtime(
     d = write_tiny_wfi(tmp_path / "a", nexp=3)
     job = detflow.load_job(d["job_yaml"])
     partial = job.store.with_name(f"{job.store.name}.partial-{resume_key(job)}")
-    _fail_after(monkeypatch, 24, wait_for_checksums=partial)
+    _fail_after(monkeypatch, 24, wait_for_checksums=partial, first_frame=partial)
     with pytest.raises(RuntimeError, match="killed"):
         detflow.run(job, client=client, progress=False)
     victim = d["files"][min(_done_frames(partial))]

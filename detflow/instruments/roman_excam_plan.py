@@ -122,9 +122,15 @@ def build_excam(
     for suffix, l1 in datasets.items():
         geom = roman_excam.GEOMETRIES[l1.attrs["geometry"]]
         refs = open_excam_references(job.calibration_paths(), geom)
-        l1 = l1.chunk({schema.FRAME: job.frames_per_task})
-        # one lazy chunk per map: broadcasting against frames stays lazy
-        prods = _chain(l1, refs.chunk(), params, prescan=job.noise_maps)
+        # the frames chunked, their coordinates kept in memory: steps read them while the graph is built
+        l1 = l1.assign({v: l1[v].chunk({schema.FRAME: job.frames_per_task}) for v in l1.data_vars})
+        # one lazy chunk per map (broadcasting against frames stays lazy); tables (the nonlinearity table) stay
+        # in memory for the same reason
+        lazy_refs = refs.copy()
+        for name, var in refs.data_vars.items():
+            if schema.Y in var.dims and schema.X in var.dims:
+                lazy_refs[name] = var.chunk()
+        prods = _chain(l1, lazy_refs, params, prescan=job.noise_maps)
         if fused:
             prods = _fused(l1, refs, params, prods)
         l2a, l2b = prods["l2a"], prods["l2b"]
