@@ -235,7 +235,7 @@ class Plan:
 @dataclass(frozen=True)
 class Instrument:
     """One detector family as the engine sees it: ``name`` is the job's ``pipeline`` value; ``plan`` builds
-    a job's :class:`Plan` (None: the family still has its own driver in the runtime)."""
+    a job's :class:`Plan`."""
 
     name: str
     job: type[Job]

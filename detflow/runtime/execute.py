@@ -1,6 +1,6 @@
 """What every family's run does around its graphs: check the outputs, open the store writer, compute with
-progress (or a submitted job's record and cancel flag), record provenance, commit. The family drivers
-(:mod:`.wfi`, :mod:`.excam`, :mod:`.cmos`) call these; :mod:`.run` dispatches a job to its driver."""
+progress (or a submitted job's record and cancel flag), record provenance, commit. The executor (:mod:`.executor`) calls these for every instrument's plan;
+:mod:`.run` hands a job to it (after a CMOS job's ingest and analyses, :mod:`.cmos`)."""
 
 from __future__ import annotations
 
