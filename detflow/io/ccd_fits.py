@@ -11,7 +11,6 @@ whole in the ``inputs`` attribute. The result: ``data`` (frame, y, x), lazy.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import dask
@@ -24,6 +23,7 @@ from .. import schema
 from ..errors import CorruptInputError, DetflowInputError
 from ..instruments import ccd
 from . import expand_inputs, skipped_record
+from .fits_input import check_data_complete, hdu_shape, open_fits
 
 BITPIX = {8, 16, 32, 64, -32, -64}
 
@@ -45,39 +45,17 @@ def _pick_hdu(path: Path, hdul, hdu) -> int:
 def read_ccd_header(path: str | Path, hdu: int | str | None = None) -> dict:
     """Validated metadata of one frame file (no pixel data is read)."""
     path = Path(path)
-    if not path.is_file():
-        raise DetflowInputError(path, "file", "an existing FITS file", "no such file")
-    size = path.stat().st_size
-    try:
-        # astropy warns (and drops the HDU) for a header cut short; the warnings are the evidence, not output
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            hdul = fits.open(path, memmap=False)
-            len(hdul)  # every header read
-        with hdul:
-            cut = next((str(w.message) for w in caught if "Error validating header" in str(w.message)), None)
-            if cut is not None:
-                raise CorruptInputError(path, "header", "a complete FITS header (2880-byte blocks)",
-                                        f"a file of {size} bytes that ends inside it (truncated)")  # fmt: skip
-            idx = _pick_hdu(path, hdul, hdu)
-            h = hdul[idx]
-            header, primary = h.header, hdul[0].header
-            naxis, bitpix = int(header.get("NAXIS", 0)), int(header.get("BITPIX", 0))
-            shape = tuple(int(header.get(f"NAXIS{k}", 0)) for k in range(naxis, 0, -1))
-            compressed = isinstance(h, fits.CompImageHDU)
-            end = 0 if compressed else hdul.fileinfo(idx)["datLoc"] + int(np.prod(shape)) * abs(bitpix) // 8
-            text = [x.header.tostring() for x in hdul]
-    except DetflowInputError:
-        raise
-    except Exception as exc:  # astropy raises many types for a damaged file
-        raise CorruptInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}") from None
-    if naxis != 2 or min(shape) < 1:
-        raise DetflowInputError(path, f"NAXIS of HDU {idx}", "a 2-D image", f"NAXIS {naxis}, shape {shape}")
-    if bitpix not in BITPIX:
-        raise DetflowInputError(path, "BITPIX", "8, 16, 32, 64, -32 or -64", bitpix)
-    if size < end:
-        raise CorruptInputError(path, "data", f"{end} bytes for a {shape[0]}x{shape[1]} BITPIX {bitpix} image",
-                                f"a file of {size} bytes (truncated)")  # fmt: skip
+    with open_fits(path) as hdul:
+        idx = _pick_hdu(path, hdul, hdu)
+        header, primary = hdul[idx].header, hdul[0].header
+        naxis, bitpix = int(header.get("NAXIS", 0)), int(header.get("BITPIX", 0))
+        shape = hdu_shape(hdul, idx)
+        if naxis != 2 or min(shape) < 1:
+            raise DetflowInputError(path, f"NAXIS of HDU {idx}", "a 2-D image", f"NAXIS {naxis}, shape {shape}")
+        if bitpix not in BITPIX:
+            raise DetflowInputError(path, "BITPIX", "8, 16, 32, 64, -32 or -64", bitpix)
+        check_data_complete(path, hdul, idx)
+        text = [x.header.tostring() for x in hdul]
 
     def card(key):
         return header[key] if key in header else primary.get(key)

@@ -16,8 +16,6 @@ of every file are kept losslessly in the ``inputs`` attrs.
 
 from __future__ import annotations
 
-import re
-import warnings
 from pathlib import Path
 
 import dask
@@ -29,6 +27,7 @@ from astropy.io import fits
 from .. import schema
 from ..errors import CorruptInputError, DetflowInputError  # noqa: F401 (CorruptInputError: re-exported)
 from ..instruments import roman_excam
+from .fits_input import check_data_complete, hdu_shape, image_hdus, open_fits
 
 
 def _card(headers, *keys):
@@ -42,38 +41,16 @@ def _card(headers, *keys):
 def read_excam_header(path: str | Path) -> dict:
     """Validated metadata of one L1 file (no pixel data is read)."""
     path = Path(path)
-    if not path.is_file():
-        raise DetflowInputError(path, "file", "an existing EXCAM L1 FITS file", "no such file")
-    size = path.stat().st_size
-    try:
-        # astropy warns (and drops the HDU) for a header cut short; the warnings are the evidence, not output
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            hdul = fits.open(path, memmap=False)
-        with hdul, warnings.catch_warnings(record=True) as more:
-            warnings.simplefilter("always")
-            images = [i for i, h in enumerate(hdul) if getattr(h, "is_image", False) and h.header.get("NAXIS") == 2]
-            cut = next((str(w.message) for w in caught + more if "Error validating header" in str(w.message)), None)
-            if cut is not None:
-                hdu = re.search(r"HDU #(\d+)", cut)
-                raise CorruptInputError(path, f"header of HDU {hdu.group(1) if hdu else len(hdul)}",
-                                        "a complete FITS header (2880-byte blocks)",
-                                        f"a file of {size} bytes that ends inside it (truncated)")  # fmt: skip
-            if not images:
-                raise DetflowInputError(path, "HDU", "an image HDU with the 2-D L1 frame", "none")
-            idx = images[0]
-            headers = [hdul[idx].header, hdul[0].header]
-            shape = (int(hdul[idx].header["NAXIS2"]), int(hdul[idx].header["NAXIS1"]))
-            bitpix = int(hdul[idx].header["BITPIX"])
-            text = [h.header.tostring() for h in hdul]
-            end = hdul.fileinfo(idx)["datLoc"] + shape[0] * shape[1] * abs(bitpix) // 8
-    except DetflowInputError:
-        raise
-    except Exception as exc:  # astropy raises many types for a damaged file
-        raise CorruptInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}") from None
-    if size < end:
-        raise CorruptInputError(path, "data", f"{end} bytes for a {shape[0]}x{shape[1]} BITPIX {bitpix} frame",
-                                f"a file of {size} bytes (truncated)")  # fmt: skip
+    with open_fits(path, "EXCAM L1 FITS file") as hdul:
+        images = image_hdus(hdul)
+        if not images:
+            raise DetflowInputError(path, "HDU", "an image HDU with the 2-D L1 frame", "none")
+        idx = images[0]
+        headers = [hdul[idx].header, hdul[0].header]
+        shape = hdu_shape(hdul, idx)
+        bitpix = int(hdul[idx].header["BITPIX"])
+        text = [h.header.tostring() for h in hdul]
+        check_data_complete(path, hdul, idx, "frame")
     level, key = _card(headers, "DATA_LEVEL", "DATALVL")
     if str(level).strip().upper() != roman_excam.DATA_LEVEL:
         raise DetflowInputError(path, key, f"DATA_LEVEL {roman_excam.DATA_LEVEL}", level)

@@ -21,8 +21,9 @@ import xarray as xr
 from astropy.io import fits
 
 from .. import schema
-from ..errors import CorruptInputError, DetflowInputError
+from ..errors import DetflowInputError
 from .chunking import pixel_tiles
+from .fits_input import check_data_complete, hdu_shape, image_hdus, open_fits
 from .roman_l1 import frame_coords
 
 
@@ -37,10 +38,10 @@ class _FitsArray:
 
 
 def _image_hdu(path, hdul) -> int:
-    for i, h in enumerate(hdul):
-        if getattr(h, "is_image", False) and h.header.get("NAXIS", 0) in (3, 4):
-            return i
-    raise DetflowInputError(path, "HDU", "an image HDU with a 3-D (read, y, x) or 4-D cube", "none")
+    cubes = image_hdus(hdul, (3, 4))
+    if not cubes:
+        raise DetflowInputError(path, "HDU", "an image HDU with a 3-D (read, y, x) or 4-D cube", "none")
+    return cubes[0]
 
 
 def _keyword(path, hdul, idx: int, names: tuple[str, ...], default=None, kind=float):
@@ -59,16 +60,10 @@ def _keyword(path, hdul, idx: int, names: tuple[str, ...], default=None, kind=fl
 
 def open_fits_ramp(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
     path = Path(path)
-    if not path.exists():
-        raise DetflowInputError(path, "file", "an existing FITS file", "no such file")
-    try:
-        hdul = fits.open(path, memmap=False)
-    except Exception as exc:
-        raise CorruptInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}")
-    with hdul:
+    with open_fits(path) as hdul:
         idx = _image_hdu(path, hdul)
-        hdr = hdul[idx].header
-        shape = tuple(int(hdr[f"NAXIS{k}"]) for k in range(hdr["NAXIS"], 0, -1))
+        check_data_complete(path, hdul, idx, "ramp cube")
+        shape = hdu_shape(hdul, idx)
         dtype = np.asarray(hdul[idx].section[(slice(0, 1),) * len(shape)]).dtype  # as astropy scales it
         nfr = _keyword(path, hdul, idx, ("NFRAMES",), 1, int)
         gap = _keyword(path, hdul, idx, ("GROUPGAP",), 0, int)
