@@ -126,6 +126,28 @@ def test_masters_from_files_equal_those_built_from_frames(night, tmp_path, clien
     assert {r["name"] for r in root["reference_files"]} == {"master_bias", "master_dark", "master_flat"}
 
 
+def test_science_frames_are_sharded_and_tiles_do_not_race(tmp_path, client):
+    """The calibrated science frames (a reduce stage computed tile by tile) are written as the ``ccd`` group
+    is: shards of ``frames_per_task`` frames with pixel tiles inside, one task per shard, so small uneven
+    tiles (32 px on an 80x72 frame) and uneven frame blocks give the same numbers as one tile per frame."""
+    import zarr
+
+    cfg = CcdSimConfig(ny=80, nx=72, overscan=8, n_bias=3, n_dark=2, n_flat=2, n_science=7)
+    sim = simulate_ccd(tmp_path / "raw", cfg)
+    base = {"pipeline": "ccd", "input": str(tmp_path / "raw"), "overscan": {}, "frames_per_task": 3}
+    run(dict(base, output=str(tmp_path / "one.zarr")), client, progress=False)
+    run(dict(base, output=str(tmp_path / "tiles.zarr"), combine_task_mb=1), client, progress=False)
+    assert len(sim["files"]) == 14
+    for group in ("ccd", "science"):
+        arr = zarr.open_array(tmp_path / "tiles.zarr" / group / "data", mode="r")
+        assert arr.shards is not None and arr.shards[0] == 3, (group, arr.shards)
+        assert arr.chunks[1:] == (32, 32) and arr.shards[1:] == (96, 96), (group, arr.chunks, arr.shards)
+    for group in ("science", "combined"):
+        a, b = xr.open_zarr(tmp_path / "one.zarr", group=group), xr.open_zarr(tmp_path / "tiles.zarr", group=group)
+        np.testing.assert_array_equal(a["data"].values, b["data"].values, err_msg=group)
+        np.testing.assert_array_equal(a["dq"].values, b["dq"].values, err_msg=group)
+
+
 def _errors(res) -> list[str]:
     return [line for line in res.stderr.splitlines() if line.startswith("error: ")]
 

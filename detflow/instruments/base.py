@@ -210,10 +210,12 @@ class Reduce:
     """A stage that reduces across frames (combines, per-pixel fits, noise maps...), run after the groups it
     reads are written: ``build(read, side)`` returns its lazy groups (no computation), reading its inputs
     from the store tile by tile with ``read``; ``side`` holds the results of :attr:`Plan.side`. An empty
-    result writes nothing."""
+    result writes nothing. ``encodings`` (group -> variable -> zarr encoding) as :attr:`Plan.encodings`: a
+    sharded group's dask chunks must hold whole shards (each task writes its own shard files)."""
 
     description: str
     build: Callable[[ReadGroup, dict], dict[str, xr.Dataset]]
+    encodings: dict[str, dict] | None = None
 
 
 @dataclass

@@ -98,7 +98,8 @@ def _master_from_file(job: CcdJob, kind: str, shape: tuple[int, int]) -> xr.Data
     return ds
 
 
-def _stages(job: CcdJob, params: dict, kinds: set[str], tile: dict, shape: tuple[int, int]) -> list[Reduce]:
+def _stages(job: CcdJob, params: dict, kinds: set[str], tile: dict, shape: tuple[int, int],
+            shard: dict) -> list[Reduce]:  # fmt: skip
     made: set[str] = set()
     combine = sc.CombineParams(**params.get("ccd_combine", {}))
 
@@ -128,7 +129,10 @@ def _stages(job: CcdJob, params: dict, kinds: set[str], tile: dict, shape: tuple
         frames = _select(read("ccd", dict(tile, **{FRAME: job.frames_per_task})), "science")
         calibrated = apply_recipe(frames, _refs(read, made, tile), sc.CALIBRATE_RECIPE, params)
         unit = "after overscan, trim, " + ", ".join(f"{k}" for k in MASTERS if k in made)
-        return {"science": sc.frames_product(calibrated, job.dtype, f"science frames ({unit})")}
+        out = sc.frames_product(calibrated, job.dtype, f"science frames ({unit})")
+        # computed tile by tile, written a whole shard (its frames, every tile) per task: two tasks never
+        # write the same shard file
+        return {"science": out.chunk({FRAME: job.frames_per_task, Y: -1, X: -1})}
 
     def combined(read, side) -> dict[str, xr.Dataset]:
         if made:
@@ -143,7 +147,8 @@ def _stages(job: CcdJob, params: dict, kinds: set[str], tile: dict, shape: tuple
 
     stages = [master(k) for k in MASTERS]
     if "science" in kinds:
-        stages += [Reduce("detflow ccd: science frames calibrated", science),
+        sharded = {v: dict(shard) for v in ("data", "dq")}
+        stages += [Reduce("detflow ccd: science frames calibrated", science, {"science": sharded}),
                    Reduce("detflow ccd: combine", combined)]  # fmt: skip
     return stages
 
@@ -174,7 +179,7 @@ def plan_ccd(job: CcdJob) -> Plan:
     log.info("inputs: %d frame(s): %s", frames.sizes[FRAME],
              ", ".join(f"{k} {int((frames['frame_type'].values == k).sum())}" for k in sorted(kinds)))  # fmt: skip
     log_skipped({"ccd": product})
-    stages = _stages(job, params, kinds, {Y: ty, X: tx}, (ny, nx))
+    stages = _stages(job, params, kinds, {Y: ty, X: tx}, (ny, nx), shard)
     return Plan({"ccd": product}, "detflow ccd: overscan and trim", encodings=encodings, reduces=stages)
 
 
