@@ -452,6 +452,11 @@ def main(argv=None):
         help="then N detectors' exposures (1..18) as one job, against N x the warm single exposure "
         "(opt-in; with --full ~8 min at 4096 for N=18)",
     )
+    ap.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="job `fuse: false`: linearity, dark and ramp fit as three kernels instead of the one-pass kernel",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "output")
     args = ap.parse_args(argv)
     if not 0 <= args.sca <= 18:
@@ -479,6 +484,8 @@ def main(argv=None):
         from detflow.instruments.roman_wfi import DEFAULT_RECIPE
 
         job = job.model_copy(update={"recipe": list(DEFAULT_RECIPE)})
+    if args.no_fuse:
+        job = job.model_copy(update={"fuse": False})
     store = args.out / f"wfi_l2_{args.nside}{'_full' if args.full else ''}.zarr"
     shutil.rmtree(store, ignore_errors=True)
     job = job.model_copy(update={"output": store,
@@ -517,7 +524,7 @@ def main(argv=None):
             mem.stop()  # the figures of the single exposure end here; the opt-in modes sample their own
             noise = noise_bench(args, simdir, client) if args.noise else None
             sca = sca_bench(args, simdir, job, client, t_ours) if args.sca else None
-    res = {"nside": args.nside, "resultants": cube_shape[0], "workers": args.workers, "threads": args.threads,
+    res = {"nside": args.nside, "fuse": not args.no_fuse, "resultants": cube_shape[0], "workers": args.workers, "threads": args.threads,
            "detflow_s": t_ours,
            "detflow_cold_s": t_cold, "cluster_start_s": t_start, "detflow_peak_rss": mem.peak,
            "warm_other_cores": cpu.other_cores, "warm_iowait_cores": cpu.iowait_cores}  # fmt: skip
@@ -564,7 +571,7 @@ def main(argv=None):
           f"{res['mem_bandwidth_Bps'] / 1e9:.1f} GB/s")  # fmt: skip
     res["recipe"] = job.resolved_recipe()
     suffix = ("_full" if args.full else "") + (f"_noise{args.noise}" if args.noise else "") + \
-             (f"_sca{args.sca}" if args.sca else "")  # fmt: skip
+             (f"_sca{args.sca}" if args.sca else "") + ("_nofuse" if args.no_fuse else "")  # fmt: skip
     if noise is not None:
         res["noise"] = noise
         base_runs = ", ".join(f"{b['s']:.1f}" for b in noise["base"] if "s" in b)
