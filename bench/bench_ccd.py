@@ -60,11 +60,11 @@ def child(code: str, payload: dict) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--frames", type=int, default=20)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import numpy as np
     import xarray as xr
 
@@ -88,6 +88,14 @@ def main() -> None:
               "rss_ratio_ccdproc_over_detflow": ref["peak_rss"] / ours["peak_rss"],
               "max_abs_diff_adu": diff}  # fmt: skip
     print(json.dumps(result, indent=1))
+    out = Path(__file__).resolve().parent / "output"
+    out.mkdir(exist_ok=True)
+    (out / f"bench_ccd_{args.size}_{args.frames}.json").write_text(json.dumps(result, indent=1))
+    print(
+        f"plain CCD {args.size}x{args.size} x {args.frames} frames: detflow {ours['s']:.1f} s, ccdproc {ref['s']:.1f} s "
+        f"-> {result['time_ratio_ccdproc_over_detflow']:.2f} x; memory {result['rss_ratio_ccdproc_over_detflow']:.2f} x"
+    )
+    return result
 
 
 if __name__ == "__main__":

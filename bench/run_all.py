@@ -6,10 +6,13 @@ to simulate its 100 L1 frames): 100 frames L1 -> L2b against corgidrp on 10 of t
 median combine of 1,000 synthesized frames against corgidrp's ``combine_images`` on 100; then the CMOS
 characterisation benchmark at a toy size (``bench_cmos.py`` defaults, ~1.5 min estimated, not yet timed):
 the ingest of 120 simulated 256x256 darks against the disk and ``np.fromfile``, and the dark-current fit
-(``build_dark_model``) on 1x1, 2x1 and 1x2 LocalClusters against a NumPy log-space ``lstsq``.
+(``build_dark_model``) on 1x1, 2x1 and 1x2 LocalClusters against a NumPy log-space ``lstsq``; then the plain CCD
+benchmark (``bench_ccd.py``: 20 frames of 2048x2048, overscan, trim and a sigma-clipped combine against ccdproc,
+~2 min).
 
-Arguments are passed to ``bench_wfi.py``, except ``--skip-wfi``, ``--skip-excam``, ``--skip-cmos``, ``--excam "ARGS"``
-(passed to ``bench_excam.py``) and ``--cmos "ARGS"`` (passed to ``bench_cmos.py``). The longer modes are opt-in:
+Arguments are passed to ``bench_wfi.py``, except ``--skip-wfi``, ``--skip-excam``, ``--skip-cmos``, ``--skip-ccd``,
+``--excam "ARGS"`` (passed to ``bench_excam.py``), ``--cmos "ARGS"`` (``bench_cmos.py``) and ``--ccd "ARGS"``
+(``bench_ccd.py``). The longer modes are opt-in:
 
 * ``--full``: every gen_cal_image step instead of the five-step recipe (~2 min);
 * ``--full --skip-stcal --noise 2``: noise layers on top of the full chain (~13 min at 4096);
@@ -39,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_ccd
 import bench_cmos
 import bench_excam
 import bench_scaling
@@ -49,8 +53,10 @@ if __name__ == "__main__":
     ap.add_argument("--skip-wfi", action="store_true")
     ap.add_argument("--skip-excam", action="store_true")
     ap.add_argument("--skip-cmos", action="store_true")
+    ap.add_argument("--skip-ccd", action="store_true")
     ap.add_argument("--excam", default="", metavar="ARGS", help="arguments of bench_excam.py, in one string")
     ap.add_argument("--cmos", default="", metavar="ARGS", help="arguments of bench_cmos.py, in one string")
+    ap.add_argument("--ccd", default="", metavar="ARGS", help="arguments of bench_ccd.py, in one string")
     ap.add_argument("--scaling", default=None, metavar="ARGS", help="also run bench_scaling.py with these arguments")
     ours, wfi_args = ap.parse_known_args(sys.argv[1:])
     t0 = time.perf_counter()
@@ -62,6 +68,9 @@ if __name__ == "__main__":
     if not ours.skip_cmos:
         print(flush=True)
         bench_cmos.main(shlex.split(ours.cmos))
+    if not ours.skip_ccd:
+        print(flush=True)
+        bench_ccd.main(shlex.split(ours.ccd))
     if ours.scaling is not None:
         print(flush=True)
         bench_scaling.main(shlex.split(ours.scaling))
