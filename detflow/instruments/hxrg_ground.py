@@ -15,8 +15,10 @@ correction places the bottom and top means at rows 1.5 and 2055.5 (the true mean
 
 from __future__ import annotations
 
+import configparser
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 # ASICGAIN (dB) -> gain (e/DN), IO:I (stack.py)
 ASICGAIN_E_PER_DN = {8: 3.05, 10: 2.12, 12: 1.50, 13: 1.06}
@@ -81,10 +83,26 @@ def parse_name(stem: str) -> dict | None:
     return None
 
 
-def lt_product_name(first_read_stem: str, level: int = 1) -> str:
-    """The LT name of a per-exposure (level 1: ``..._<run>_<dither>_0_1.fits``) product, from its first read's."""
-    parts = first_read_stem.split("_")
-    return "_".join(parts[:5]) + f"_0_{level}.fits"
+def product_name(
+    naming: str,
+    inst: str,
+    exptype: str,
+    date: str,
+    run: int,
+    dither: int,
+    source: str = "",
+    integration: int = 0,
+    level: int = 1,
+) -> str:
+    """The file name of an exposure's product: LT's ``<inst>_<type>_<date>_<run>_<dither>_0_<level>.fits``
+    (IO:I's ``write_combined_data_as_LT``), ``<inst>_R<run>_<level>.fits`` for Teledyne names, and
+    ``<cube>_<integration>_<level>.fits`` for a cube."""
+    if naming == "lt":
+        return f"{inst}_{exptype}_{date}_{run}_{dither}_0_{level}.fits"
+    if naming == "teledyne":
+        return f"{inst}_R{run}_{level}.fits"
+    stem = source.removesuffix(".gz").removesuffix(".fits").removesuffix(".fit")
+    return f"{stem}_{integration}_{level}.fits"
 
 
 def sections(nx: int, noutputs: int) -> int:
@@ -92,3 +110,56 @@ def sections(nx: int, noutputs: int) -> int:
     if noutputs < 1 or nx % noutputs:
         raise ValueError(f"a number of outputs dividing the {nx} columns, got {noutputs}")
     return nx // noutputs
+
+
+# ---- IO:I's paths.ini and pipeline.ini ----------------------------------------------------------------
+IOI_REFPIX = {"TRIM": "trim", "CONSTANT": "constant", "CONSTANTOFF": "constant_off", "RAMP": "ramp",
+              "COLUMN": "column", "FULL": "full"}  # fmt: skip
+# sections of pipeline.ini this pipeline does not run yet (their settings are reported, not applied)
+IOI_NOT_YET = ("flatfielding", "bad_pix_masking", "sky_subtraction", "registration", "stacking")
+
+
+def read_ini(path) -> dict[str, dict[str, str]]:
+    """An IO:I .ini file (``key: value ; comment``) as {section: {key: value}}; ValueError if unreadable."""
+    ini = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
+    try:
+        with open(path) as f:
+            ini.read_file(f)
+    except (OSError, configparser.Error) as exc:
+        raise ValueError(f"an IO:I .ini file ({type(exc).__name__}: {exc})") from None
+    return {s: dict(ini.items(s)) for s in ini.sections()}
+
+
+def ioi_job_keys(pipeline_ini, paths_ini=None) -> tuple[dict, list[str]]:
+    """The job keys IO:I's ``pipeline.ini`` (and ``paths.ini``, for the nonlinearity file) set, and the
+    settings of stages not run here. ValueError naming the ``section.key`` that is wrong."""
+    cfg = read_ini(pipeline_ini)
+    out: dict = {}
+    steps: dict = {}
+    ref = cfg.get("reference_subtraction", {})
+    if ref:
+        method = ref.get("method", "").strip().upper()
+        if method not in IOI_REFPIX:
+            raise ValueError(f"reference_subtraction.method one of {', '.join(IOI_REFPIX)}, got {method!r}")
+        out["refpix"] = IOI_REFPIX[method] if ref.get("do", "1").strip() != "0" else "none"
+    comb = cfg.get("frame_combination", {})
+    if comb:
+        method = comb.get("method", "").strip().upper()
+        if method not in ("CDS", "FOWLER"):
+            raise ValueError(f"frame_combination.method CDS or FOWLER, got {method!r}")
+        out["read_mode"] = method.lower()
+        if method == "FOWLER":
+            steps = {"fowler_pairs": int(comb.get("fowler_pairs", 1)),
+                     "read_time": float(comb.get("fowler_bodge", FOWLER_READ_TIME))}  # fmt: skip
+    if steps:
+        out["steps"] = {"hxrg_combine": steps}
+    lin = cfg.get("nonlinearity_corrections", {})
+    if lin.get("do", "0").strip() == "1" and paths_ini is not None:
+        paths = read_ini(paths_ini).get("nonlinearity_corrections", {})
+        if "coeff_filename" in paths:
+            base = Path(paths.get("path_nonlinearity_corrections", str(Path(paths_ini).parent)))
+            base = base if base.is_absolute() else Path(paths_ini).parent / base
+            out["nonlinearity"] = str(base / paths["coeff_filename"])
+            out["nonlinearity_order"] = int(lin.get("order", 3))
+    ignored = [f"{s} (do: 1)" for s in IOI_NOT_YET if cfg.get(s, {}).get("do", "0").strip() == "1"]
+    return out, ignored

@@ -11,15 +11,19 @@ nonlinearity coefficients and ``products`` (``[frames]``: the per-frame products
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pydantic
 from pydantic import Field
 
+from ..io.hxrg_fits import product_names
 from ..steps.hxrg_refpix import MODES
 from .base import FramesJob
-from .hxrg_ground import PRESETS, Geometry
+from .hxrg_ground import PRESETS, Geometry, ioi_job_keys
+
+log = logging.getLogger("detflow")
 
 Range = tuple[int, int]
 RefPix = Literal["none", "trim", "constant", "constant_off", "ramp", "column", "full"]
@@ -29,7 +33,14 @@ DEFAULT_REFPIX = {"ioi": "ramp", "generic": "none"}  # IO:I's pipeline.ini: RAMP
 class HxrgGroundJob(FramesJob):
     """Ground-based HxRG reads (IO:I and its kind): reference pixels, CDS/Fowler/ramp, per-frame products."""
 
-    PATH_KEYS: ClassVar[tuple[str, ...]] = ("output", "input", "nonlinearity")
+    PATH_KEYS: ClassVar[tuple[str, ...]] = (
+        "output",
+        "input",
+        "nonlinearity",
+        "pipeline_ini",
+        "paths_ini",
+        "export_fits",
+    )
     STEP_FAMILY: ClassVar[str] = "hxrg_ground"
 
     pipeline: Literal["hxrg_ground"] = "hxrg_ground"
@@ -57,6 +68,12 @@ class HxrgGroundJob(FramesJob):
                                       "order, observed -> ideal, on the active region)")  # fmt: skip
     nonlinearity_order: int | None = Field(None, ge=1, description="use the coefficients up to this order (IO:I's "
                                            "order: 3); null: all")  # fmt: skip
+    pipeline_ini: Path | None = Field(None, description="IO:I's pipeline.ini: its reference_subtraction, "
+                                      "frame_combination and nonlinearity_corrections settings (the job's own "
+                                      "keys take precedence)")  # fmt: skip
+    paths_ini: Path | None = Field(None, description="IO:I's paths.ini: the nonlinearity coefficients file")
+    export_fits: Path | None = Field(None, description="a directory for FITS exports of the frames with LT names "
+                                     "(<inst>_<type>_<date>_<run>_<dither>_0_1.fits) and IO:I's keywords")  # fmt: skip
     products: list[Literal["frames"]] = Field(["frames"], description="products to make: frames (per exposure)")
     dtype: Literal["float32", "float64"] = Field("float32", description="stored data type")
     frames_per_task: int = Field(1, ge=1, description="exposures per task (an IO:I exposure of 4 reads is 128 MB)")
@@ -64,6 +81,24 @@ class HxrgGroundJob(FramesJob):
                                              "{compat_rows, skip_border, column_smoothing, sigma, window, "
                                              "clip_sigma}, hxrg_combine {read_time, fowler_pairs, "
                                              "jump_detection}")  # fmt: skip
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _ioi_ini(cls, data: Any) -> Any:
+        """IO:I's pipeline.ini/paths.ini read as job keys, under the job's own."""
+        if not isinstance(data, dict) or not data.get("pipeline_ini"):
+            return data
+        try:
+            keys, ignored = ioi_job_keys(data["pipeline_ini"], data.get("paths_ini"))
+        except ValueError as exc:
+            raise ValueError(f"pipeline_ini: {exc}") from None
+        for stage in ignored:
+            log.warning("%s: pipeline_ini: %s is not run by this pipeline yet", data.get("source") or "<job>", stage)
+        ini_steps, job_steps = keys.pop("steps", {}), data.get("steps") or {}
+        out = {**keys, **data}
+        if isinstance(job_steps, dict) and all(isinstance(v, dict) for v in job_steps.values()):
+            out["steps"] = {n: {**ini_steps.get(n, {}), **job_steps.get(n, {})} for n in {*ini_steps, *job_steps}}
+        return out
 
     @pydantic.field_validator("output")
     @classmethod
@@ -92,6 +127,11 @@ class HxrgGroundJob(FramesJob):
                 top = {"mode": "refpix" if step == "hxrg_refpix" else "read_mode", "ref": "ref_pixels"}.get(key, key)
                 raise ValueError(f"{top} once, as the job's {top} (not steps.{step}.{key})")
         return self
+
+    def export_paths(self) -> list[Path]:
+        if self.export_fits is None:
+            return []
+        return [Path(self.export_fits) / n for n in product_names(self.input, self.selection())]
 
     @property
     def preset(self) -> Geometry:

@@ -20,6 +20,7 @@ import xarray as xr
 from astropy.io import fits
 
 from ..errors import DetflowInputError
+from ..io.hxrg_export import export_frames
 from ..io.hxrg_fits import open_hxrg
 from ..io.provenance import versions
 from ..schema import FRAME, READ, X, Y
@@ -120,7 +121,12 @@ def plan_hxrg_ground(job: HxrgGroundJob) -> Plan:
                          if job.nonlinearity else [])  # fmt: skip
     log.info("inputs: %d exposure(s) of %d read(s), %d file(s)", frames.sizes[FRAME], frames.sizes[READ],
              len(frames.attrs["inputs"]))  # fmt: skip
-    return Plan({"frames": product}, f"detflow hxrg_ground: refpix {mode}, {job.read_mode}")
+    exports = [functools.partial(_export, job=job)] if job.export_fits is not None else []
+    return Plan({"frames": product}, f"detflow hxrg_ground: refpix {mode}, {job.read_mode}", exports=exports)
+
+
+def _export(store, job: HxrgGroundJob) -> list:
+    return export_frames(store, job.export_fits, job.input)
 
 
 INSTRUMENT = Instrument(

@@ -263,3 +263,19 @@ def open_hxrg(paths, select: dict | None = None, need_noutputs: bool = False) ->
         raise DetflowInputError(paths if isinstance(paths, str) else None, "selection",
                                 "reads matching date, runs, dithers, exposures and groups", "none")  # fmt: skip
     return _per_read(reads) if reads else _cube(cubes, select)
+
+
+def product_names(paths, select: dict | None = None) -> list[str]:
+    """The product file names a job's inputs make (:func:`detflow.instruments.hxrg_ground.product_name`),
+    from the file names (and a cube's integration count), before any pixel is read."""
+    select = select or {}
+    names = set()
+    for p in expand_inputs(paths):
+        f = hg.parse_name(p.name.removesuffix(".gz").removesuffix(".fits").removesuffix(".fit"))
+        if f is None:
+            m = read_header(p, None, False)
+            names |= {hg.product_name("cube", "", "", "", 0, 0, p.name, i + 1) for i in range(m["shape"][0])
+                      if _in(i + 1, select.get("exposures"))}  # fmt: skip
+        elif selected(f, select):
+            names.add(hg.product_name(f["naming"], f["inst"], f["type"], f["date"], f["run"], f["dither"]))
+    return sorted(names)

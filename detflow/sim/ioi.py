@@ -119,7 +119,9 @@ def rate_map(cfg: IoiSimConfig, sc: dict, offset: tuple[float, float], bad: np.n
     return rate
 
 
-def _header(cfg: IoiSimConfig, run: int, dither: int, m: int, n: int, t: float, start: dt.datetime, offset) -> fits.Header:
+def _header(
+    cfg: IoiSimConfig, run: int, dither: int, m: int, n: int, t: float, start: dt.datetime, offset
+) -> fits.Header:
     when = start + dt.timedelta(seconds=t)
     jd = 2440587.5 + when.timestamp() / 86400.0
     c = cfg.size / 2 + 0.5

@@ -41,7 +41,8 @@ MODES = ("none", "trim", "constant", "constant_off", "ramp", "column", "full")
 
 class RefPixParams(StepParams):
     mode: Literal["none", "trim", "constant", "constant_off", "ramp", "column", "full"] = Field(
-        "full", description="none: nothing, no strip; trim: strip only; constant, constant_off, ramp, column, full")
+        "full", description="none: nothing, no strip; trim: strip only; constant, constant_off, ramp, column, full"
+    )
     ref: tuple[int, int, int, int] = Field((4, 4, 4, 4), description="reference rows/columns: bottom, top, left, "
                                            "right")  # fmt: skip
     noutputs: int | None = Field(None, ge=1, description="output sections across the columns (null: NOUTPUTS)")
@@ -131,7 +132,7 @@ def top_bottom(ds: xr.Dataset, p: RefPixParams) -> xr.DataArray:
     mb, mt = mb.isel(section=sec), mt.isel(section=sec)  # (frame, read, x)
     if p.mode == "constant_off":
         return 0.5 * (mb + mt)
-    yb, yt = (COMPAT_RAMP_ROWS if p.compat_rows else (float(rb.mean()), float(rt.mean())))
+    yb, yt = COMPAT_RAMP_ROWS if p.compat_rows else (float(rb.mean()), float(rt.mean()))
     frac = xr.DataArray((np.arange(ny) - yb) / (yt - yb), dims=Y)
     return mb + (mt - mb) * frac
 
