@@ -131,9 +131,9 @@ def _read_2d(path: str, hdu: int) -> np.ndarray:
 
 
 def _read_integration(path: str, hdu: int, i: int, ndim: int) -> np.ndarray:
-    with fits.open(path, memmap=True) as hdul:
-        data = hdul[hdu].data
-        return np.array(data[i] if ndim == 4 else data, dtype=np.float64)[None]
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        section = hdul[hdu].section  # reads only this integration (BZERO/BSCALE applied)
+        return np.array(section[i] if ndim == 4 else section[:], dtype=np.float64)[None]
 
 
 def _exposures(metas: list[dict]) -> list[list[dict]]:
