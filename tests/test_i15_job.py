@@ -15,14 +15,14 @@ EXCAM = {"pipeline": "roman_excam", "input": "l1", "output": "o.zarr"}
 
 
 def test_every_instrument_job_extends_the_one_model():
-    assert set(INSTRUMENTS) == {"roman_wfi", "roman_excam", "cmos", "ccd"}
+    assert set(INSTRUMENTS) == {"roman_wfi", "roman_excam", "cmos", "ccd", "hxrg_ground"}
     for name, inst in INSTRUMENTS.items():
         assert issubclass(inst.job, Job) and inst.job.model_fields["pipeline"].default == name
         assert inst.job.model_config["extra"] == "forbid"
     for common in ("output", "overwrite", "cluster", "source"):  # declared once, in the base
         assert all(common in inst.job.model_fields for inst in INSTRUMENTS.values())
     frames = [n for n, inst in INSTRUMENTS.items() if issubclass(inst.job, FramesJob)]
-    assert frames == ["roman_wfi", "roman_excam", "ccd"]
+    assert frames == ["roman_wfi", "roman_excam", "ccd", "hxrg_ground"]
 
 
 def test_excam_step_keys_are_declared_once_by_their_step():
@@ -58,6 +58,6 @@ def test_steps_of_another_family_are_refused():
 
 def test_an_unknown_pipeline_lists_the_instruments():
     with pytest.raises(
-        DetflowInputError, match="pipeline: expected one of roman_wfi, roman_excam, cmos, ccd, got 'ccd2'"
+        DetflowInputError, match="pipeline: expected one of roman_wfi, roman_excam, cmos, ccd, hxrg_ground, got 'ccd2'"
     ):
         load_job({"pipeline": "ccd2"})

@@ -1,0 +1,138 @@
+"""The plan of a ground-based HxRG job (``pipeline: hxrg_ground``), run by the engine's executor.
+
+Per exposure (one fused task per ``frames_per_task`` exposures, :func:`detflow.steps.fusion.fuse_frames`):
+the reference pixels of each read (``hxrg_refpix``), then the reads combined (``hxrg_combine``: CDS,
+Fowler-N or the up-the-ramp slope, with the nonlinearity when the job gives its coefficients) -> group
+``frames``: ``data`` (frame, y, x) on the active region (counts in DN with ``exptime``, or DN/s for ramps:
+``units`` says which), ``err``, ``dq``, ``rate`` and the per-frame metadata as coordinates.
+
+Before any work the plan checks what a run would fail on: the gain of every exposure (ASICGAIN for the
+IO:I preset), one NOUTPUTS, the Fowler layout, at least two reads, the nonlinearity cube's shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+
+from ..errors import DetflowInputError
+from ..io.hxrg_export import export_frames
+from ..io.hxrg_fits import open_hxrg
+from ..io.provenance import versions
+from ..schema import FRAME, READ, X, Y
+from ..steps import hxrg_ground as sg
+from ..steps import hxrg_refpix as sr
+from ..steps.catalog import get_step  # noqa: F401  (registers every step a recipe may name)
+from ..steps.fusion import fuse_frames
+from ..steps.registry import apply_recipe
+from .base import Instrument, Plan
+from .hxrg_ground import gain_of
+from .hxrg_ground_job import HxrgGroundJob
+
+log = logging.getLogger("detflow")
+RECIPE = ["hxrg_refpix", "hxrg_combine"]
+
+
+def _chain(l1: xr.Dataset, refs, params: dict, dtype: str) -> dict[str, xr.Dataset]:
+    return {"frames": sg.frames_product(apply_recipe(l1, refs, RECIPE, params), dtype)}
+
+
+def read_nonlinearity(path, order: int | None) -> xr.Dataset:
+    """The coefficients cube (order, y, x) of a FITS file with one HDU per order (IO:I's layout)."""
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            planes = [np.asarray(h.data, np.float64) for h in hdul if h.data is not None]
+    except OSError as exc:
+        raise DetflowInputError(path, "nonlinearity", "a FITS file of coefficient planes", str(exc)) from None
+    if not planes or any(p.ndim != 2 or p.shape != planes[0].shape for p in planes):
+        raise DetflowInputError(path, "nonlinearity", "one 2-D plane per order, all of one shape",
+                                [p.shape for p in planes])  # fmt: skip
+    planes = planes[: order + 1] if order is not None else planes
+    return xr.Dataset({"nonlin": (("order", Y, X), np.stack(planes))})
+
+
+def _gains(job: HxrgGroundJob, frames: xr.Dataset) -> np.ndarray:
+    if job.gain is not None:
+        return np.full(frames.sizes[FRAME], job.gain)
+    if job.preset.gain is not None:
+        return np.full(frames.sizes[FRAME], job.preset.gain)
+    gains = [gain_of(a) for a in frames["asicgain"].values]
+    for g, a, f in zip(gains, frames["asicgain"].values, frames["source_file"].values):
+        if g is None:
+            raise DetflowInputError(f, "ASICGAIN", "8, 10, 12 or 13 dB (IO:I's gains), or gain in the job", a)
+    return np.array(gains, np.float64)
+
+
+def _check(job: HxrgGroundJob, frames: xr.Dataset, params: dict) -> None:
+    first = frames["read_file"].values[0, 0]
+    if frames.sizes[READ] < 2:
+        raise DetflowInputError(first, "reads", "at least two reads per exposure (CDS)", frames.sizes[READ])
+    rp = sr.RefPixParams(**params["hxrg_refpix"])
+    if rp.mode not in ("none", "trim") and any(rp.ref):
+        try:
+            nout = sr.noutputs_of(frames, rp)
+            w = frames.sizes[X] // nout
+            if frames.sizes[X] % nout or w % 2:
+                raise ValueError(f"outputs of an even number of columns across {frames.sizes[X]}, got {nout}")
+        except ValueError as exc:
+            raise DetflowInputError(first, "NOUTPUTS", str(exc)) from None
+    cp = sg.CombineParams(**params["hxrg_combine"])
+    if cp.mode == "fowler":
+        try:
+            sg.fowler_indices(frames["seqnum_m"].values[0], frames["seqnum_n"].values[0], cp.fowler_pairs)
+        except ValueError as exc:
+            raise DetflowInputError(first, "SEQNUM_M/SEQNUM_N", f"a Fowler sequence: {exc}") from None
+
+
+def plan_hxrg_ground(job: HxrgGroundJob) -> Plan:
+    """The job's plan: reference pixels and read combination of every exposure (group ``frames``)."""
+    params = job.step_params()
+    mode = params["hxrg_refpix"]["mode"]
+    need_nout = params["hxrg_refpix"]["noutputs"] is None and mode not in ("none", "trim", "constant", "column")
+    frames = open_hxrg(job.input, job.selection(), need_noutputs=need_nout)
+    frames = frames.assign_coords(gain=(FRAME, _gains(job, frames), {"units": "electron / DN"}))
+    _check(job, frames, params)
+    refs, load = None, None
+    if job.nonlinearity is not None:
+        refs = read_nonlinearity(job.nonlinearity, job.nonlinearity_order)
+        ny, nx = (frames.sizes[Y], frames.sizes[X])
+        if mode not in ("none",):
+            b, t, lft, r = params["hxrg_refpix"]["ref"]
+            ny, nx = ny - b - t, nx - lft - r
+        if refs.sizes[Y] != ny or refs.sizes[X] != nx:
+            raise DetflowInputError(job.nonlinearity, "NAXIS1/NAXIS2", f"the active region's {nx}x{ny}",
+                                    f"{refs.sizes[X]}x{refs.sizes[Y]}")  # fmt: skip
+        load = (read_nonlinearity, (str(job.nonlinearity), job.nonlinearity_order))
+    frames = frames.chunk({FRAME: job.frames_per_task, READ: -1, Y: -1, X: -1})
+    chain = functools.partial(_chain, dtype=job.dtype)
+    try:
+        lazy = chain(frames, refs, params)
+    except ValueError as exc:
+        raise DetflowInputError(job.source, "refpix/read_mode", str(exc)) from None
+    small = {k: v for k, v in frames.attrs.items() if k != "inputs"}
+    product = fuse_frames(frames, refs, params, chain, lazy, attrs=small, load_refs=load)["frames"]
+    product.attrs.update(inputs=[{"path": i["path"]} for i in frames.attrs["inputs"]], versions=versions(),
+                         job=job.model_dump(mode="json"), instrument_preset=job.instrument,
+                         reference_files=[{"name": "nonlinearity", "path": str(job.nonlinearity)}]
+                         if job.nonlinearity else [])  # fmt: skip
+    log.info("inputs: %d exposure(s) of %d read(s), %d file(s)", frames.sizes[FRAME], frames.sizes[READ],
+             len(frames.attrs["inputs"]))  # fmt: skip
+    exports = [functools.partial(_export, job=job)] if job.export_fits is not None else []
+    return Plan({"frames": product}, f"detflow hxrg_ground: refpix {mode}, {job.read_mode}", exports=exports)
+
+
+def _export(store, job: HxrgGroundJob) -> list:
+    return export_frames(store, job.export_fits, job.input)
+
+
+INSTRUMENT = Instrument(
+    name="hxrg_ground",
+    job=HxrgGroundJob,
+    summary="ground-based HxRG imager (IO:I...): FITS reads -> reference pixels, CDS/Fowler/ramp, per-frame products",
+    needs="input, output, read_mode, refpix (instrument: ioi or generic)",
+    plan=plan_hxrg_ground,
+)
