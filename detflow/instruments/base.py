@@ -210,10 +210,12 @@ class Reduce:
     """A stage that reduces across frames (combines, per-pixel fits, noise maps...), run after the groups it
     reads are written: ``build(read, side)`` returns its lazy groups (no computation), reading its inputs
     from the store tile by tile with ``read``; ``side`` holds the results of :attr:`Plan.side`. An empty
-    result writes nothing."""
+    result writes nothing. ``encodings``: zarr encodings of its groups' variables, as :attr:`Plan.encodings`
+    (e.g. the shards of an event table whose size is known only when the stage is built)."""
 
     description: str
     build: Callable[[ReadGroup, dict], dict[str, xr.Dataset]]
+    encodings: dict[str, dict] | None = None  # group -> variable -> zarr encoding (chunks, shards, codecs)
 
 
 @dataclass

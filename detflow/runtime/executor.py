@@ -52,7 +52,7 @@ def execute(job: Job, plan_of: Callable[[Job], Plan], client: Client | None = No
             for stage in plan.reduces:
                 new = stage.build(read, side)
                 if new:
-                    compute(c, writer.add_all(new), progress, console, stage.description)
+                    compute(c, writer.add_all(new, stage.encodings), progress, console, stage.description)
                     groups += list(new)
             record = plan.products.get(plan.record_group or next(iter(plan.products), ""), xr.Dataset())
             finish_store(writer, c, sums, job, plan.products, groups, record, started, plan.attrs)
