@@ -187,3 +187,28 @@ def test_bad_jobs_are_one_line_exit_status_2(sim, tmp_path):
         errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
         assert res.exit_code == 2 and len(errors) == 1 and text in errors[0], res.output
         assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_mistimed_file_found_while_scanning_is_one_line(sim, tmp_path):
+    """The header check runs in the scanning tasks (on the workers): the CLI still prints one line, exit 2,
+    and leaves no store; the inputs are not modified."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    for f in sim.files[:2]:
+        (d / f.name).write_bytes(f.read_bytes())
+    late = d / f"{CFG.start + 2}.bin"
+    late.write_bytes(sim.files[0].read_bytes())  # stamped two seconds before its name: within 3 s, accepted
+    later = d / f"{CFG.start + 10}.bin"
+    later.write_bytes(sim.files[0].read_bytes())  # ten seconds off
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(dict(_job(sim), input=str(d), output="o.zarr",
+                                       cluster={"n_workers": 1, "threads_per_worker": 2})))  # fmt: skip
+    res = CliRunner().invoke(app, ["run", str(job), "--no-progress"])
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert res.exit_code == 2 and len(errors) == 1, res.output
+    assert errors[0].startswith(f"error: {later}: header at byte 0: timestamp: expected within 3 s"), errors[0]
+    assert not (tmp_path / "o.zarr").exists()  # the partial store (the beammap group) is named, not silent
+    partial = list(tmp_path.glob("o.zarr.partial-*"))
+    assert len(partial) == 1 and f"the partial store {partial[0]} is kept" in errors[0] and "detflow clean" in errors[0]
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
