@@ -187,3 +187,13 @@ def test_truncated_and_mistimed_files_are_named(sim, tmp_path):
         mb.bin_files([str(sim.beammap)])
     with pytest.raises(DetflowInputError, match="start/stop"):
         mb.bin_files(sim.files[0].parent, start=CFG.start + 100, stop=CFG.start + 200)
+
+
+def test_a_file_changed_between_the_passes_is_refused(sim):
+    """The decoding pass is given the first file's counts but reads the second file: it stops at the first
+    resonator with more photons than counted (never writing past its rows) and says so."""
+    beam = mb.read_beammap(sim.beammap, "darkness")
+    window = mb.Window(CFG.start, 0, 10**12)
+    counts, _ = mb.scan_file(sim.files[0], CFG.start, beam.slot_map(), beam.good.size, window)
+    with pytest.raises(DetflowInputError, match="content: expected the file as it was counted"):
+        mb.decode_file(sim.files[1], CFG.start + 1, beam.slot_map(), beam.good, window, counts)

@@ -236,9 +236,10 @@ def decode_file(path: str | Path, second: int, slot_map: np.ndarray, good: np.nd
     out = {"pixel": np.empty(n, np.uint32), "time": np.empty(n, np.uint64), "phase": np.empty(n, np.float32),
            "baseline": np.empty(n, np.float32)}  # fmt: skip
     stats = np.zeros(km.NSTATS, np.int64)
+    rec = np.empty((n, 2), np.uint64)
     km.decode_bin(_words(path), slot_map, *window.args(second), mi.PACKET["max_photons"], mi.PACKET["frame_end_x"],
-                  starts, good.astype(np.uint32), mi.PHASE_DEG_PER_COUNT, mi.BASELINE_DEG_PER_COUNT, out["pixel"],
-                  out["time"], out["phase"], out["baseline"], stats)  # fmt: skip
+                  starts, good.astype(np.uint32), mi.PHASE_DEG_PER_COUNT, mi.BASELINE_DEG_PER_COUNT, rec,
+                  rec.view(np.float32), out["pixel"], out["time"], out["phase"], out["baseline"], stats)  # fmt: skip
     _check(path, second, stats)
     return out
 

@@ -57,7 +57,7 @@ def _signed(raw, bits):
 
 @numba.njit(nogil=True, cache=CACHE)
 def _walk(words, slot_map, year_off_us, t_lo, t_hi, tick_lo, tick_hi, max_photons, frame_end_x, stats, counts,
-          cursor, resid, out_pixel, out_time, out_phase, out_base, phase_scale, base_scale, write):  # fmt: skip
+          cursor, rec_u, rec_f, phase_scale, base_scale, write):  # fmt: skip
     ny, nx = slot_map.shape
     for k in range(NSTATS):
         stats[k] = 0
@@ -116,36 +116,43 @@ def _walk(words, slot_map, year_off_us, t_lo, t_hi, tick_lo, tick_hi, max_photon
             counts[s] += 1
             continue
         j = cursor[s]
+        if j >= counts[s]:  # more photons than counted (``counts``: each slot's end row when writing)
+            stats[ERR] = ERR_CHANGED
+            stats[ERR_AT] = s
+            return
         cursor[s] = j + 1
-        out_pixel[j] = resid[s]
-        out_time[j] = np.uint64(t)
-        out_phase[j] = np.float32(np.float64(_signed(np.int64((w >> np.uint64(17)) & np.uint64(0x3FFFF)), 18))
+        rec_u[j, 0] = np.uint64(t)  # one 16-byte record per photon: one write stream per resonator
+        rec_f[j, 2] = np.float32(np.float64(_signed(np.int64((w >> np.uint64(17)) & np.uint64(0x3FFFF)), 18))
                                   * phase_scale)  # fmt: skip
-        out_base[j] = np.float32(np.float64(_signed(np.int64(w & np.uint64(0x1FFFF)), 17)) * base_scale)
+        rec_f[j, 3] = np.float32(np.float64(_signed(np.int64(w & np.uint64(0x1FFFF)), 17)) * base_scale)
 
 
 @numba.njit(nogil=True, cache=CACHE)
 def scan_bin(words, slot_map, year_off_us, t_lo, t_hi, tick_lo, tick_hi, max_photons, frame_end_x, counts, stats):
     """Count the kept photons of one file per resonator slot (added to ``counts``); ``stats`` filled."""
-    e32 = np.empty(0, np.uint32)
-    e64 = np.empty(0, np.uint64)
-    ef = np.empty(0, np.float32)
     _walk(words, slot_map, year_off_us, t_lo, t_hi, tick_lo, tick_hi, max_photons, frame_end_x, stats, counts,
-          np.empty(0, np.int64), e32, e32, e64, ef, ef, 1.0, 1.0, False)  # fmt: skip
+          np.empty(0, np.int64), np.empty((0, 2), np.uint64), np.empty((0, 4), np.float32), 1.0, 1.0, False)  # fmt: skip
 
 
 @numba.njit(nogil=True, cache=CACHE)
 def decode_bin(words, slot_map, year_off_us, t_lo, t_hi, tick_lo, tick_hi, max_photons, frame_end_x, starts, resid,
-               phase_scale, base_scale, out_pixel, out_time, out_phase, out_base, stats):  # fmt: skip
+               phase_scale, base_scale, rec_u, rec_f, out_pixel, out_time, out_phase, out_base, stats):  # fmt: skip
     """Decode one file's kept photons into the ``out_*`` columns: slot ``s`` fills rows
     ``starts[s]:starts[s + 1]`` (``starts``: the cumulative counts of :func:`scan_bin`, ``n_slots + 1``),
-    in time order. ``stats[PHOTONS]`` is the number written (equal to ``starts[-1]`` for the same file)."""
+    in time order. ``rec_u`` (n, 2) uint64 and ``rec_f`` (n, 4) float32 are two views of one scratch
+    buffer: each photon is scattered as one 16-byte record (time, phase, baseline), then the columns are
+    read out in order (one write stream per resonator instead of four: fewer cache misses).
+    ``stats[PHOTONS]`` is the number written; a file with other counts than ``starts`` says (``ERR_CHANGED``)
+    without writing past a resonator's rows."""
     cursor = starts[:-1].copy()
-    _walk(words, slot_map, year_off_us, t_lo, t_hi, tick_lo, tick_hi, max_photons, frame_end_x, stats,
-          np.empty(0, np.int64), cursor, resid, out_pixel, out_time, out_phase, out_base, phase_scale, base_scale,
-          True)  # fmt: skip
+    _walk(words, slot_map, year_off_us, t_lo, t_hi, tick_lo, tick_hi, max_photons, frame_end_x, stats, starts[1:],
+          cursor, rec_u, rec_f, phase_scale, base_scale, True)  # fmt: skip
     if stats[ERR] != 0:
         return
+    for j in range(out_time.size):  # the columns, read in order from the records
+        out_time[j] = rec_u[j, 0]
+        out_phase[j] = rec_f[j, 2]
+        out_base[j] = rec_f[j, 3]
     for s in range(starts.size - 1):
         if cursor[s] != starts[s + 1]:  # the file changed between the passes
             stats[ERR] = ERR_CHANGED
@@ -153,6 +160,7 @@ def decode_bin(words, slot_map, year_off_us, t_lo, t_hi, tick_lo, tick_hi, max_p
             stats[ERR_VAL] = cursor[s] - starts[s]
             return
         lo, hi = starts[s], starts[s + 1]
+        out_pixel[lo:hi] = resid[s]
         ordered = True
         for j in range(lo + 1, hi):
             if out_time[j] < out_time[j - 1]:
