@@ -214,14 +214,14 @@ def _check(path: Path, second: int, stats: np.ndarray) -> None:
 
 def scan_file(path: str | Path, second: int, slot_map: np.ndarray, n_slots: int,
               window: Window) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """``(counts, stats)`` of one file: the kept photons per slot (int64) and the decoder's statistics."""
+    """``(counts, stats)`` of one file: the kept photons per slot (uint32) and the decoder's statistics."""
     path = Path(path)
     counts = np.zeros(n_slots, np.int64)
     stats = np.zeros(km.NSTATS, np.int64)
     km.scan_bin(_words(path), slot_map, *window.args(second), mi.PACKET["max_photons"], mi.PACKET["frame_end_x"],
                 counts, stats)  # fmt: skip
     _check(path, second, stats)
-    return counts, stats
+    return counts.astype(np.uint32), stats  # (a resonator holds fewer than 2^32 photons a second)
 
 
 def decode_file(path: str | Path, second: int, slot_map: np.ndarray, good: np.ndarray, window: Window,
@@ -245,7 +245,7 @@ def decode_file(path: str | Path, second: int, slot_map: np.ndarray, good: np.nd
 
 
 def scan_files(files: list[tuple[Path, int]], beam: Beammap, window: Window):
-    """A lazy ``(counts (file, slot) int64, stats (file, stat) int64)``: one scanning task per file."""
+    """A lazy ``(counts (file, slot) uint32, stats (file, stat) int64)``: one scanning task per file."""
     slot_map, n = beam.slot_map(), beam.good.size
     parts = [dask.delayed(scan_file, pure=True)(str(p), s, slot_map, n, window) for p, s in files]
     return dask.delayed(_stack, pure=True)(parts)
