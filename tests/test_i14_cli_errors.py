@@ -38,7 +38,7 @@ CASES = {
     "skyorder_text": (dict(PIT, SKYORDER="two"), ["SKYORDER: expected an integer"]),
     "caldir_list": (dict(PIT, CALDIR=["dark.asdf"]), ["CALDIR: expected a mapping of reference names to file paths"]),
     "pipeline_unknown": ({"pipeline": "ccd2", "input": "l1", "output": "o.zarr"},
-                         ["pipeline: expected one of roman_wfi, roman_excam, cmos, ccd, hxrg_ground, got 'ccd2'"]),
+                         ["pipeline: expected one of roman_wfi, roman_excam, cmos, ccd, hxrg_ground, mkid, got 'ccd2'"]),
     "pit_several": (dict(PIT, CALDIR=["dark.asdf"], SKYORDER="x", RAMP_OPT_PARS={"gain": "fast", "speed": 1}),
                     ["CALDIR: expected a mapping", "SKYORDER: expected an integer",
                      "RAMP_OPT_PARS.gain: expected a number",

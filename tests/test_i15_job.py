@@ -15,7 +15,7 @@ EXCAM = {"pipeline": "roman_excam", "input": "l1", "output": "o.zarr"}
 
 
 def test_every_instrument_job_extends_the_one_model():
-    assert set(INSTRUMENTS) == {"roman_wfi", "roman_excam", "cmos", "ccd", "hxrg_ground"}
+    assert set(INSTRUMENTS) == {"roman_wfi", "roman_excam", "cmos", "ccd", "hxrg_ground", "mkid"}
     for name, inst in INSTRUMENTS.items():
         assert issubclass(inst.job, Job) and inst.job.model_fields["pipeline"].default == name
         assert inst.job.model_config["extra"] == "forbid"
@@ -58,6 +58,7 @@ def test_steps_of_another_family_are_refused():
 
 def test_an_unknown_pipeline_lists_the_instruments():
     with pytest.raises(
-        DetflowInputError, match="pipeline: expected one of roman_wfi, roman_excam, cmos, ccd, hxrg_ground, got 'ccd2'"
+        DetflowInputError,
+        match="pipeline: expected one of roman_wfi, roman_excam, cmos, ccd, hxrg_ground, mkid, got 'ccd2'",
     ):
         load_job({"pipeline": "ccd2"})

@@ -211,7 +211,8 @@ class Reduce:
     reads are written: ``build(read, side)`` returns its lazy groups (no computation), reading its inputs
     from the store tile by tile with ``read``; ``side`` holds the results of :attr:`Plan.side`. An empty
     result writes nothing. ``encodings`` (group -> variable -> zarr encoding) as :attr:`Plan.encodings`: a
-    sharded group's dask chunks must hold whole shards (each task writes its own shard files)."""
+    sharded group's dask chunks must hold whole shards (each task writes its own shard files); a stage may
+    set them while building (the shards of an event table whose size is known only then)."""
 
     description: str
     build: Callable[[ReadGroup, dict], dict[str, xr.Dataset]]

@@ -4,9 +4,9 @@ runs). Adding a detector adds its modules beside this one and its name here: no 
 
 from __future__ import annotations
 
-from . import ccd_plan, cmos_plan, hxrg_ground_plan, roman_excam_plan, roman_wfi_plan
+from . import ccd_plan, cmos_plan, hxrg_ground_plan, mkid_plan, roman_excam_plan, roman_wfi_plan
 from .base import Instrument
 
 INSTRUMENTS: dict[str, Instrument] = {m.INSTRUMENT.name: m.INSTRUMENT for m in (roman_wfi_plan, roman_excam_plan,
                                                                                  cmos_plan, ccd_plan,
-                                                                                 hxrg_ground_plan)}  # fmt: skip
+                                                                                 hxrg_ground_plan, mkid_plan)}  # fmt: skip
