@@ -126,6 +126,37 @@ def test_tilde_nus_per_second(ref_tilnus):
         kp.tilde_nus(nf, a0, w[:-1])
 
 
+def test_tilde_nus_of_each_pixel_weights():
+    """Per-pixel weights (the default ramp fit's: any resultants, segments, signal level) give each pixel
+    the tilde nus of its own weights; read patterns with gaps between resultants included."""
+    g = np.random.default_rng(8)
+    for rp in (RP, [[1], [2, 3], [6, 7, 8], [12], [20, 21, 22, 23]]):
+        nf, a0 = _pattern(rp)
+        w = g.normal(size=(7, 9, len(rp)))
+        w[0, 0] = 0.0
+        w[1, 1, :2] = 0.0  # resultants left out
+        t = [np.empty((7, 9)) for _ in range(3)]
+        kp.tilde_nus_pixels(w, a0, nf, FT, *t)
+        want = np.array([[kp.tilde_nus_per_second(nf, a0, w[i, j], FT) for j in range(9)] for i in range(7)])
+        np.testing.assert_allclose(np.stack(t, axis=-1), want, rtol=1e-10, atol=1e-12)
+
+
+def test_per_element_t_equal_to_scalar_draws():
+    """``t`` arrays: every element draws what a scalar call with its own ``t`` draws."""
+    nf, a0 = _pattern(RP)
+    tsets = [kp.tilde_nus_per_second(nf, a0, _roman_weights(u), FT) for u in (0.01, 1.0)] + [CASES["IV"][:3]]
+    n = 3000
+    inten = np.geomspace(0.01, 1e4, n)
+    idx = np.arange(n, dtype=np.int64) * 7
+    which = np.arange(n) % len(tsets)
+    t = [np.array([tsets[k][c] for k in which]) for c in range(3)]
+    x = kp.pearson_draws(*t, inten, KEY, idx)
+    for k, ts in enumerate(tsets):
+        sel = which == k
+        assert np.array_equal(x[sel], kp.pearson_draws(*ts, inten[sel], KEY, idx[sel]))
+    assert np.any(x != 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # type selection
 # ---------------------------------------------------------------------------------------------

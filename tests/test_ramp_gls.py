@@ -195,6 +195,53 @@ def test_noiseless_ramps_exact_with_holes_jumps_and_saturation():
     assert np.all(np.isfinite(vr)) and np.all(np.isfinite(vp))
 
 
+def test_weights_are_the_fit():
+    """fit_ramps_weights: per pixel the linear weights of the final fit (segments, skipped resultants, signal
+    level): they give the slope, both variances and the unit response, and nothing from unused resultants."""
+    rng = np.random.default_rng(11)
+    for lo, hi, rn in ((0.0, 2.0, 6.5), (100.0, 400.0, 2.0)):
+        rp, R, gdq, rate, _ = roman_sim(rng, 20_000, lo, hi, rn)
+        n, npix = R.shape
+        tbar, tau, nf = kramp.resultant_times(rp, RT)
+        outs = [np.empty((1, npix), t) for t in (np.float32, np.float32, np.float32, np.uint32)]
+        marks = np.zeros((1, npix, n), np.uint32)
+        w = np.full((1, npix, n), np.nan)
+        args = (np.ascontiguousarray(R.T, np.float32)[None], np.ascontiguousarray(gdq.T)[None],
+                np.zeros((1, npix), np.uint32), np.full((1, npix), 1.8, np.float32), np.full((1, npix), rn, np.float32),
+                tbar, tau, nf.astype(float), kgls.gls_params(start=1), FLAGS)  # fmt: skip
+        kgls.fit_ramps_weights(*args, *outs, marks, w)
+        s, vr, vp, d = (o[0].astype(np.float64) for o in outs)
+        w = w[0]
+        plain = [np.empty((1, npix), t) for t in (np.float32, np.float32, np.float32, np.uint32)]
+        kgls.fit_ramps(*args, *plain, np.zeros((0, 0, 0), np.uint32))
+        for a, b in zip(outs, plain):
+            np.testing.assert_array_equal(a, b)
+        ok = np.isfinite(s)
+        split = (d.astype(np.uint32) & JUMP) != 0
+        assert ok.mean() > 0.9 and split[ok].mean() > 0.1
+        np.testing.assert_allclose(w @ tbar.astype(np.float64), np.where(ok, 1.0, 0.0), atol=1e-9)  # unbiased
+        np.testing.assert_allclose(w.sum(axis=1), 0.0, atol=1e-9)  # every segment's intercept cancels
+        Rf = np.where(np.isfinite(R.T), R.T.astype(np.float32).astype(np.float64), 0.0)
+        err = np.sqrt(vr + vp)
+        assert np.all(np.abs(np.sum(w * Rf, axis=1) - s)[ok] < 1e-3 * err[ok])
+        np.testing.assert_allclose((w**2 / nf) @ np.ones(n) * rn**2, np.where(ok, vr, 0.0), rtol=1e-5)
+        sp = np.minimum.outer(tbar, tbar)
+        sp[np.diag_indices(n)] = tau
+        cp = np.einsum("pi,ij,pj->p", w, sp, w)
+        np.testing.assert_allclose((cp * np.maximum(s, 0) / 1.8)[ok], vp[ok], rtol=1e-5, atol=1e-12)
+        unused = ((gdq.T & (DNU | int(DQ.SATURATED))) != 0) | ~ok[:, None]
+        one = (d.astype(np.uint32) & ONE) != 0  # a one-resultant slope from the excluded first resultant
+        unused[one, 0] = False
+        assert one.sum() > 0 and np.all(w[unused] == 0)
+        # a split removes the jump: the weights of the resultants on either side of it have opposite signs'
+        # segments, so the weights never span the step (no weight pair across a marked resultant)
+        jumped = marks[0].T != 0  # (n, npix): first resultant after a jump found here
+        for g in range(1, n):
+            pix = jumped[g] & ok
+            # the step sits between g-1 and g: the weights after it form segments of their own (sum zero)
+            np.testing.assert_allclose(w[pix, g:].sum(axis=1), 0.0, atol=1e-9)
+
+
 def test_one_resultant_slopes():
     """A pixel saturating in its second resultant: slope from the excluded first resultant (the reset read),
     or from zero signal at t = 0, flagged UNRELIABLE_SLOPE; off, or no usable zero point: NaN, DO_NOT_USE."""

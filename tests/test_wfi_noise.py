@@ -16,6 +16,7 @@ from detflow.kernels import ramp as kramp
 from detflow.kernels import rng as krng
 from detflow.runtime.job import load_job
 from detflow.runtime.run import build, run
+from detflow.schema import DQ
 from detflow.sim.wfi import SimConfig, simulate
 from detflow.steps.wfi_noise import LayerSpec, parse_layer
 
@@ -155,7 +156,7 @@ def test_resampled_poisson_kernel_matches_numpy():
     out = np.empty((6, 7))
     first = np.array([r[0] for r in rp])
     nfr = np.array([len(r) for r in rp])
-    knoise.poisson_resampled_slopes(sky, gain, 3.04, first, nfr, tabs.weights, L, np.uint64(key), 10, 20, 128, out)
+    knoise.poisson_resampled_slopes(sky, gain, 3.04, first, nfr, tabs.weights[L], np.uint64(key), 10, 20, 128, out)
     want = _resampled_reference(sky.astype(np.float64), gain.astype(np.float64), 3.04, rp, tabs.weights, L, key,
                                 10, 20, 128)  # fmt: skip
     np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
@@ -224,6 +225,40 @@ def test_read_and_poisson_layers_match_the_noise_model(sims):
         assert abs(np.nanstd(z) - 1) < 0.03
     # the layers are independent realizations
     assert abs(np.corrcoef(nz.sel(layer="Pb").values[good], nz.sel(layer="Pbr").values[good])[0, 1]) < 0.05
+
+
+@pytest.fixture(scope="module")
+def bright(tmp_path_factory):
+    """A Poisson-dominated sky (150 e/s) and ~6 % of the pixels hit by a cosmic ray (1e-3 per pixel and
+    second, 17x the default): the science fit's weights are far from the RAMP_OPT_PARS ones, and a ramp
+    split at a jump uses fewer resultants. Flat 1, no IPC, no 1/f noise: var_poisson is the whole model."""
+    cfg = SimConfig(nside=128, seed=9, sky_e_per_s=150.0, cr_rate=1e-3, n_sources=0, flat_rms=0.0,
+                    ipc_alpha=0.0, ipc_alpha_diag=0.0, ipc_rms=0.0, pink_noise_dn=0.0)  # fmt: skip
+    root = tmp_path_factory.mktemp("bright")
+    simulate(root / "sim", cfg)
+    return root
+
+
+@pytest.mark.parametrize("pit_compat", [False, True])
+def test_poisson_layers_follow_the_science_fit(bright, pit_compat):
+    """P, Pr and O propagate the Poisson noise through the science run's own ramp fit: per pixel, the layer
+    has the variance that fit reports (var_poisson), on pixels whose ramp was split at a jump as on the rest
+    (default fit: each pixel's weights; ``pit_compat``: the PIT's fixed weights, which the PIT fit uses too)."""
+    job = load_job(_pit(bright / "sim", bright / "b.zarr", ["P", "Pr", "O"])).model_dump()
+    job["steps"]["ramp_fit"]["pit_compat"] = pit_compat
+    nz, l2 = _noise(job)
+    dq = l2["dq"][0].values
+    vp = l2["var_poisson"][0].values
+    good = ((dq & DQ.DO_NOT_USE) == 0) & np.isfinite(vp) & (vp > 0)
+    jump = good & ((dq & DQ.JUMP_DET) != 0)
+    assert jump.sum() > 400 and good.sum() > 12000
+    for code in ("P", "Pr", "O"):
+        z = nz.sel(layer=code).values / np.sqrt(vp)
+        for sel in (good & ~jump, jump):
+            n = sel.sum()
+            sd = float(np.std(z[sel]))
+            print(f"pit_compat={pit_compat} {code}: std(layer / sqrt(var_poisson)) {sd:.4f} over {n} pixels")
+            assert abs(sd - 1) < 4 / np.sqrt(2 * n), (code, n, sd)
 
 
 def test_layers_reproducible_and_chunking_independent(sims):

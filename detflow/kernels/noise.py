@@ -11,7 +11,8 @@ index), so a realization is a function of the seed alone, never of tiling, task 
   output built from its median, white noise and 1/f terms.
 * :func:`zclip`: clip a layer at median +/- k IQR/1.349 (the ``z`` flag of ``R``).
 * :func:`poisson_resampled_slopes`: Poisson noise resampled frame by frame through each pixel's ramp
-  weights (the ``Pr`` layer); :func:`poisson_gaussian_slopes` its Gaussian limit.
+  weights (the ``Pr`` layer); :func:`poisson_gaussian_slopes` its Gaussian limit, with the variance
+  coefficient of those weights (:func:`poisson_coefficients`).
 """
 
 from __future__ import annotations
@@ -83,13 +84,13 @@ def _frame_owner(first, nfr, nframes_total):
 
 
 @numba.njit(nogil=True, cache=CACHE)
-def poisson_resampled_slopes(sky, gain, frame_time, first, nfr, weights, ntrunc, key, y0, x0, stride, out):
+def poisson_resampled_slopes(sky, gain, frame_time, first, nfr, weights, key, y0, x0, stride, out):
     """Slope noise of resampled Poisson counts (DN/s), one pixel at a time.
 
     Per pixel, ``e = max(sky * gain * frame_time, 0)`` electrons arrive in every frame; each frame's count
     is Poisson(e) - e (in DN: divided by gain), accumulated up the ramp; each resultant averages the
-    accumulated values of its frames; the slope noise is ``weights[L] . delta_resultants`` with
-    ``L = ntrunc`` the pixel's number of used resultants (no noise when ``L`` has no weights).
+    accumulated values of its frames; the slope noise is ``weights[y, x] . delta_resultants``, the
+    pixel's own slope weights (``weights`` (ny, nx, n); all zero: no noise).
     Frame ``f`` of pixel ``(y, x)`` draws from uniforms of element ``y * stride + x`` of stream ``key``.
     """
     ny, nx = sky.shape
@@ -99,9 +100,8 @@ def poisson_resampled_slopes(sky, gain, frame_time, first, nfr, weights, ntrunc,
     delta = np.zeros(nres)
     for i in range(ny):
         for j in range(nx):
-            L = ntrunc[i, j]
-            w = weights[L]
-            if L < 2 or not np.any(w != 0.0):
+            w = weights[i, j]
+            if not np.any(w != 0.0):
                 out[i, j] = 0.0
                 continue
             g = gain[i, j]
@@ -128,12 +128,29 @@ def poisson_resampled_slopes(sky, gain, frame_time, first, nfr, weights, ntrunc,
 
 
 @numba.njit(nogil=True, cache=CACHE)
-def poisson_gaussian_slopes(sky, gain, coef_poisson, ntrunc, key, y0, x0, stride, out):
-    """Gaussian slope noise with the Poisson variance ``coef_poisson[L] * max(sky, 0) / gain`` (DN/s)."""
+def poisson_coefficients(weights, tbar, tau, out):
+    """Per pixel ``w' S_P w``, the Poisson variance of the slope per unit rate/gain for the pixel's weights
+    ``w = weights[y, x]``: ``S_P`` is ``tau_i`` on the diagonal and ``tbar_min(i, j)`` off it."""
+    ny, nx, n = weights.shape
+    for i in range(ny):
+        for j in range(nx):
+            w = weights[i, j]
+            tail = 0.0  # sum of the weights after resultant r
+            acc = 0.0
+            for r in range(n - 1, -1, -1):
+                wr = np.float64(w[r])
+                acc += wr * wr * tau[r] + 2.0 * wr * tbar[r] * tail
+                tail += wr
+            out[i, j] = acc
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def poisson_gaussian_slopes(sky, gain, coef_poisson, key, y0, x0, stride, out):
+    """Gaussian slope noise with the Poisson variance ``coef_poisson[y, x] * max(sky, 0) / gain`` (DN/s)."""
     ny, nx = sky.shape
     for i in range(ny):
         for j in range(nx):
-            c = coef_poisson[ntrunc[i, j]]
+            c = coef_poisson[i, j]
             if not np.isfinite(sky[i, j]):
                 out[i, j] = np.nan
                 continue

@@ -103,14 +103,48 @@ def tilde_nus_per_second(nframes, first_frame, weights, frame_time: float) -> tu
     return t21 * ft, t31 * ft**2, t41 * ft**3
 
 
+@numba.njit(nogil=True, cache=CACHE)
+def tilde_nus_pixels(weights, first_frame, nframes, frame_time, t21, t31, t41):
+    """:func:`tilde_nus_per_second` of every pixel's own slope weights ``weights[y, x]`` ((ny, nx, n), one
+    per resultant), into the (ny, nx) outputs ``t21``, ``t31``, ``t41``; O(frames + n) per pixel."""
+    ny, nx, n = weights.shape
+    last = 0
+    for r in range(n):
+        last = max(last, first_frame[r] + nframes[r])
+    ft = float(frame_time)
+    for i in range(ny):
+        for j in range(nx):
+            w = weights[i, j]
+            s2 = 0.0
+            s3 = 0.0
+            s4 = 0.0
+            full = 0.0  # the weights of the resultants that start at or after frame f
+            r = n - 1
+            for f in range(last - 1, 0, -1):
+                while r >= 0 and first_frame[r] >= f:
+                    full += w[r]
+                    r -= 1
+                c = full
+                if r >= 0 and f < first_frame[r] + nframes[r]:  # f inside resultant r: the share at or after f
+                    c += w[r] * (first_frame[r] + nframes[r] - f) / nframes[r]
+                c2 = c * c
+                s2 += c2
+                s3 += c2 * c
+                s4 += c2 * c2
+            t21[i, j] = s2 * ft
+            t31[i, j] = (s3 - 3.0 * s2 * s2) * ft * ft
+            t41[i, j] = (s4 - 10.0 * s2 * s3 + 15.0 * s2 * s2 * s2) * ft * ft * ft
+
+
 # ---------------------------------------------------------------------------------------------
 # Pearson type of every element
 # ---------------------------------------------------------------------------------------------
 
 
-def _betas(t21: float, t31: float, t41: float, intensity) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clipped intensity, beta1 and beta2, with exactly the reference's floating-point operations."""
-    t21, t31, t41 = float(t21), float(t31), float(t41)
+def _betas(t21, t31, t41, intensity) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clipped intensity, beta1 and beta2, with exactly the reference's floating-point operations (the
+    ``t`` scalars, or arrays like ``intensity``)."""
+    t21, t31, t41 = ((float(t) if np.ndim(t) == 0 else np.asarray(t, dtype=float)) for t in (t21, t31, t41))
     inten = np.clip(np.asarray(intensity, dtype=float), I_MIN, None)
     b1 = t31**2 / (t21**3 * inten)
     b2 = (3 * t21**2 * inten + t41) / (t21**2 * inten)
@@ -389,26 +423,49 @@ def _draw_kernel(t21, t31, inten, b1, b2, code, key, index, out):
             out[e] = _draw_one(key, index[e], c, t21 * inten[e], t31 * inten[e], b1[e], b2[e], sgn)
 
 
-def pearson_draws(t21: float, t31: float, t41: float, intensity: np.ndarray, key: int, index: np.ndarray) -> np.ndarray:
+@numba.njit(nogil=True, cache=CACHE)
+def _draw_kernel_each(t21, t31, inten, b1, b2, code, key, index, out):
+    """:func:`_draw_kernel` with the ``t`` of each element."""
+    for e in range(inten.size):
+        c = code[e]
+        if c == 0:
+            out[e] = 0.0
+        else:
+            sgn = 1.0 if t31[e] >= 0.0 else -1.0
+            out[e] = _draw_one(key, index[e], c, t21[e] * inten[e], t31[e] * inten[e], b1[e], b2[e], sgn)
+
+
+def pearson_draws(t21, t31, t41, intensity: np.ndarray, key: int, index: np.ndarray) -> np.ndarray:
     """One zero-mean Pearson deviate per element with central moments ``mu2 = t21 I``, ``mu3 = t31 I``,
     ``mu4 = 3 t21^2 I^2 + t41 I`` (``I = max(intensity, 0.01)``); 0 where the reference draws nothing.
 
-    Element ``e`` uses the uniforms ``rng.uniform(key, index[e], k)``, ``k = 0, 1, ...``: its deviate is
-    a pure function of ``(key, index[e], t21, t31, t41, intensity[e])``. ``index`` has the shape of
-    ``intensity`` (e.g. ``y * nside + x``). Returns float64 with the shape of ``intensity``.
+    The ``t`` are floats, or arrays of the shape of ``intensity`` (each element its own weights: a ramp fit
+    with per-pixel weights). Element ``e`` uses the uniforms ``rng.uniform(key, index[e], k)``,
+    ``k = 0, 1, ...``: its deviate is a pure function of ``(key, index[e], t21, t31, t41, intensity[e])``.
+    ``index`` has the shape of ``intensity`` (e.g. ``y * nside + x``). Returns float64 with the shape of
+    ``intensity``.
     """
     inten = np.asarray(intensity)
     idx = np.asarray(index)
     if idx.shape != inten.shape:
         raise ValueError(f"index shape {idx.shape} differs from intensity shape {inten.shape}")
+    each = any(np.ndim(t) for t in (t21, t31, t41))
+    if each:
+        t21, t31, t41 = (np.broadcast_to(np.asarray(t, dtype=float), inten.shape).reshape(-1) for t in (t21, t31, t41))
+    else:
+        t21, t31, t41 = float(t21), float(t31), float(t41)
     flat_i = inten.reshape(-1)
     flat_idx = np.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
     out = np.empty(flat_i.size, dtype=np.float64)
     ukey = np.uint64(int(key) & 0xFFFFFFFFFFFFFFFF)
-    t21, t31, t41 = float(t21), float(t31), float(t41)
     for s in range(0, flat_i.size, _BLOCK):
         e = min(s + _BLOCK, flat_i.size)
-        clipped, b1, b2 = _betas(t21, t31, t41, flat_i[s:e])
-        code = _classify(b1, b2)
-        _draw_kernel(t21, t31, clipped, b1, b2, code, ukey, flat_idx[s:e], out[s:e])
+        if each:
+            t = [np.ascontiguousarray(a[s:e]) for a in (t21, t31, t41)]
+            clipped, b1, b2 = _betas(*t, flat_i[s:e])
+            _draw_kernel_each(t[0], t[1], clipped, b1, b2, _classify(b1, b2), ukey, flat_idx[s:e], out[s:e])
+        else:
+            clipped, b1, b2 = _betas(t21, t31, t41, flat_i[s:e])
+            code = _classify(b1, b2)
+            _draw_kernel(t21, t31, clipped, b1, b2, code, ukey, flat_idx[s:e], out[s:e])
     return out.reshape(inten.shape)

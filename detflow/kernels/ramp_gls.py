@@ -174,6 +174,14 @@ def _jump_test(npres, s, inv_f, diag, lf, x, q, cpl, zd, zo):
 @numba.njit(nogil=True, cache=CACHE, fastmath=FASTMATH)
 def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, tbar, tau, nframes, params, flags, slope, var_rnoise,
               var_poisson, dq_out, jump_gdq):  # fmt: skip
+    """Fit every pixel ramp of a tile: :func:`fit_ramps_weights` without the weights."""
+    fit_ramps_weights(resultants, gdq, pixeldq, gain, read_noise, tbar, tau, nframes, params, flags, slope,
+                      var_rnoise, var_poisson, dq_out, jump_gdq, np.zeros((0, 0, 0)))  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=CACHE, fastmath=FASTMATH)
+def fit_ramps_weights(resultants, gdq, pixeldq, gain, read_noise, tbar, tau, nframes, params, flags, slope,
+                      var_rnoise, var_poisson, dq_out, jump_gdq, weights):  # fmt: skip
     """Fit every pixel ramp of a tile (see the module notes).
 
     Inputs: ``resultants`` (ny, nx, n) linearised, dark-subtracted DN; ``gdq`` (ny, nx, n) group flags
@@ -185,7 +193,11 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, tbar, tau, nframes, pa
     was split (on input or by detection), the one-resultant flag, DO_NOT_USE with NaN when no slope
     can be formed (then also the flags of the resultant that ended the ramp) or with the gain or read
     noise checks. ``jump_gdq`` (ny, nx, n) gets JUMP_DET OR'ed on the first resultant after each jump
-    found (pass a (0, 0, 0) array to skip). Reference pixels get a slope and no flags.
+    found (pass a (0, 0, 0) array to skip). ``weights`` (ny, nx, n) gets the fit's linear weights,
+    ``slope = sum_g weights[g] * resultants[g]`` (zero for unused resultants and NaN slopes; the weights of
+    the final fit: its segments, skipped resultants and signal level), or pass a (0, 0, 0) array to skip.
+    They propagate any resultant perturbation (e.g. a noise realization) through the same fit.
+    Reference pixels get a slope and no flags.
     """
     ny, nx, n = resultants.shape
     start = int(params[P_START])
@@ -199,6 +211,7 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, tbar, tau, nframes, pa
     inv_log_span = 1.0 / math.log(ib / ia)
     f_sat, f_dnu, f_jump, f_ref = flags[F_SAT], flags[F_DNU], flags[F_JUMP], flags[F_REF]
     mark = jump_gdq.shape[0] == ny and jump_gdq.shape[1] == nx and jump_gdq.shape[2] == n
+    keep_w = weights.shape[0] == ny and weights.shape[1] == nx and weights.shape[2] == n
     inv_n = np.empty(n)
     tb = np.empty(n)
     ta = np.empty(n)
@@ -266,8 +279,12 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, tbar, tau, nframes, pa
             sig2 = max(sig2, 1e-12)
             npres = _build(R, use, brk, m, tb, ta, inv_n, D, dt, rd, ro, pd, po, cpl, kpos)
             s = np.nan
+            vs = np.nan
             vr = np.nan
             vp = np.nan
+            if keep_w:
+                for g in range(n):
+                    weights[y, xx, g] = 0.0
             if npres > 0:
                 s, vs, vr, vp = _solve(npres, u_nom * sig2, sig2, D, dt, rd, ro, pd, po, diag, off, lf, x, q)
                 for _ in range(m):  # at most one split per usable resultant
@@ -297,7 +314,13 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, tbar, tau, nframes, pa
                     if npres == 0:
                         s = np.nan
                         break
-                    s = _solve(npres, a, sig2, D, dt, rd, ro, pd, po, diag, off, lf, x, q)[0]  # the weights follow it
+                    s, vs, vr, vp = _solve(npres, a, sig2, D, dt, rd, ro, pd, po, diag, off, lf, x, q)  # weights follow
+            if keep_w and npres > 0 and math.isfinite(s):  # x = C^-1 dt and vs = 1/F of the final solve
+                for p in range(npres):
+                    k = kpos[p]
+                    wp = x[p] * vs
+                    weights[y, xx, use[k + 1]] += wp
+                    weights[y, xx, use[k]] -= wp
             for k in range(m - 1):
                 if brk[k]:
                     pflags |= f_jump
@@ -313,11 +336,16 @@ def fit_ramps(resultants, gdq, pixeldq, gain, read_noise, tbar, tau, nframes, pa
                     vr = sig2 * (inv_n[0] + inv_n[u0]) / (dt0 * dt0)
                     vp = max(s, 0.0) / g_eff * (ta[u0] + ta[0] - 2.0 * tb[0]) / (dt0 * dt0)
                     pflags |= flags[F_ONE]
+                    if keep_w:
+                        weights[y, xx, u0] = 1.0 / dt0
+                        weights[y, xx, 0] = -1.0 / dt0
                 elif one_mode == 2 and tb[u0] > 0.0:
                     s = float(R[u0]) / tb[u0]
                     vr = sig2 * inv_n[u0] / (tb[u0] * tb[u0])
                     vp = max(s, 0.0) / g_eff * ta[u0] / (tb[u0] * tb[u0])
                     pflags |= flags[F_ONE]
+                    if keep_w:
+                        weights[y, xx, u0] = 1.0 / tb[u0]
             if not math.isfinite(s):
                 if last < n:  # why the ramp ended (AD_FLOOR, ...)
                     pflags |= G[last] & ~f_dnu

@@ -28,11 +28,13 @@ What is shared instead of recomputed (all exact):
 * everything derived from reference files alone (IPC-deconvolved dark and flat, pixel areas, masks,
   linearity and saturation inputs, ramp weights): the layer graphs call the same functions on the same
   inputs, so their tasks have the same keys and dask computes them once;
-* ``P``, ``O``: no re-run at all. For a fixed truncation the slope is a linear function of the
-  resultants (``slope = sum_i K_i R_i``), so the slope noise is the weights applied to the resampled
-  resultant perturbations, with the main run's truncation and weights. The weights are those of
-  the ramp truncated by saturation at the RAMP_OPT_PARS signal (``ramp_fit.pit_compat``: the PIT's);
-  the default fit's per-pixel weights, skipped resultants and jump splits are not followed.
+* ``P``, ``O``: no re-run of the pipeline. For its final configuration (segments, skipped resultants,
+  signal level) the slope is a linear function of the resultants, ``slope = sum_i K_i R_i``, so the
+  slope noise is the pixel's weights ``K`` applied to the resampled resultant perturbations (``Pr``),
+  with the variance ``K' S_P K`` (``P``) or the moments (``O``) of those weights. The weights are the
+  science fit's own (:func:`science_weights`: the ramp fit's input is rebuilt, once for all these
+  layers, and fitted again for its weights); with ``ramp_fit.pit_compat`` the PIT's, of the ramp
+  truncated by saturation at the RAMP_OPT_PARS signal.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ from .. import schema
 from ..errors import DetflowInputError
 from ..instruments.roman_wfi import Geometry, border_of
 from ..kernels import noise as knoise
+from ..kernels import ramp as kramp
+from ..kernels import ramp_gls as kgls
 from ..kernels import rng as krng
 from ..kernels import sky as ksky
 from ..schema import DQ, FRAME, READ, X, Y
 from .registry import apply_recipe
-from .wfi import RampFitParams, _read_patterns, ramp_tables_for
+from .wfi import RampFitParams, _frame, _nframes, _ramp_inputs, _read_patterns, _tile, ramp_tables_for
 
 LAYER = "layer"
 # stream components (the second element of every stream key path)
@@ -285,43 +289,94 @@ def ntrunc(sat_ds: xr.Dataset) -> xr.DataArray:
                           dask="parallelized", output_dtypes=[np.int64])  # fmt: skip
 
 
+def _weights_block(data, gdq, pdq, gain, rn, *tables, ncore):
+    nf = _nframes((data, 1), (gdq, 1), (pdq, 0))
+    ny, nx, n = np.broadcast_shapes(data.shape[-3:], gdq.shape[-3:])
+    w = np.empty((nf, ny, nx, n), dtype=np.float64)
+    scratch = [np.empty((ny, nx), dtype=t) for t in (np.float32, np.float32, np.float32, np.uint32)]
+    for f in range(nf):
+        kgls.fit_ramps_weights(_tile(data, f, (ny, nx, n)), _tile(gdq, f, (ny, nx, n)), _tile(pdq, f, (ny, nx)),
+                               _tile(gain, f, (ny, nx)), _tile(rn, f, (ny, nx)),
+                               *(_frame(t, f, nc)[0, 0] for t, nc in zip(tables, ncore)), *scratch,
+                               np.zeros((0, 0, 0), np.uint32), w[f])  # fmt: skip
+    return w.astype(np.float32)
+
+
+def science_weights(l1: xr.Dataset, refs: xr.Dataset, recipe: list[str], params: dict, fuse: bool) -> xr.DataArray:
+    """(frame, y, x, read) the weights ``K`` of every pixel's slope in the science run, ``slope = sum K R``.
+
+    The default fit: the recipe up to the ramp fit, then :func:`detflow.kernels.ramp_gls.fit_ramps_weights`
+    with the science run's parameters (the weights of its segments, skipped resultants and signal level).
+    ``ramp_fit.pit_compat``: the PIT's fixed weights of the ramp truncated by saturation (:func:`ntrunc`).
+    """
+    p = RampFitParams(**params.get("ramp_fit", {}))
+    if p.pit_compat:
+        tables = ramp_tables_for(l1, p)
+        prefix = list(recipe[: recipe.index("saturation") + 1]) if "saturation" in recipe else []
+        sat_ds = apply_recipe(l1, refs, prefix, {k: params.get(k, {}) for k in prefix}, fuse=fuse) if prefix else None
+        if sat_ds is None:
+            L = xr.full_like(l1["data"].isel({READ: 0}, drop=True), l1.sizes[READ], dtype=np.int64)
+        else:
+            L = ntrunc(sat_ds)
+        w = tables["weights"].values[0].astype(np.float32)  # one read pattern: the first frame's
+        return xr.apply_ufunc(lambda t: w[t], L.transpose(FRAME, Y, X), output_core_dims=[[READ]],
+                              dask="parallelized", output_dtypes=[np.float32],
+                              dask_gufunc_kwargs={"output_sizes": {READ: w.shape[1]}})  # fmt: skip
+    prefix = list(recipe[: recipe.index("ramp_fit")]) if "ramp_fit" in recipe else list(recipe)
+    pre = apply_recipe(l1, refs, prefix, {k: params.get(k, {}) for k in prefix}, fuse=fuse)
+    extra, core = _ramp_inputs(pre, p, {})
+    return xr.apply_ufunc(
+        _weights_block, pre["data"].astype(np.float32, copy=False), pre["groupdq"], pre["pixeldq"],
+        refs["gain_data"].astype(np.float32, copy=False), refs["read_data"].astype(np.float32, copy=False),
+        *extra, kwargs={"ncore": [len(c) for c in core]}, input_core_dims=[[READ], [READ], [], [], [], *core],
+        output_core_dims=[[READ]], dask="parallelized", output_dtypes=[np.float32],
+    ).transpose(FRAME, Y, X, READ)  # fmt: skip
+
+
 def _pixel_stream_block(*arrays, fn, key_table, nside, nb, block_info=None, **kw):
-    (f0, f1), (y0, y1), (x0, x1) = block_info[0]["array-location"]
-    out = np.empty(arrays[0].shape, dtype=np.float64)
+    """``arrays``: (frame, y, x, 1) maps, then the (frame, y, x, read) weights."""
+    (f0, f1), (y0, y1), (x0, x1) = block_info[0]["array-location"][:3]
+    out = np.empty(arrays[0].shape[:3], dtype=np.float64)
     for i, f in enumerate(range(f0, f1)):
-        fn(*(a[i] for a in arrays), key=int(key_table[f]), y0=y0 + nb, x0=x0 + nb, stride=nside, out=out[i], **kw)
+        fn(*(a[i, ..., 0] for a in arrays[:-1]), arrays[-1][i], key=int(key_table[f]), y0=y0 + nb, x0=x0 + nb,
+           stride=nside, out=out[i], **kw)  # fmt: skip
     return out.astype(np.float32)
 
 
-def _resampled(sky, gain, L, *, key, y0, x0, stride, out, frame_time, first, nfr, weights):
-    knoise.poisson_resampled_slopes(sky, gain, frame_time, first, nfr, weights, L, np.uint64(key), y0, x0,
-                                    stride, out)  # fmt: skip
+def _resampled(sky, gain, w, *, key, y0, x0, stride, out, frame_time, first, nfr, tbar, tau):
+    knoise.poisson_resampled_slopes(sky, gain, frame_time, first, nfr, w, np.uint64(key), y0, x0, stride, out)
 
 
-def _gaussian(sky, gain, L, *, key, y0, x0, stride, out, coef_poisson):
-    knoise.poisson_gaussian_slopes(sky, gain, coef_poisson, L, np.uint64(key), y0, x0, stride, out)
+def _gaussian(sky, gain, w, *, key, y0, x0, stride, out, frame_time, first, nfr, tbar, tau):
+    coef = np.empty(sky.shape)
+    knoise.poisson_coefficients(w, tbar, tau, coef)
+    knoise.poisson_gaussian_slopes(sky, gain, coef, np.uint64(key), y0, x0, stride, out)
 
 
-def _pearson(gi, gain, L, *, key, y0, x0, stride, out, tnus):
+def _pearson(gi, gain, w, *, key, y0, x0, stride, out, frame_time, first, nfr, tbar, tau):
     from ..kernels import pearson as kpearson
 
     ny, nx = gi.shape
     idx = ((y0 + np.arange(ny))[:, None] * stride + (x0 + np.arange(nx))[None, :]).astype(np.int64)
+    t = [np.empty((ny, nx)) for _ in range(3)]
+    kpearson.tilde_nus_pixels(w, first, nfr, frame_time, *t)
     out[:] = 0.0
-    for trunc, (t21, t31, t41) in tnus.items():
-        sel = L == trunc
-        if sel.any():
-            out[sel] = kpearson.pearson_draws(t21, t31, t41, gi[sel].astype(np.float64), key, idx[sel]) / gain[sel]
+    sel = np.any(w != 0, axis=-1)  # no weights (no slope): no draw
+    if sel.any():
+        out[sel] = kpearson.pearson_draws(*(a[sel] for a in t), gi[sel].astype(np.float64), key, idx[sel]) / gain[sel]
 
 
-def _per_pixel(fn, arrays: list[xr.DataArray], keys: list[int], nside: int, nb: int, **kw) -> xr.DataArray:
-    """Apply a per-pixel noise generator tile by tile over (frame, y, x) active-region arrays."""
+def _per_pixel(fn, arrays: list[xr.DataArray], weights: xr.DataArray, keys: list[int], nside: int, nb: int,
+               **kw) -> xr.DataArray:  # fmt: skip
+    """Apply a per-pixel noise generator tile by tile over (frame, y, x) active-region arrays and the
+    (frame, y, x, read) slope weights of the pixels."""
     arrays = [a.transpose(FRAME, Y, X) for a in xr.broadcast(*arrays)]
     like = arrays[0]
     chunks = like.chunks or tuple((s,) for s in like.shape)
-    blocks = [da.asarray(a.data).rechunk(chunks) for a in arrays]
+    blocks = [da.asarray(a.data).rechunk(chunks)[..., None] for a in arrays]
+    blocks.append(da.asarray(weights.transpose(FRAME, Y, X, READ).data).rechunk((*chunks, -1)))
     arr = da.map_blocks(_pixel_stream_block, *blocks, fn=fn, key_table=np.asarray(keys, np.uint64), nside=nside,
-                        nb=nb, dtype=np.float32, **kw)  # fmt: skip
+                        nb=nb, drop_axis=3, dtype=np.float32, **kw)  # fmt: skip
     return like.copy(data=arr).astype(np.float32)
 
 
@@ -364,17 +419,13 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
     dark_base = None
     need_ramp = any(s.poisson or s.bias for s in layers)
     if need_ramp:
-        rp = RampFitParams(**params.get("ramp_fit", {}))
-        tables = ramp_tables_for(l1, rp)
-        prefix = list(recipe[: recipe.index("saturation") + 1]) if "saturation" in recipe else []
-        sat_ds = apply_recipe(l1, refs, prefix, {k: params.get(k, {}) for k in prefix}, fuse=fuse) if prefix else None
-        if sat_ds is None:
-            L = xr.full_like(base, l1.sizes[READ], dtype=np.int64)
-        else:
-            L = ntrunc(sat_ds).transpose(FRAME, Y, X).isel(act)
+        weights = science_weights(l1, refs, recipe, params, fuse).isel(act)
         gain = refs["gain_data"].astype(np.float32).isel(act).clip(1e-4, 1e4)
         rps = _read_patterns(l1)
-        frame_time = l1["frame_time"].values
+        ft = float(l1["frame_time"].values[0])
+        tbar, tau, nfr = kramp.resultant_times(rps[0], ft)  # one read pattern per job: the first frame's
+        ramp = {"frame_time": ft, "first": np.array([r[0] for r in rps[0]], np.int64), "nfr": nfr, "tbar": tbar,
+                "tau": tau}  # fmt: skip
     out_layers = []
     for i, spec in enumerate(layers):
         diff = xr.zeros_like(base)
@@ -396,25 +447,17 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
                 diff = _whole_image(diff, lambda im, k=spec.zclip: knoise.zclip(im, k))
         frame_keys = [krng.stream_key(seed, f, i, _BIAS) for f in range(l1.sizes[FRAME])]
         if spec.bias:
-            tn = _tilde_nus_table(rps, frame_time, tables)
-            diff = diff + _per_pixel(_pearson, [gain * presky, gain, L], frame_keys, n, nb, tnus=tn)
+            diff = diff + _per_pixel(_pearson, [gain * presky, gain], weights, frame_keys, n, nb, **ramp)
         if spec.poisson:
             level = presky
             if spec.poisson_sky_order is not None:
                 level = _whole_image(presky, lambda im, o=spec.poisson_sky_order: ksky.medfit(im, o)[1])
             keys = [krng.stream_key(seed, f, i, _POISSON) for f in range(l1.sizes[FRAME])]
-            if spec.resample:
-                if l1.sizes[FRAME] > 1 and len({str(r) for r in rps}) > 1:
-                    raise DetflowInputError(None, "NOISE.LAYER", "one read pattern per job for P...r layers",
-                                            "several")  # fmt: skip
-                w = tables["weights"].values[0].astype(np.float64)
-                first = np.array([r[0] for r in rps[0]], np.int64)
-                nfr = np.array([len(r) for r in rps[0]], np.int64)
-                diff = diff + _per_pixel(_resampled, [level, gain, L], keys, n, nb, frame_time=float(frame_time[0]),
-                                         first=first, nfr=nfr, weights=w)  # fmt: skip
-            else:
-                cp = np.nan_to_num(tables["coef_poisson"].values[0].astype(np.float64), nan=0.0)
-                diff = diff + _per_pixel(_gaussian, [level, gain, L], keys, n, nb, coef_poisson=cp)
+            if spec.resample and l1.sizes[FRAME] > 1 and len({str(r) for r in rps}) > 1:
+                raise DetflowInputError(None, "NOISE.LAYER", "one read pattern per job for P...r layers",
+                                        "several")  # fmt: skip
+            fn = _resampled if spec.resample else _gaussian
+            diff = diff + _per_pixel(fn, [level, gain], weights, keys, n, nb, **ramp)
         if spec.sky_order is not None:
             diff = _whole_image(diff, lambda im, o=spec.sky_order: (im - ksky.medfit(im, o)[1]).astype(np.float32))
         out_layers.append(diff.astype(np.float32))
@@ -426,17 +469,3 @@ def noise_product(l1: xr.Dataset, refs: xr.Dataset, main: xr.Dataset, recipe: li
     cube.attrs = {"units": schema.UNITS["DN/s"], "long_name": "noise realizations of the L2 slope"}
     return xr.Dataset({"noise": cube}, attrs={"seed": int(user_seed), "layers": [s.code for s in layers],
                                               "precision": int(precision), "product": "roman_wfi_noise"})  # fmt: skip
-
-
-def _tilde_nus_table(rps, frame_time, tables) -> dict[int, tuple[float, float, float]]:
-    """(t21, t31, t41) in e/s units for every truncation with weights (one read pattern per job)."""
-    from ..kernels import pearson as kpearson
-
-    w = tables["weights"].values[0]
-    first = np.array([r[0] for r in rps[0]], np.int64)
-    nfr = np.array([len(r) for r in rps[0]], np.int64)
-    out = {}
-    for L in range(w.shape[0]):
-        if np.any(w[L] != 0):
-            out[L] = kpearson.tilde_nus_per_second(nfr, first, w[L], float(frame_time[0]))
-    return out
