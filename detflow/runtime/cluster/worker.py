@@ -41,7 +41,7 @@ def set_worker_env() -> dict[str, str]:
 
 
 def _wfi_signatures() -> dict[tuple[str, str], list[tuple]]:
-    """The argument types the WFI default recipe passes its kernels (steps/wfi.py: tiles are read-only
+    """The argument types the WFI default recipe passes its kernels (steps/wfi/: tiles are read-only
     views, outputs and per-frame tables writable; float32 data, uint32 DQ and DQ-value vectors):
     ``{(module, kernel): [types]}``.
     Compiling these is what running the recipe compiles (tests/test_cluster_warmup.py checks it)."""
