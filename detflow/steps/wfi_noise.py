@@ -57,7 +57,9 @@ from ..kernels import rng as krng
 from ..kernels import sky as ksky
 from ..schema import DQ, FRAME, READ, X, Y
 from .registry import apply_recipe
-from .wfi import RampFitParams, _frame, _nframes, _ramp_inputs, _read_patterns, _tile, ramp_tables_for
+from .wfi import RampFitParams, ramp_tables_for
+from .wfi.common import _frame, _nframes, _read_patterns, _tile
+from .wfi.ramp import _ramp_inputs
 
 LAYER = "layer"
 # stream components (the second element of every stream key path)

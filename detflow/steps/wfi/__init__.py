@@ -15,7 +15,7 @@ ramp_fit``); no module is named like a step, so ``detflow.steps.wfi.ramp_fit`` i
 
 # isort: off
 # pipeline order: the order the steps register in, which `detflow steps` lists
-from .common import FAMILY, _read_patterns
+from .common import FAMILY
 from .dq import DQInitParams, SaturationParams, dq_init, saturation, saturation_frame_params
 from .reference import BiasCorrParams, RefPixParams, bias_correction, pink_model_slope, refpix
 from .nonlinearity import LinearityParams, linearity
@@ -28,7 +28,7 @@ from .l2 import l2_product
 # isort: on
 
 __all__ = [
-    "FAMILY", "_read_patterns",  # _read_patterns: steps/wfi_noise.py reads the exposures' read patterns with it
+    "FAMILY",
     "DQInitParams", "dq_init", "SaturationParams", "saturation", "saturation_frame_params",
     "BiasCorrParams", "RefPixParams", "bias_correction", "pink_model_slope", "refpix",
     "LinearityParams", "linearity",
