@@ -34,7 +34,7 @@ FORBIDDEN = {
 DEBTS = {
     "cycles": set(),
     "layers": set(),
-    "long": {"detflow/sim/excam.py", "detflow/sim/wfi.py", "detflow/steps/wfi.py"},
+    "long": {"detflow/sim/wfi.py", "detflow/steps/wfi.py"},
 }
 
 
