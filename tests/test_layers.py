@@ -34,7 +34,7 @@ FORBIDDEN = {
 DEBTS = {
     "cycles": set(),
     "layers": set(),
-    "long": {"detflow/sim/excam.py", "detflow/steps/excam.py"},
+    "long": set(),
 }
 
 

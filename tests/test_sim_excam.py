@@ -14,7 +14,6 @@ from detflow.errors import DetflowInputError, OutputExistsError
 from detflow.instruments import roman_excam
 from detflow.io.excam_l1 import check_nonlin_table, open_excam_l1, read_nonlin_table
 from detflow.kernels import emccd
-from detflow.sim import excam
 from detflow.sim.excam import (
     ExcamSimConfig,
     apply_smear,
@@ -22,6 +21,7 @@ from detflow.sim.excam import (
     inverse_nonlinearity,
     simulate_excam,
 )
+from detflow.sim.excam import simulate as excam_simulate
 
 TVAC = Path(__file__).parent / "data" / "nonlin_table_TVAC.txt"
 SCI = roman_excam.GEOMETRIES["SCI"]
@@ -153,14 +153,14 @@ def test_never_overwrites_and_leaves_nothing_on_failure(sim, tmp_path, monkeypat
     (stray / "l1" / "other.fits").write_bytes(b"x")
     with pytest.raises(OutputExistsError, match="outdir/l1"):
         simulate_excam(stray, ExcamSimConfig(n_frames=1))
-    real = excam._simulate_frame
+    real = excam_simulate._simulate_frame
 
     def failing(cfg, truth, k):
         if k == 1:
             raise RuntimeError("disk full")
         return real(cfg, truth, k)
 
-    monkeypatch.setattr(excam, "_simulate_frame", failing)
+    monkeypatch.setattr(excam_simulate, "_simulate_frame", failing)  # where simulate_excam looks it up
     with pytest.raises(RuntimeError, match="disk full"):
         simulate_excam(tmp_path / "fail" / "deep", ExcamSimConfig(n_frames=2))
     assert not (tmp_path / "fail").exists()  # complete or absent
