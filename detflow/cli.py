@@ -14,7 +14,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from .errors import DetflowInputError
 
@@ -147,24 +149,43 @@ def validate(job: Path = typer.Argument(..., help="job YAML")) -> None:
 
 
 @app.command()
-def steps(as_json: bool = _JSON) -> None:
-    """List the registered steps with their parameters and defaults."""
-    from .steps.catalog import all_steps
+def steps(
+    family: Optional[str] = typer.Option(None, "--family", help="only this family's steps (roman_wfi, cmos...)"),
+    as_json: bool = _JSON,
+) -> None:
+    """List the registered steps by family: what each does, whether it maps frame by frame or reduces an axis
+    (frame: combines, model fits), its parameters and their defaults."""
+    from .steps.catalog import all_steps, families
 
     reg = all_steps()
+    names = families()
+    if family is not None and family not in names:
+        _fail(DetflowInputError(None, "--family", f"one of {', '.join(names)}", repr(family)))
+    shown = [family] if family is not None else names
     if as_json:
-        out.print_json(json.dumps({n: {"family": s.family, "summary": s.summary,
+        out.print_json(json.dumps({n: {"family": s.family, "kind": s.kind, "reduces": s.reduces,
+                                       "summary": s.summary,
                                        "params": s.params.model_json_schema().get("properties", {})}
-                                   for n, s in reg.items()}))  # fmt: skip
+                                   for n, s in reg.items() if s.family in shown}))  # fmt: skip
         return
-    for name, step in reg.items():
-        table = Table(title=f"{name} [{step.family}]: {step.summary}", title_justify="left")
-        table.add_column("parameter")
-        table.add_column("default")
-        table.add_column("description")
-        for pname, field in step.params.model_fields.items():
-            table.add_row(pname, repr(field.default), field.description or "")
-        out.print(table)
+    for fam in shown:
+        members = [s for s in reg.values() if s.family == fam]
+        out.rule(f"[bold]{fam}[/]: {len(members)} steps", characters="=")
+        for i, step in enumerate(members):
+            kind = "map" if step.reduces is None else f"reduce {step.reduces}"
+            out.print(("\n" if i else "") + f"[bold]{step.name}[/] ({kind})", highlight=False)
+            out.print(Padding(Text(step.summary), (0, 0, 0, 2)), soft_wrap=False)
+            if not step.params.model_fields:
+                out.print("  (no parameters)")
+                continue
+            table = Table(box=None, padding=(0, 1, 0, 2), show_edge=False, header_style="dim")
+            table.add_column("parameter", no_wrap=True)
+            table.add_column("default", max_width=20, overflow="fold")
+            table.add_column("description")
+            for pname, field in step.params.model_fields.items():
+                default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+                table.add_row(pname, escape(default), escape(field.description or ""))
+            out.print(table)
 
 
 @app.command()

@@ -63,7 +63,8 @@ class ClusterConfig(Model):
 
 
 class Job(Model):
-    """The keys of every job. ``pipeline`` names the instrument (each subclass narrows it to its name)."""
+    """The keys of every job. ``pipeline`` names the instrument (each subclass narrows it to its name);
+    ``steps`` sets the parameters of the steps of its family (:attr:`STEP_FAMILY`)."""
 
     # keys holding paths written relative to the job file: ``key``, ``key.sub`` (in a block), ``key.*`` (every
     # value of a mapping); a list value has each item resolved
@@ -77,6 +78,7 @@ class Job(Model):
     output: Path | None = Field(None, description="output zarr store (.zarr)")
     overwrite: bool = Field(False, description="replace an existing detflow output (never any other file)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step")
     source: str | None = Field(None, description="the file this job was read from")
 
     @property
@@ -88,13 +90,25 @@ class Job(Model):
         """The files the run writes besides its store (checked absent before any work)."""
         return []
 
+    def step_params(self) -> dict[str, dict]:
+        """Every step's parameters (an instrument adds the ones its own keys set)."""
+        return {k: dict(v) for k, v in self.steps.items()}
+
+    @pydantic.field_validator("steps")
+    @classmethod
+    def _steps_known(cls, steps: dict) -> dict:
+        """Every unknown step name and wrong parameter, each at its place (``steps.<name>.<key>``); a job
+        without a step family has no steps."""
+        known = list(family_steps(cls.STEP_FAMILY)) if cls.STEP_FAMILY is not None else []
+        check_steps(steps, [(("steps", n), n) for n in steps], known)
+        return steps
+
 
 class FramesJob(Job):
-    """A job that calibrates input frames: ``input``, damaged-input policy, per-step parameters."""
+    """A job that calibrates input frames: ``input`` and the damaged-input policy."""
 
     input: str | list[str] = Field(..., description="input file, directory, glob, or a list of these")
     on_error: OnError = Field("raise", description=ON_ERROR_HELP)
-    steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per step")
 
     PATH_KEYS: ClassVar[tuple[str, ...]] = ("output", "input")
 
@@ -115,18 +129,6 @@ class FramesJob(Job):
         log.warning("%s: all_or_nothing is deprecated: write on_error: %s", data.get("source") or "<job>", want)
         return data
 
-    def step_params(self) -> dict[str, dict]:
-        """Every step's parameters (an instrument adds the ones its own keys set)."""
-        return {k: dict(v) for k, v in self.steps.items()}
-
-    @pydantic.field_validator("steps")
-    @classmethod
-    def _steps_known(cls, steps: dict) -> dict:
-        """Every unknown step name and wrong parameter, each at its place (``steps.<name>.<key>``)."""
-        if cls.STEP_FAMILY is not None:
-            check_steps(steps, [(("steps", n), n) for n in steps], list(family_steps(cls.STEP_FAMILY)))
-        return steps
-
 
 class StepErrors(ValueError):
     """Step names and parameters a job got wrong, each at its place (``steps.<name>.<key>``), in the
@@ -144,8 +146,8 @@ def check_steps(params: dict[str, dict], names: list[tuple[tuple, str]], known: 
     items = []
     for loc, name in names:
         if name not in known:
-            items.append({"type": "value_error", "loc": loc, "input": name,
-                          "msg": f"a step name ({', '.join(sorted(known))})"})  # fmt: skip
+            want = f"a step name ({', '.join(sorted(known))})" if known else "no step (this pipeline has none)"
+            items.append({"type": "value_error", "loc": loc, "input": name, "msg": want})
     for name, kw in params.items():
         if name not in known:
             continue

@@ -1,5 +1,10 @@
 """The CMOS characterisation job (``pipeline: cmos``): raw test-section trees -> section stores -> bias, dark
-and flat models -> synthesis, evaluation, analyses and reports."""
+and flat models -> synthesis, evaluation, analyses and reports.
+
+The model parameters are declared once, by the steps (:mod:`detflow.steps.cmos`): the ``bias``, ``dark`` and
+``flat`` blocks are the parameters of the steps ``bias_model``, ``dark_model`` and ``flat_model``, which
+``steps:`` may set too (with the evaluations' ``bias_eval``, ``dark_eval``, ``flat_eval``); a parameter given
+in both places is refused."""
 
 from __future__ import annotations
 
@@ -9,7 +14,11 @@ from typing import ClassVar, Literal
 import pydantic
 from pydantic import Field
 
+from ..steps.cmos import BiasModelParams, DarkModelParams, FlatModelParams
 from .base import Job, Model, OnError
+
+# the job's blocks of step parameters: block -> step
+MODEL_STEPS = {"bias": "bias_model", "dark": "dark_model", "flat": "flat_model"}
 
 
 class CmosIngestConfig(Model):
@@ -28,33 +37,6 @@ class CmosIngestConfig(Model):
                             "the existing ones when complete (else only the frames not in them yet)")  # fmt: skip
 
 
-class CmosBiasConfig(Model):
-    method: Literal["median", "mean", "sigma_clip"] = "median"
-    sigma: float = Field(3.0, gt=0)
-    temp_step: float = Field(0.1, gt=0, description="temperature grouping of the masters (deg C)")
-    weights: Literal["none", "nframes"] = "none"
-    hot_k: float | None = Field(None, gt=0, description="hot-pixel mask: master > median + k sigma")
-
-
-class CmosDarkConfig(Model):
-    bias_mode: Literal["master", "model"] = Field("master", description="subtract the nearest-temperature bias "
-                                                  "master, or the bias model at the frame's temperature")  # fmt: skip
-    method: Literal["median", "mean", "sigma_clip"] = "mean"
-    zero_frac_max: float = Field(0.1, ge=0, le=1, description="frames with more exact-zero pixels are rejected")
-    hot_k: float = Field(5.0, gt=0, description="hot pixels: rate > mean + k sigma")
-    weights: Literal["noise_model", "scatter", "none"] = "noise_model"
-
-
-class CmosFlatConfig(Model):
-    bias_mode: Literal["master", "model"] = "master"
-    method: Literal["median", "mean", "sigma_clip"] = "median"
-    normalize: Literal["mean", "max"] = "mean"
-    vignetting: Literal["radial", "empirical", "none"] = "radial"
-    radial_order: int = Field(2, ge=1)
-    max_dtemp: float = Field(5.0, gt=0, description="pair a flat with a dark at most this far in temperature (C)")
-    max_dexptime: float = Field(10.0, gt=0, description="... and in exposure time (s)")
-
-
 class CmosSynthConfig(Model):
     temps: list[float] = Field(..., min_length=1, description="temperatures (deg C)")
     exptimes: list[float] = Field(default_factory=list, description="exposure times (s) of the synthetic darks/flats")
@@ -67,6 +49,7 @@ class CmosJob(Job):
 
     PATH_KEYS: ClassVar[tuple[str, ...]] = ("stores", "output", "model_store", "report_dir", "ingest.bias",
                                            "ingest.dark", "ingest.flat", "ingest.fits_export")  # fmt: skip
+    STEP_FAMILY: ClassVar[str] = "cmos"
 
     pipeline: Literal["cmos"] = "cmos"
     stores: Path = Field(..., description="folder of the section stores (bias.zarr, dark.zarr, flat.zarr)")
@@ -80,9 +63,9 @@ class CmosJob(Job):
     model_store: Path | None = Field(None, description="models of an earlier run (mode synthesize/evaluate)")
     holdout_every: int = Field(5, ge=0, description="every n-th frame of each (T, t) group is held out for the "
                                                     "evaluation (mode full; 0: none)")  # fmt: skip
-    bias: CmosBiasConfig = Field(default_factory=CmosBiasConfig)
-    dark: CmosDarkConfig = Field(default_factory=CmosDarkConfig)
-    flat: CmosFlatConfig = Field(default_factory=CmosFlatConfig)
+    bias: BiasModelParams = Field(default_factory=BiasModelParams, description="parameters of the bias_model step")
+    dark: DarkModelParams = Field(default_factory=DarkModelParams, description="parameters of the dark_model step")
+    flat: FlatModelParams = Field(default_factory=FlatModelParams, description="parameters of the flat_model step")
     synthesize: CmosSynthConfig | None = None
     analyses: list[Literal["structure", "degradation"]] = Field(default_factory=list)
     report_dir: Path | None = Field(None, description="tables and plots (default: <output>_report)")
@@ -103,7 +86,17 @@ class CmosJob(Job):
         if self.output is None and (self.ingest is None or self.analyses):
             raise ValueError("output (a .zarr store) is required unless the job only ingests (an ingest block, "
                              "no analyses)")  # fmt: skip
+        for block, step in MODEL_STEPS.items():
+            for key in sorted(getattr(self, block).model_fields_set & set(self.steps.get(step, {}))):
+                raise ValueError(f"{block}.{key} once, in the {block} block or as steps.{step}.{key}, got both")
         return self
+
+    def step_params(self) -> dict[str, dict]:
+        """Every step's parameters: the ``bias``, ``dark`` and ``flat`` blocks, then ``steps`` on top."""
+        out = {step: getattr(self, block).model_dump() for block, step in MODEL_STEPS.items()}
+        for name, extra in self.steps.items():
+            out[name] = {**out.get(name, {}), **extra}
+        return out
 
     @property
     def reports(self) -> Path | None:

@@ -35,6 +35,7 @@ from ..calib import cmos as cm
 from ..errors import DetflowInputError
 from ..io import cmos_raw
 from ..io.store import open_store
+from ..steps.catalog import get_step
 from .base import Instrument, Plan
 from .cmos_job import CmosJob
 
@@ -97,20 +98,10 @@ def build_cmos(job: CmosJob, sections: dict[str, xr.Dataset]) -> tuple[dict[str,
         mask = cm.holdout_mask(ds, job.holdout_every if job.mode == "full" else 0)
         train[s] = ds.isel({schema.FRAME: np.flatnonzero(~mask)})
         held[s] = ds.isel({schema.FRAME: np.flatnonzero(mask)})
+    params = job.step_params()
     if fitted:
-        b = job.bias
-        models["bias"] = cm.build_bias_model(train["bias"], method=b.method, sigma=b.sigma, temp_step=b.temp_step,
-                                             weights=b.weights, hot_k=b.hot_k)  # fmt: skip
-        if "dark" in need:
-            d = job.dark
-            models["dark"] = cm.build_dark_model(train["dark"], models["bias"], bias_mode=d.bias_mode, method=d.method,
-                                                 zero_frac_max=d.zero_frac_max, hot_k=d.hot_k, weights=d.weights)  # fmt: skip
-        if "flat" in need:
-            f = job.flat
-            models["flat"] = cm.build_flat_model(
-                train["flat"], models["dark"], models["bias"], bias_mode=f.bias_mode, method=f.method,
-                normalize=f.normalize, vignetting=None if f.vignetting == "none" else f.vignetting,
-                radial_order=f.radial_order, max_dtemp=f.max_dtemp, max_dexptime=f.max_dexptime)  # fmt: skip
+        for m in need:  # in build order: each model step reads the models built before it
+            models[m] = get_step(MODEL_GROUPS[m])(train[m], dict(models), params[MODEL_GROUPS[m]])
         for m in need:
             products[MODEL_GROUPS[m]] = models[m].assign_attrs(inputs=_inputs(job, needed_models([m])))
     else:
@@ -126,14 +117,10 @@ def build_cmos(job: CmosJob, sections: dict[str, xr.Dataset]) -> tuple[dict[str,
         for m in need:
             if m not in job.models or evals[m].sizes[schema.FRAME] == 0:
                 continue
-            kw = {}
-            if m in ("dark", "flat"):
-                kw["bias"] = models["bias"]
-                kw["bias_mode"] = "model"  # held-out frames fall between the bias masters' temperatures
-            if m == "flat":
-                kw["dark"] = models["dark"]
             ins = _inputs(job, needed_models([m]) if fitted else [m], model_store=not fitted)
-            products[f"{m}_eval"] = cm.evaluate_model(models[m], evals[m], **kw).assign_attrs(inputs=ins)
+            step = f"{m}_eval"  # the dark and flat evaluations subtract the bias model (held-out frames fall
+            # between the masters' temperatures): their steps' default bias_mode
+            products[step] = get_step(step)(evals[m], dict(models), params.get(step)).assign_attrs(inputs=ins)
     if job.synthesize is not None and job.mode in ("full", "synthesize", "fit"):
         products["synthetic"] = synthetic(models, job).assign_attrs(inputs=_inputs(job, need if fitted else [],
                                                                                    model_store=not fitted))  # fmt: skip
@@ -206,8 +193,18 @@ def plan_cmos(job: CmosJob, ingest: dict | None = None, analyses: dict | None = 
     products = build_cmos(job, open_sections(job, need))[0] if job.models else {}
     products.update(analysis_products(job, analyses or {}))
     sections = sections_needed(job)
-    attrs = {"mode": job.mode, "sections": {s: str(section_store(job, s)) for s in sections}, "ingest": ingest or {}}
+    attrs = {"mode": job.mode, "sections": {s: str(section_store(job, s)) for s in sections}, "ingest": ingest or {},
+             **run_record(products)}  # fmt: skip
     return Plan(products, "detflow cmos: models", attrs=attrs)
+
+
+def run_record(products: dict[str, xr.Dataset]) -> dict[str, list]:
+    """The root's ``steps`` and ``history``: every group's step records, in the order the groups were built."""
+    out: dict[str, list] = {"steps": [], "history": []}
+    for ds in products.values():
+        for key, items in out.items():
+            items += [i for i in ds.attrs.get(key, []) if i not in items]
+    return out
 
 
 INSTRUMENT = Instrument(

@@ -4,10 +4,10 @@ step module and the registry never import each other."""
 
 from __future__ import annotations
 
-from . import ccd, excam, hxrg_ground, hxrg_refpix, wfi  # noqa: F401  (registers the CCD, EXCAM, HxRG, WFI steps)
+from . import ccd, cmos, excam, hxrg_ground, hxrg_refpix, wfi  # noqa: F401  (registers every family's steps)
 from .registry import REGISTRY, Step, get_step
 
-__all__ = ["all_steps", "family_steps", "get_step"]
+__all__ = ["all_steps", "families", "family_steps", "get_step"]
 
 
 def all_steps() -> dict[str, Step]:
@@ -15,5 +15,10 @@ def all_steps() -> dict[str, Step]:
 
 
 def family_steps(family: str) -> dict[str, Step]:
-    """The steps of one family (``roman_wfi``, ``roman_excam``...)."""
+    """The steps of one family (``roman_wfi``, ``roman_excam``, ``ccd``, ``cmos``...)."""
     return {k: v for k, v in REGISTRY.items() if v.family == family}
+
+
+def families() -> list[str]:
+    """The step families, in registration order."""
+    return list(dict.fromkeys(s.family for s in REGISTRY.values()))

@@ -236,7 +236,7 @@ def _combine_block(data: np.ndarray, dq: np.ndarray, p: CombineParams) -> np.nda
     return np.stack([value, err, ngood, np.where(ngood == 0, float(DQ.DO_NOT_USE), 0.0)])
 
 
-@register("ccd_combine", CombineParams, FAMILY)
+@register("ccd_combine", CombineParams, FAMILY, reduces=FRAME)
 def ccd_combine(ds: xr.Dataset, refs: xr.Dataset | None, p: CombineParams) -> xr.Dataset:
     """Sigma-clipped median or mean over frames (ccdproc Combiner); reduces ``frame``, tile by tile."""
     ds = _with_dq(ds)

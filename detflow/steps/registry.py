@@ -3,12 +3,17 @@
 A step never computes, writes or opens files. It receives the dataset, the reference products and
 its validated parameters, and returns a new dataset whose ``attrs["steps"]`` and
 ``attrs["history"]`` record what it did (COMPLETE or SKIPPED, with the parameters).
+
+Each step declares its operation: it **maps** (frame by frame: each output frame depends on its input
+frame only, so consecutive map steps may run fused, one task per block of frames) or it **reduces** an
+axis (``reduces="frame"``: combines, per-pixel model fits over frames), reading its inputs tile by tile
+with that axis whole. A step that declares nothing maps.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pydantic
@@ -30,8 +35,17 @@ class Step:
     params: type[StepParams]
     family: str
     summary: str
+    reduces: str | None = None  # the axis the step reduces (``frame``); None: it maps frame by frame
 
-    def __call__(self, ds: xr.Dataset, refs: xr.Dataset | None = None, params=None) -> xr.Dataset:
+    @property
+    def kind(self) -> str:
+        """``map`` or ``reduce``."""
+        return "map" if self.reduces is None else "reduce"
+
+    def __call__(self, ds: xr.Dataset, refs: xr.Dataset | Mapping[str, xr.Dataset] | None = None,
+                 params=None) -> xr.Dataset:  # fmt: skip
+        """``ds`` through the step; ``refs``: the reference products (a dataset, or for the model builders
+        the models built before, by name); ``params``: a params instance, a dict of them, or None."""
         if params is None:
             params = self.params()
         elif isinstance(params, dict):
@@ -44,14 +58,15 @@ REGISTRY: dict[str, Step] = {}
 FUSIONS: dict[tuple[str, ...], Callable[..., xr.Dataset]] = {}
 
 
-def register(name: str, params: type[StepParams], family: str):
-    """Decorator adding a step function to the registry under ``name``."""
+def register(name: str, params: type[StepParams], family: str, reduces: str | None = None):
+    """Decorator adding a step function to the registry under ``name``; ``reduces``: the axis it reduces
+    (``"frame"`` for a combine or a fit over frames), None for a step that maps frame by frame."""
 
     def deco(func):
         if name in REGISTRY:
             raise ValueError(f"step {name!r} registered twice")
         summary = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        REGISTRY[name] = Step(name, func, params, family, summary)
+        REGISTRY[name] = Step(name, func, params, family, summary, reduces)
         return func
 
     return deco
