@@ -93,7 +93,7 @@ def plan_hxrg_ground(job: HxrgGroundJob) -> Plan:
     params = job.step_params()
     mode = params["hxrg_refpix"]["mode"]
     need_nout = params["hxrg_refpix"]["noutputs"] is None and mode not in ("none", "trim", "constant", "column")
-    frames = open_hxrg(job.input, job.selection(), need_noutputs=need_nout)
+    frames = open_hxrg(job.input, job.selection(), need_noutputs=need_nout, skip_corrupt=job.on_error == "skip")
     frames = frames.assign_coords(gain=(FRAME, _gains(job, frames), {"units": "electron / DN"}))
     _check(job, frames, params)
     refs, load = None, None
