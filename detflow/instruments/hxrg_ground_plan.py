@@ -29,6 +29,7 @@ from ..schema import FRAME, READ, X, Y, dq_attrs
 from ..steps import hxrg_ground as sg
 from ..steps import hxrg_reduce as sred
 from ..steps import hxrg_refpix as sr
+from ..steps import hxrg_sky as ssky
 from ..steps.catalog import get_step  # noqa: F401  (registers every step a recipe may name)
 from ..steps.fusion import fuse_frames
 from ..steps.registry import apply_recipe
@@ -156,7 +157,8 @@ def _check_flat(job: HxrgGroundJob, shape: tuple[int, int]) -> None:
 
 def _stages(job: HxrgGroundJob, params: dict, nframes: int, shape: tuple[int, int]) -> list[Reduce]:
     """The reduce stages: the flat (built from the frames or read from the job's file), the frames divided."""
-    if job.flat is None and "flat" not in job.products:
+    with_flat = job.flat is not None or "flat" in job.products
+    if not with_flat and "sky" not in job.products:
         return []
     ny, nx = shape
     ty, tx = combine_tile(nframes, ny, nx, job.combine_task_mb)
@@ -188,9 +190,37 @@ def _stages(job: HxrgGroundJob, params: dict, nframes: int, shape: tuple[int, in
         out["data"].attrs["long_name"] = "frames divided by the flat"
         return {"reduced": out.chunk({FRAME: fpt, Y: -1, X: -1})}
 
+    def sky(read, side) -> dict[str, xr.Dataset]:
+        frames = read("reduced" if with_flat else "frames", dict(tile, **{FRAME: fpt}))
+        out = ssky.hxrg_sky(frames, None, ssky.SkyParams(**params.get("hxrg_sky", {})))
+        skipped = list(out.attrs.get("sky_skipped", []))
+        for name in skipped:
+            log.warning("sky: %s has no other dither in its run: no sky subtracted", name)
+        names = [str(n) for n in frames["source_file"].values]
+        done = xr.DataArray([n not in skipped for n in names], dims=(FRAME,),
+                            attrs={"long_name": "the sky was subtracted (false: no other dither in the run)"})  # fmt: skip
+        coords = {k: v for k, v in frames.coords.items() if v.dims == (FRAME,)}
+        if "sky" not in out:  # one dither per run: the record only (a small group), not an error
+            model = xr.Dataset({"sky_subtracted": done}, coords=coords)
+            model.attrs = {"steps": out.attrs["steps"], "sky_skipped": skipped}
+            return {"sky": model}
+        model = xr.Dataset({"data": out["sky"].astype(job.dtype).assign_attrs(out["sky"].attrs),
+                            "sky_subtracted": done}, coords=coords)  # fmt: skip
+        model.attrs = {"steps": out.attrs["steps"], "sky_skipped": skipped}
+        sub = sg.frames_product(out.drop_vars("sky"), job.dtype)
+        sub["data"].attrs["long_name"] = "frames minus the sky from the dithers"
+        chunks = {FRAME: fpt, Y: -1, X: -1}
+        return {"sky": model.chunk(chunks), "skysub": sub.chunk(chunks)}  # the frames without a sky: as they were
+
     sharded = {v: dict(shard) for v in ("data", "err", "dq", "rate")}
-    return [Reduce("detflow hxrg_ground: flat", flat),
-            Reduce("detflow hxrg_ground: frames / flat", reduced, {"reduced": sharded})]  # fmt: skip
+    stages = []
+    if with_flat:
+        stages += [Reduce("detflow hxrg_ground: flat", flat),
+                   Reduce("detflow hxrg_ground: frames / flat", reduced, {"reduced": sharded})]  # fmt: skip
+    if "sky" in job.products:
+        stages.append(Reduce("detflow hxrg_ground: sky from dithers", sky,
+                             {"sky": {"data": dict(shard)}, "skysub": sharded}))  # fmt: skip
+    return stages
 
 
 def _export(store, job: HxrgGroundJob) -> list:
