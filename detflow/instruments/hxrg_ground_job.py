@@ -40,6 +40,7 @@ class HxrgGroundJob(FramesJob):
         "pipeline_ini",
         "paths_ini",
         "export_fits",
+        "flat",
     )
     STEP_FAMILY: ClassVar[str] = "hxrg_ground"
 
@@ -74,13 +75,21 @@ class HxrgGroundJob(FramesJob):
     paths_ini: Path | None = Field(None, description="IO:I's paths.ini: the nonlinearity coefficients file")
     export_fits: Path | None = Field(None, description="a directory for FITS exports of the frames with LT names "
                                      "(<inst>_<type>_<date>_<run>_<dither>_0_1.fits) and IO:I's keywords")  # fmt: skip
-    products: list[Literal["frames"]] = Field(["frames"], description="products to make: frames (per exposure)")
+    products: list[Literal["frames", "flat", "sky"]] = Field(["frames"], description="products to make: frames "
+                                                             "(per exposure); flat (built from the frames, dithered "
+                                                             "sky, unless the job's flat; then group reduced: frames "
+                                                             "/ flat); sky (from the dithers: groups sky, skysub)")  # fmt: skip
+    flat: Path | None = Field(None, description="a flat FITS file (one 2-D image on the active region) to divide "
+                              "by instead of one built from the frames")  # fmt: skip
+    combine_task_mb: float = Field(128, ge=1, description="target memory of one combine task (MB): sets the tile")
     dtype: Literal["float32", "float64"] = Field("float32", description="stored data type")
     frames_per_task: int = Field(1, ge=1, description="exposures per task (an IO:I exposure of 4 reads is 128 MB)")
     steps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="more step parameters: hxrg_refpix "
                                              "{compat_rows, skip_border, column_smoothing, sigma, window, "
                                              "clip_sigma}, hxrg_combine {read_time, fowler_pairs, "
-                                             "jump_detection}")  # fmt: skip
+                                             "jump_detection}, hxrg_flat_build {low, high, sigma, maxiters, "
+                                             "bad_bits}, hxrg_flat {low, high}, hxrg_sky {peers, method, "
+                                             "sigma, fill_box, mask_objects, detect_sigma, npixels, dilate}")  # fmt: skip
 
     @pydantic.model_validator(mode="before")
     @classmethod

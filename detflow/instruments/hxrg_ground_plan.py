@@ -14,22 +14,27 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import numpy as np
 import xarray as xr
 from astropy.io import fits
 
 from ..errors import DetflowInputError
+from ..io.fits_input import check_data_complete, hdu_shape, image_hdus, open_fits
 from ..io.hxrg_export import export_frames
 from ..io.hxrg_fits import open_hxrg
 from ..io.provenance import versions
-from ..schema import FRAME, READ, X, Y
+from ..schema import FRAME, READ, X, Y, dq_attrs
 from ..steps import hxrg_ground as sg
+from ..steps import hxrg_reduce as sred
 from ..steps import hxrg_refpix as sr
+from ..steps import hxrg_sky as ssky
 from ..steps.catalog import get_step  # noqa: F401  (registers every step a recipe may name)
 from ..steps.fusion import fuse_frames
 from ..steps.registry import apply_recipe
-from .base import Instrument, Plan
+from .base import Instrument, Plan, Reduce
+from .ccd_plan import combine_tile
 from .hxrg_ground import gain_of
 from .hxrg_ground_job import HxrgGroundJob
 
@@ -93,7 +98,7 @@ def plan_hxrg_ground(job: HxrgGroundJob) -> Plan:
     params = job.step_params()
     mode = params["hxrg_refpix"]["mode"]
     need_nout = params["hxrg_refpix"]["noutputs"] is None and mode not in ("none", "trim", "constant", "column")
-    frames = open_hxrg(job.input, job.selection(), need_noutputs=need_nout)
+    frames = open_hxrg(job.input, job.selection(), need_noutputs=need_nout, skip_corrupt=job.on_error == "skip")
     frames = frames.assign_coords(gain=(FRAME, _gains(job, frames), {"units": "electron / DN"}))
     _check(job, frames, params)
     refs, load = None, None
@@ -122,7 +127,100 @@ def plan_hxrg_ground(job: HxrgGroundJob) -> Plan:
     log.info("inputs: %d exposure(s) of %d read(s), %d file(s)", frames.sizes[FRAME], frames.sizes[READ],
              len(frames.attrs["inputs"]))  # fmt: skip
     exports = [functools.partial(_export, job=job)] if job.export_fits is not None else []
-    return Plan({"frames": product}, f"detflow hxrg_ground: refpix {mode}, {job.read_mode}", exports=exports)
+    ny, nx = product.sizes[Y], product.sizes[X]
+    if job.flat is not None:
+        _check_flat(job, (ny, nx))
+    return Plan({"frames": product}, f"detflow hxrg_ground: refpix {mode}, {job.read_mode}", exports=exports,
+                reduces=_stages(job, params, frames.sizes[FRAME], (ny, nx)))  # fmt: skip
+
+
+def read_flat(path) -> np.ndarray:
+    """A flat from a FITS file: its one 2-D image (the same one-line errors as every FITS input)."""
+    with open_fits(path, "flat FITS file") as hdul:
+        images = image_hdus(hdul)
+        if len(images) != 1:
+            raise DetflowInputError(path, "HDU", "one 2-D image (the flat)", len(images))
+        check_data_complete(path, hdul, images[0])
+        return np.asarray(hdul[images[0]].data, np.float64)
+
+
+def _check_flat(job: HxrgGroundJob, shape: tuple[int, int]) -> None:
+    with open_fits(job.flat, "flat FITS file") as hdul:
+        images = image_hdus(hdul)
+        if len(images) != 1:
+            raise DetflowInputError(job.flat, "HDU", "one 2-D image (the flat)", len(images))
+        got = hdu_shape(hdul, images[0])
+    if got != shape:
+        raise DetflowInputError(job.flat, "NAXIS1/NAXIS2", f"the active region's {shape[1]}x{shape[0]}",
+                                f"{got[1]}x{got[0]}")  # fmt: skip
+
+
+def _stages(job: HxrgGroundJob, params: dict, nframes: int, shape: tuple[int, int]) -> list[Reduce]:
+    """The reduce stages: the flat (built from the frames or read from the job's file), the frames divided."""
+    with_flat = job.flat is not None or "flat" in job.products
+    if not with_flat and "sky" not in job.products:
+        return []
+    ny, nx = shape
+    ty, tx = combine_tile(nframes, ny, nx, job.combine_task_mb)
+    tile = {Y: ty, X: tx}
+    fpt = min(job.frames_per_task, nframes)
+    shard = {"chunks": (fpt, ty, tx), "shards": (fpt, math.ceil(ny / ty) * ty, math.ceil(nx / tx) * tx)}
+
+    def flat(read, side) -> dict[str, xr.Dataset]:
+        if job.flat is not None:
+            data = read_flat(job.flat)
+            out = xr.Dataset({"data": ((Y, X), data, {"units": "", "long_name": "flat (file)"}),
+                              "dq": ((Y, X), np.where(np.isfinite(data), 0, sred.FLAT_BAD).astype(np.uint32),
+                                     dq_attrs())})  # fmt: skip
+            out.attrs = {"source": "file", "reference_files": [{"name": "flat", "path": str(job.flat)}]}
+        else:
+            p = sred.FlatParams(**params.get("hxrg_flat_build", {}))
+            frames = read("frames", dict(tile, **{FRAME: -1}))
+            levels = sred.frame_levels(read("frames", {FRAME: 1, Y: -1, X: -1}), p)
+            out = sred.build_flat(frames, p, levels)
+        out["data"] = out["data"].astype(job.dtype).assign_attrs(out["data"].attrs)
+        return {"flat": out.chunk(tile)}
+
+    def reduced(read, side) -> dict[str, xr.Dataset]:
+        frames = read("frames", dict(tile, **{FRAME: fpt}))
+        f = read("flat", tile)
+        p = sred.FlatDivideParams(**params.get("hxrg_flat", {}))
+        out = sred.hxrg_flat(frames, xr.Dataset({"flat": f["data"].astype(np.float64), "flat_dq": f["dq"]}), p)
+        out = sg.frames_product(out, job.dtype)
+        out["data"].attrs["long_name"] = "frames divided by the flat"
+        return {"reduced": out.chunk({FRAME: fpt, Y: -1, X: -1})}
+
+    def sky(read, side) -> dict[str, xr.Dataset]:
+        frames = read("reduced" if with_flat else "frames", dict(tile, **{FRAME: fpt}))
+        out = ssky.hxrg_sky(frames, None, ssky.SkyParams(**params.get("hxrg_sky", {})))
+        skipped = list(out.attrs.get("sky_skipped", []))
+        for name in skipped:
+            log.warning("sky: %s has no other dither in its run: no sky subtracted", name)
+        names = [str(n) for n in frames["source_file"].values]
+        done = xr.DataArray([n not in skipped for n in names], dims=(FRAME,),
+                            attrs={"long_name": "the sky was subtracted (false: no other dither in the run)"})  # fmt: skip
+        coords = {k: v for k, v in frames.coords.items() if v.dims == (FRAME,)}
+        if "sky" not in out:  # one dither per run: the record only (a small group), not an error
+            model = xr.Dataset({"sky_subtracted": done}, coords=coords)
+            model.attrs = {"steps": out.attrs["steps"], "sky_skipped": skipped}
+            return {"sky": model}
+        model = xr.Dataset({"data": out["sky"].astype(job.dtype).assign_attrs(out["sky"].attrs),
+                            "sky_subtracted": done}, coords=coords)  # fmt: skip
+        model.attrs = {"steps": out.attrs["steps"], "sky_skipped": skipped}
+        sub = sg.frames_product(out.drop_vars("sky"), job.dtype)
+        sub["data"].attrs["long_name"] = "frames minus the sky from the dithers"
+        chunks = {FRAME: fpt, Y: -1, X: -1}
+        return {"sky": model.chunk(chunks), "skysub": sub.chunk(chunks)}  # the frames without a sky: as they were
+
+    sharded = {v: dict(shard) for v in ("data", "err", "dq", "rate")}
+    stages = []
+    if with_flat:
+        stages += [Reduce("detflow hxrg_ground: flat", flat),
+                   Reduce("detflow hxrg_ground: frames / flat", reduced, {"reduced": sharded})]  # fmt: skip
+    if "sky" in job.products:
+        stages.append(Reduce("detflow hxrg_ground: sky from dithers", sky,
+                             {"sky": {"data": dict(shard)}, "skysub": sharded}))  # fmt: skip
+    return stages
 
 
 def _export(store, job: HxrgGroundJob) -> list:

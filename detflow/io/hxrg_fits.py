@@ -29,7 +29,8 @@ from astropy.io import fits
 from .. import schema
 from ..errors import CorruptInputError, DetflowInputError
 from ..instruments import hxrg_ground as hg
-from . import expand_inputs
+from . import expand_inputs, skipped_record
+from .fits_input import check_data_complete, hdu_shape, image_hdus, open_fits
 
 NAMES = "an LT name <inst>_<type>_<date>_<run>_<dither>_<exp>_<level>.fits or a Teledyne <inst>_R<run>_M<group>_N<read>"
 
@@ -49,19 +50,11 @@ def selected(fields: dict, select: dict) -> bool:
     return _in(fields["group"], select.get("groups"))
 
 
-def _open(path: Path):
-    try:
-        hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-    except Exception as exc:  # astropy raises many types for a damaged file
-        raise CorruptInputError(path, "file", "a readable FITS file", f"{type(exc).__name__}: {exc}") from None
-    return hdul
-
-
 def _image_hdu(path: Path, hdul) -> int:
     names = [str(h.name).upper() for h in hdul]
     if "SCI" in names:
         return names.index("SCI")
-    images = [i for i, h in enumerate(hdul) if getattr(h, "is_image", False) and h.header.get("NAXIS", 0) >= 2]
+    images = image_hdus(hdul, (2, 3, 4))
     if len(images) != 1:
         raise DetflowInputError(path, "HDU", "one image HDU (or a SCI extension)", f"{len(images)}")
     return images[0]
@@ -84,18 +77,13 @@ def _number(path, key, value, what: str, need: bool) -> float:
 
 def read_header(path: Path, fields: dict | None, need_noutputs: bool) -> dict:
     """Validated metadata of one per-read file or cube (no pixel is read)."""
-    size = path.stat().st_size
-    hdul = _open(path)
-    with hdul:
+    with open_fits(path) as hdul:
         idx = _image_hdu(path, hdul)
         h = hdul[idx].header
         headers = [h] + [x.header for i, x in enumerate(hdul) if i != idx]
-        shape = tuple(int(h.get(f"NAXIS{k}", 0)) for k in range(int(h.get("NAXIS", 0)), 0, -1))
-        end = hdul.fileinfo(idx)["datLoc"] + int(np.prod(shape)) * abs(int(h.get("BITPIX", 8))) // 8
+        shape = hdu_shape(hdul, idx)
+        check_data_complete(path, hdul, idx)
         text = [x.header.tostring() for x in hdul]
-    if size < end:
-        raise CorruptInputError(path, "data", f"{end} bytes for the {'x'.join(map(str, shape))} image",
-                                f"a file of {size} bytes (truncated)")  # fmt: skip
     meta = {"path": path, "hdu": idx, "headers": text, "fields": fields}
     meta["noutputs"] = _number(path, "NOUTPUTS", _card(headers, "NOUTPUTS"), "the number of outputs (1, 4 or 32)",
                                need_noutputs)  # fmt: skip
@@ -244,25 +232,47 @@ def _cube(metas: list[dict], select: dict) -> xr.Dataset:
     return ds.isel({schema.READ: [g for g in range(ng0) if _in(g + 1, groups)]}) if groups else ds
 
 
-def open_hxrg(paths, select: dict | None = None, need_noutputs: bool = False) -> xr.Dataset:
+def _exposure_key(fields: dict) -> tuple:
+    return (fields["naming"], fields["inst"], fields["type"], fields["date"], fields["run"], fields["dither"])
+
+
+def open_hxrg(paths, select: dict | None = None, need_noutputs: bool = False, skip_corrupt: bool = False) -> xr.Dataset:
     """Open reads (per-read files or cubes, not both) as one lazy (frame, read, y, x) dataset.
 
     ``select``: ``date``, ``runs``, ``dithers``, ``exposures``, ``groups`` (``[lo, hi]`` inclusive) of the
-    job; ``need_noutputs``: every file must say NOUTPUTS (the preset takes the outputs from it)."""
+    job; ``need_noutputs``: every file must say NOUTPUTS (the preset takes the outputs from it).
+    ``skip_corrupt``: a damaged file (unreadable, cut inside a header or its data) leaves out the exposure it
+    belongs to (every read of it; a cube: all its integrations), listed in the ``skipped_inputs`` attribute;
+    files with wrong content are always errors."""
     select = select or {}
-    reads, cubes = [], []
+    reads, cubes, skipped, damaged, lost = [], [], [], [], set()
     for p in expand_inputs(paths):
         fields = hg.parse_name(p.name.removesuffix(".gz").removesuffix(".fits").removesuffix(".fit"))
-        if fields is None:
-            cubes.append(read_header(p, None, need_noutputs))
-        elif selected(fields, select):
-            reads.append(read_header(p, fields, need_noutputs))
+        if fields is not None and not selected(fields, select):
+            continue
+        try:
+            meta = read_header(p, fields, need_noutputs)
+        except CorruptInputError as exc:
+            if not skip_corrupt:
+                raise
+            key = _exposure_key(fields) if fields is not None else (str(p),)
+            skipped.append(dict(skipped_record(exc), frames=0 if key in lost else 1))
+            damaged.append(exc)
+            lost.add(key)
+            continue
+        (cubes if fields is None else reads).append(meta)
+    reads = [m for m in reads if _exposure_key(m["fields"]) not in lost]
     if reads and cubes:
         raise DetflowInputError(cubes[0]["path"], "file name", f"{NAMES} like the other inputs", cubes[0]["path"].name)
     if not reads and not cubes:
+        if damaged:  # nothing to go on with: each file's own error
+            raise DetflowInputError.combine(damaged)
         raise DetflowInputError(paths if isinstance(paths, str) else None, "selection",
                                 "reads matching date, runs, dithers, exposures and groups", "none")  # fmt: skip
-    return _per_read(reads) if reads else _cube(cubes, select)
+    ds = _per_read(reads) if reads else _cube(cubes, select)
+    if skipped:
+        ds.attrs["skipped_inputs"] = skipped
+    return ds
 
 
 def product_names(paths, select: dict | None = None) -> list[str]:

@@ -10,11 +10,13 @@ SEQNUM_M 1). A read ``k`` at time ``t`` (INTTIME, s since the reset) is, in DN::
 ``pedestal``: the bias pattern plus the exposure's reset (kTC) noise; ``A``: per-output and per-column-parity
 offsets that drift from read to read; ``B``: the level's change over the readout of a read (a line along
 rows, per output and parity); ``f``: 1/f noise along the rows, common to every output; ``S``: the signal
-rate in DN/s (sky, a dithered star field, an extended source, hot pixels; dead pixels none) and ``NL(s) = s -
-beta s^2`` the nonlinearity (of the electrons collected, Poisson increments between reads, over the gain). Reference pixels (``ref`` rows and columns on each side) see all but the
-signal. Files are BITPIX 16 (BZERO 32768), as the instrument writes them. ``truth.npz`` beside the files
+rate in DN/s (sky, a dithered star field, an extended source, hot pixels; dead pixels none) times the flat
+(pixel response: ``flat_sigma``, ``flat_gradient``) and ``NL(s) = s - beta s^2`` the nonlinearity (of the
+electrons collected, Poisson increments between reads, over the gain). Reference pixels (``ref`` rows and
+columns on each side) see all but the signal. Files are BITPIX 16 (BZERO 32768), as the instrument writes
+them. ``truth.npz`` beside the files
 holds the components (``A``, ``B``, ``f`` per exposure and read, the rate map of each exposure on the
-active region, ``beta``, ``bad``, the dither offsets and the read times).
+active region before the flat, ``flat``, ``beta``, ``bad``, the dither offsets and the read times).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class IoiSimConfig:
     date: str = "20150227"
     inst: str = "i"
     poisson: bool = True  # photon noise (False: the signal is rate * t exactly)
+    flat_sigma: float = 0.0  # pixel-to-pixel response rms (the flat: 1 + this * N(0, 1), times the gradient)
+    flat_gradient: float = 0.0  # the response's change across the columns (a line, mean 1)
     seed: int = 0
 
 
@@ -158,6 +162,8 @@ def simulate_ioi(out_dir: str | Path, cfg: IoiSimConfig | None = None) -> dict:
     hot = np.where(rng.random((na, na)) < cfg.bad_fraction / 2, rng.uniform(50, 500, (na, na)), 0.0)
     beta = cfg.beta * (1 + 0.1 * rng.standard_normal((na, na)))
     sc = scene(cfg, rng)
+    frng = np.random.default_rng(cfg.seed + 1)  # its own stream: a flat of 1 leaves every other draw as it was
+    flat = (1 + cfg.flat_sigma * frng.standard_normal((na, na))) * (1 + cfg.flat_gradient * (np.arange(na) / na - 0.5))
     gain = ASICGAIN_E_PER_DN[cfg.asicgain]
     reads = _reads(cfg)
     offsets = [tuple(cfg.dither_step * np.array(GRID[d % len(GRID)], float)) for d in range(cfg.dithers)]
@@ -171,8 +177,8 @@ def simulate_ioi(out_dir: str | Path, cfg: IoiSimConfig | None = None) -> dict:
     for run in range(1, cfg.runs + 1):
         base = rng.normal(0, cfg.offset_sigma, (no, 2))
         for d in range(1, cfg.dithers + 1):
-            rate = rate_map(cfg, sc, offsets[d - 1], bad, hot)
-            rates[e] = rate
+            rates[e] = rate_map(cfg, sc, offsets[d - 1], bad, hot)
+            rate = rates[e] * flat
             pedestal = bias + rng.normal(0, cfg.ktc, (n, n))
             t0 = start + dt.timedelta(seconds=e * (cfg.exptime + 10 * cfg.read_time))
             acc, t_prev = np.zeros((na, na)), 0.0  # collected electrons (Poisson increments between reads)
@@ -195,6 +201,6 @@ def simulate_ioi(out_dir: str | Path, cfg: IoiSimConfig | None = None) -> dict:
     truth = {"A": A, "B": B, "F": F, "rate": rates, "beta": beta, "bad": bad, "hot": hot, "bias": bias,
              "offsets": np.array(offsets), "inttime": np.array([t for _, _, t in reads]),
              "seqnum_m": np.array([m for m, _, _ in reads]), "stars": sc["stars"],
-             "gain": ASICGAIN_E_PER_DN[cfg.asicgain]}  # fmt: skip
+             "gain": ASICGAIN_E_PER_DN[cfg.asicgain], "flat": flat}  # fmt: skip
     atomic_write(out / "truth.npz", lambda p: _savez(p, truth))
     return {"files": files, "truth": truth}

@@ -4,7 +4,7 @@ step module and the registry never import each other."""
 
 from __future__ import annotations
 
-from . import ccd, cmos, excam, hxrg_ground, hxrg_refpix, wfi  # noqa: F401  (registers every family's steps)
+from . import ccd, cmos, excam, hxrg_ground, hxrg_reduce, hxrg_refpix, hxrg_sky, wfi  # noqa: F401  (every family's steps)
 from .registry import REGISTRY, Step, get_step
 
 __all__ = ["all_steps", "families", "family_steps", "get_step"]
