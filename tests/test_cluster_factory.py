@@ -172,7 +172,10 @@ def test_validation_errors_name_the_file_and_the_key(tmp_path, monkeypatch):
                                                    ("kubernetes", "dask_kubernetes", "dask-kubernetes"),
                                                    ("gateway", "dask_gateway", "dask-gateway")])  # fmt: skip
 def test_missing_optional_backend_names_the_package(kind, module, package, monkeypatch):
-    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    # as if not installed: the package and any of its modules an earlier test in this process imported
+    # (import_module finds a cached submodule without looking at its package)
+    for name in [module, *(n for n in sys.modules if n.startswith(module + "."))]:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(DetflowClusterError, match=rf"packaged:{kind}: kind: expected the {package} package for "
                        rf"kind {kind} \(pip install 'detflow\[{kind}\]', or pip install {package}\), got "
                        r"(ModuleNotFoundError|ImportError)"):  # fmt: skip
